@@ -1,0 +1,50 @@
+"""PanoSAMic: panoramic semantic segmentation on SAM features, with click-to-refine prompts.
+
+    import panosamic
+    predictor = panosamic.from_pretrained("dfki-av/PanoSAMic", subfolder="stanford2d3ds-vith-rgb-fold1")
+    predictor.set_panorama(image)             # (H, W, 3) uint8 equirectangular, W = 2H
+    predictor.labels                          # (H, W) class indices
+    masks, scores, _ = predictor.predict(point_coords=[[x, y]], point_labels=[1])
+
+Names are imported lazily, so `import panosamic` is cheap (the app starts at once).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "build_model": "build",
+    "model_registry": "build",
+    "Predictor": "predictor",
+    "PanoramaState": "predictor",
+    "load_weights": "weights",
+    "from_pretrained": "weights",
+    "load_model": "weights",
+    "resolve_config": "config",
+    "infer_config": "config",
+    "PanoSAMicError": "errors",
+    "InputError": "errors",
+    "WeightsError": "errors",
+    "ConfigError": "errors",
+    "get_dataset": "datasets",
+    "dataset_for_num_classes": "datasets",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'panosamic' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
