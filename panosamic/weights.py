@@ -387,8 +387,9 @@ def find_companions(checkpoint: PathLike) -> Dict[str, Optional[Path]]:
 
 
 def _corrupt(path: Path, what: str, error: BaseException) -> WeightsError:
+    detail = str(error).strip().split(". ")[0][:200]  # the first sentence: library errors run long
     return WeightsError(
-        f"{path} is not a readable {what} ({type(error).__name__}: {str(error).strip()[:200]}); the file is probably "
+        f"{path} is not a readable {what} ({type(error).__name__}: {detail}); the file is probably "
         "corrupt or incomplete (an interrupted download or copy): delete it and download it again"
     )
 
