@@ -1,0 +1,178 @@
+"""panosamic.session (per-user edits, prompts, undo, export) and panosamic.cache (LRU by bytes)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from panosamic.cache import EmbeddingCache, content_key
+from panosamic.datasets import STANFORD2D3DS as DS
+from panosamic.errors import InputError
+from panosamic.session import Session
+from panosamic import viz
+
+
+def make_session(depth=True) -> Session:
+    rng = np.random.default_rng(0)
+    h, w = 32, 64
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    labels = np.full((h, w), 11, np.int64)  # wall
+    labels[24:] = 8                           # floor
+    d = np.full((h, w), 2.5, np.float32) if depth else None
+    return Session(image, labels, DS.classes, DS.palette, depth=d, name="office_rgb.png", checkpoint="tiny")
+
+
+def test_assign_changes_labels_only_under_the_mask_and_undo_restores():
+    s = make_session()
+    before = s.labels.copy()
+    mask = np.zeros(s.shape, bool)
+    mask[5:15, 10:30] = True
+    s.add_point(20, 10)
+    s.set_candidates(np.stack([mask, ~mask, mask & False]), [0.5, 0.2, 0.9])
+    assert s.selected == 2  # best predicted IoU is selected ...
+    s.select(0)             # ... the user picks another one
+    assert s.majority_class() == 11
+    changed = s.assign("door")
+    assert changed == mask.sum()
+    assert (s.labels[mask] == DS.index("door")).all()
+    np.testing.assert_array_equal(s.labels[~mask], before[~mask])
+    assert not s.has_prompts and s.candidates is None and len(s.refined) == 1
+    # a second edit, by index, overlapping the first
+    mask2 = np.zeros(s.shape, bool)
+    mask2[10:30, 0:20] = True
+    s.assign(3, mask=mask2)
+    after_two = s.labels.copy()
+    assert (after_two[mask2] == 3).all()
+    # undo across assignments, back to the start; prompts of the first edit come back
+    assert s.undo() == "labels"
+    np.testing.assert_array_equal(s.labels[mask], DS.index("door"))
+    assert s.undo() == "labels"
+    np.testing.assert_array_equal(s.labels, before)
+    assert s.points == [(20.0, 10.0)] and s.refined == []
+    assert s.undo() == "prompts" and not s.has_prompts
+    assert s.undo() is None
+
+
+def test_prompts_points_boxes_and_seam_wrapping_box():
+    s = make_session()
+    s.add_point(3, 4, positive=True)
+    s.add_point(5, 6, positive=False)
+    kw = s.prompt_kwargs()
+    np.testing.assert_array_equal(kw["point_labels"], [1, 0])
+    assert kw["point_coords"].shape == (2, 2) and kw["box"] is None
+    assert s.add_box_corner(60, 20) is False and s.pending_corner == (60, 20)
+    assert s.add_box_corner(4, 5) is True   # second corner left of the first: wraps the seam
+    assert s.box == [60, 5, 4, 20]
+    assert s.prompt_kwargs()["box"].tolist() == [60, 5, 4, 20]
+    assert s.undo() == "prompts" and s.box is None and s.pending_corner == (60, 20)
+    s.set_prompts([[1, 2]], [0], box=[10, 1, 20, 9])
+    assert s.points == [(1.0, 2.0)] and s.point_labels == [0] and s.box == [10, 1, 20, 9]
+    assert s.clear_prompts() and not s.has_prompts
+    assert s.undo() == "prompts" and s.box == [10, 1, 20, 9]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(points=[[100, 2]]), dict(points=[[1, 2]], labels=[2]), dict(points=[[1, 2]], labels=[1, 0]),
+    dict(points=[]), dict(box=[1, 2, 3]), dict(box=[5, 5, 9, 5]), dict(points=[["a", 1]]),
+])
+def test_bad_prompts_are_input_errors(bad):
+    with pytest.raises(InputError):
+        make_session().set_prompts(**bad)
+
+
+def test_assign_errors():
+    s = make_session()
+    with pytest.raises(InputError, match="click"):
+        s.assign("wall")
+    with pytest.raises(InputError, match="unknown class"):
+        s.assign("spaceship", mask=np.ones(s.shape, bool))
+    with pytest.raises(InputError, match="out of range"):
+        s.assign(13, mask=np.ones(s.shape, bool))
+    with pytest.raises(InputError, match="empty"):
+        s.assign(0, mask=np.zeros(s.shape, bool))
+
+
+def test_apply_labels_is_undoable():
+    s = make_session()
+    before = s.labels.copy()
+    new = before.copy()
+    new[:4] = 3
+    m = np.zeros(s.shape, bool)
+    m[:4] = True
+    assert s.apply_labels(new, masks=[(m, 3, 0.8)]) == 4 * 64
+    assert s.refined[0].source == "instances"
+    np.testing.assert_array_equal(s.refined[0].mask, m)
+    s.undo()
+    np.testing.assert_array_equal(s.labels, before)
+    assert not s.refined
+
+
+def test_export_writes_every_download(tmp_path):
+    s = make_session()
+    mask = np.zeros(s.shape, bool)
+    mask[2:6, 50:64] = True
+    mask[2:6, 0:3] = True
+    s.assign("window", mask=mask)
+    files = s.export(str(tmp_path))
+    assert set(files) == {"labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb"}
+    assert all(os.path.basename(p).startswith("office_") for p in files.values())
+    lab = cv2.imread(files["labels"], cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(lab, s.labels)
+    col = cv2.imread(files["colors"])[..., ::-1]
+    np.testing.assert_array_equal(col, DS.palette[s.labels])
+    ids = cv2.imread(files["masks_png"], cv2.IMREAD_UNCHANGED)
+    assert ids.dtype == np.uint16 and ((ids == 1) == mask).all()
+    coco = json.load(open(files["coco_rle"]))
+    assert coco["images"][0]["width"] == 64
+    rebuilt = np.full(s.shape, -1)
+    for ann in coco["annotations"]:
+        rebuilt[viz.decode_rle(ann["segmentation"])] = ann["category_id"]
+    np.testing.assert_array_equal(rebuilt, s.labels)
+    np.testing.assert_array_equal(viz.decode_rle(coco["refined_masks"][0]["segmentation"]), mask)
+    stats = json.load(open(files["stats_json"]))
+    assert stats["edits"] == 1 and stats["changed_pixels"] == mask.sum()
+    assert abs(sum(r["sphere_share"] for r in stats["stats"]) - 1) < 1e-4
+    viz.read_glb(files["pointcloud_glb"])
+    assert "pointcloud_glb" not in make_session(depth=False).export(str(tmp_path / "nodepth"))
+
+
+# ----------------------------------------------------------------------------- cache
+
+class Blob:
+    def __init__(self, n):
+        self.nbytes = n
+
+
+def test_cache_evicts_least_recently_used_by_bytes():
+    c = EmbeddingCache(100)
+    for k in "abc":
+        assert c.put(k, Blob(30))
+    assert c.nbytes == 90
+    assert c.get("a") is not None           # a is now the most recently used
+    c.put("d", Blob(30))                    # 120 > 100: evicts b (LRU), not a
+    assert c.keys() == ["c", "a", "d"] and c.nbytes == 90
+    c.put("e", Blob(70))                    # evicts c and a
+    assert c.keys() == ["d", "e"] and c.nbytes == 100 and c.evictions == 3
+    assert not c.put("huge", Blob(101)) and "huge" not in c
+    c.put("d", Blob(10))                    # replacing updates the size
+    assert c.nbytes == 80
+    assert c.get("zzz") is None and c.misses == 1 and c.hits == 1
+
+
+def test_cache_hits_on_same_content():
+    img = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
+    depth = np.ones((2, 4), np.float32)
+    k1 = content_key(img, depth, None, max_depth=10.0, checkpoint="x")
+    k2 = content_key(img.copy(), depth.copy(), None, max_depth=10.0, checkpoint="x")
+    assert k1 == k2
+    assert k1 != content_key(img, depth, None, max_depth=8.0, checkpoint="x")
+    assert k1 != content_key(img, None, depth, max_depth=10.0, checkpoint="x")
+    assert k1 != content_key(img.reshape(4, 2, 3), depth, None, max_depth=10.0, checkpoint="x")
+    c = EmbeddingCache.from_megabytes(1)
+    c.put(k1, Blob(10))
+    assert c.get(k2) is not None and c.stats()["hits"] == 1
+    assert EmbeddingCache(0).put("k", Blob(1)) is False
