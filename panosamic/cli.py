@@ -1,0 +1,688 @@
+"""Command line: `python -m panosamic {predict,info,list-checkpoints,bench}`.
+
+    python -m panosamic predict rooms/ --checkpoint dfki-av/PanoSAMic \
+        --subfolder stanford2d3ds-vith-rgbdn-fold1 --out results/
+    python -m panosamic info --checkpoint path/to/model_dir
+    python -m panosamic list-checkpoints
+    python -m panosamic bench --preset vit_b --modalities image
+
+`predict` loads the model once and, for every panorama, writes `<stem>_labels.png` (class
+indices), `<stem>_color.png` (palette colours) and `<stem>_stats.json` (per-class pixel and
+sphere shares) into --out, plus one `summary.csv` over all inputs. A panorama that fails
+(unreadable, not 2:1, a modality the checkpoint needs is missing) is reported on stderr and
+the batch goes on. Exit codes: 0 all succeeded, 1 some failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError, PanoSAMicError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+DEPTH_EXTENSIONS = (".png", ".npy", ".exr", ".tif", ".tiff")
+NORMALS_EXTENSIONS = (".png", ".npy", ".exr", ".tif", ".tiff")
+# File-name suffixes of companions and of our own outputs: never panoramas themselves.
+COMPANION_SUFFIXES = ("_depth", "_normals", "_labels", "_color", "_colour", "_semantic", "_overlay")
+_GLOB_CHARS = "*?["
+
+
+class UsageError(Exception):
+    """Wrong arguments: printed as `panosamic: error: ...`, exit code 2."""
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def _is_companion(path: Path) -> bool:
+    return path.stem.lower().endswith(COMPANION_SUFFIXES)
+
+
+def _images_in(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _is_companion(p))
+
+
+def expand_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str], int]:
+    """Panorama paths from files, folders and glob patterns, in the order given (folders and
+    globs sorted), without companions (`_depth`, `_normals`, `_labels`, ...) or duplicates.
+
+    Returns (paths, problems, skipped): `problems` are messages for specs that name nothing
+    (a missing file, an empty folder or glob); explicit files are kept even if they are not
+    images, so that they are reported per file.
+    """
+    paths: List[Path] = []
+    problems: List[str] = []
+    skipped = 0
+    seen = set()
+
+    def add(p: Path) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            paths.append(p)
+
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            found = _images_in(p)
+            if not found:
+                problems.append(f"{spec}: no panorama images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            for f in found:
+                add(f)
+        elif p.is_file():
+            if _is_companion(p):
+                skipped += 1
+                continue
+            add(p)
+        elif any(c in spec for c in _GLOB_CHARS):
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
+            found = []
+            for m in matches:
+                if m.is_dir():
+                    found.extend(_images_in(m))
+                elif m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS:
+                    if _is_companion(m):
+                        skipped += 1
+                    else:
+                        found.append(m)
+            if not found:
+                problems.append(f"{spec}: no panorama images match this pattern")
+            for f in found:
+                add(f)
+        else:
+            problems.append(f"{spec}: no such file or folder")
+    return paths, problems, skipped
+
+
+def output_stem(path: Path) -> str:
+    """`room_rgb.png` -> `room`, `room.jpg` -> `room` (outputs sit beside `room_depth.png`)."""
+    stem = path.stem
+    if stem.lower().endswith("_rgb") and len(stem) > 4:
+        stem = stem[:-4]
+    return stem
+
+
+def _unique_stems(paths: Sequence[Path]) -> List[str]:
+    """One output stem per input; equal stems from different folders get `-2`, `-3`, ..."""
+    stems: List[str] = []
+    used: Dict[str, int] = {}
+    for p in paths:
+        base = output_stem(p)
+        n = used.get(base.lower(), 0) + 1
+        used[base.lower()] = n
+        stems.append(base if n == 1 else f"{base}-{n}")
+    return stems
+
+
+# --- reading files (panosamic.io when it has the function, else small fallbacks) ----------------
+
+
+def _io_function(name: str):
+    try:
+        from . import io as pio
+    except ImportError:
+        return None
+    return getattr(pio, name, None)
+
+
+def _cv2():
+    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")  # before the first cv2 import
+    import cv2
+
+    return cv2
+
+
+def load_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
+    fn = _io_function("load_image")
+    if fn is not None:
+        return np.asarray(fn(path))
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise InputError(f"{path.name} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    cv2 = _cv2()
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError(f"cannot read {path.name} as an image: the file is corrupt or not an image")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def load_depth(path: Path, scale: Optional[float] = None) -> np.ndarray:
+    """(H, W) float32 metres: 16-bit PNG in millimetres (x `scale`, default 0.001), .npy/.exr in metres."""
+    fn = _io_function("load_depth")
+    if fn is not None:
+        return np.asarray(fn(path, scale=scale))
+    ext = path.suffix.lower()
+    if ext == ".npy":
+        try:
+            d = np.load(path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"cannot read depth {path.name}: {e}") from None
+        d = d.astype(np.float32) * np.float32(1.0 if scale is None else scale)
+    else:
+        cv2 = _cv2()
+        d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+        if d is None:
+            raise InputError(f"cannot read depth {path.name}: the file is corrupt or not an image")
+        if d.ndim == 3:
+            d = d[..., 0]
+        if d.dtype.kind == "f":
+            d = d.astype(np.float32) * np.float32(1.0 if scale is None else scale)
+        elif d.dtype == np.uint16:
+            d = d.astype(np.float32) * np.float32(0.001 if scale is None else scale)
+        else:
+            raise InputError(f"depth {path.name} is {d.dtype} (8-bit?): give a 16-bit PNG in millimetres, "
+                             "or .npy/.exr in metres")
+    if d.ndim == 3 and d.shape[-1] == 1:
+        d = d[..., 0]
+    if d.ndim != 2:
+        raise InputError(f"depth {path.name} must be one channel (H, W), got shape {d.shape}")
+    return d
+
+
+def load_normals(path: Path) -> np.ndarray:
+    """(H, W, 3): RGB-encoded 0..255 or unit vectors in -1..1 (the predictor takes either)."""
+    fn = _io_function("load_normals")
+    if fn is not None:
+        return np.asarray(fn(path))
+    if path.suffix.lower() == ".npy":
+        try:
+            n = np.load(path, allow_pickle=False).astype(np.float32)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"cannot read normals {path.name}: {e}") from None
+    else:
+        cv2 = _cv2()
+        n = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+        if n is None:
+            raise InputError(f"cannot read normals {path.name}: the file is corrupt or not an image")
+        if n.ndim != 3 or n.shape[-1] < 3:
+            raise InputError(f"normals {path.name} must be a 3-channel image, got shape {n.shape}")
+        n = n[..., 2::-1]  # BGR(A) -> RGB
+        if n.dtype == np.uint16:
+            n = n.astype(np.float32) / 257.0
+        n = n.astype(np.float32)
+    if n.ndim != 3 or n.shape[-1] != 3:
+        raise InputError(f"normals {path.name} must be (H, W, 3), got shape {n.shape}")
+    return n
+
+
+def find_companions(path: Path) -> Dict[str, Optional[Path]]:
+    """`X_rgb.png` / `X.png` -> {"depth": X_depth.png|npy|exr, "normals": X_normals.png, ...}."""
+    fn = _io_function("find_companions")
+    if fn is not None:
+        found = fn(path)
+        return {k: (Path(v) if v is not None else None) for k, v in dict(found).items()}
+    bases = [path.stem]
+    if path.stem.lower().endswith("_rgb"):
+        bases.insert(0, path.stem[:-4])
+    out: Dict[str, Optional[Path]] = {"image": path, "depth": None, "normals": None}
+    for kind, exts in (("depth", DEPTH_EXTENSIONS), ("normals", NORMALS_EXTENSIONS)):
+        for base in bases:
+            hit = next((path.with_name(f"{base}_{kind}{e}") for e in exts
+                        if path.with_name(f"{base}_{kind}{e}").is_file()), None)
+            if hit is not None:
+                out[kind] = hit
+                break
+    return out
+
+
+def _expected_companion_names(path: Path, kind: str) -> str:
+    base = output_stem(path)
+    exts = DEPTH_EXTENSIONS if kind == "depth" else NORMALS_EXTENSIONS
+    return f"{base}_{kind}" + "/".join(exts[:3])
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    cv2 = _cv2()
+    arr = np.ascontiguousarray(array)
+    if arr.ndim == 3:
+        arr = np.ascontiguousarray(arr[..., ::-1])  # RGB -> BGR
+    if not cv2.imwrite(str(path), arr):
+        raise OSError(f"could not write {path}")
+
+
+def labels_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class indices as uint8 (K <= 255) or uint16."""
+    return np.asarray(labels).astype(np.uint8 if num_classes <= 255 else np.uint16)
+
+
+def sphere_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Share of the sphere per class (pixels weighted by cos(latitude)), summing to 1."""
+    try:
+        from .geometry import class_shares
+    except ImportError:
+        class_shares = None
+    if class_shares is not None:
+        return np.asarray(class_shares(labels, num_classes, weighted=True), dtype=np.float64)
+    h, w = labels.shape
+    lat = np.pi / 2 - (np.arange(h) + 0.5) / h * np.pi
+    weights = np.repeat(np.cos(lat)[:, None], w, axis=1)
+    lab = labels.astype(np.int64)
+    valid = (lab >= 0) & (lab < num_classes)
+    out = np.bincount(lab[valid], weights=weights[valid], minlength=num_classes)[:num_classes]
+    return out / out.sum() if out.sum() > 0 else out
+
+
+def class_statistics(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray) -> List[Dict[str, Any]]:
+    """Per class: index, name, colour, pixels, pixel_share, sphere_share (shares sum to 1)."""
+    k = len(classes)
+    lab = np.asarray(labels).astype(np.int64)
+    counts = np.bincount(lab[(lab >= 0) & (lab < k)], minlength=k)[:k]
+    total = max(int(counts.sum()), 1)
+    sphere = sphere_shares(lab, k)
+    rows = []
+    for c in range(k):
+        r, g, b = (int(v) for v in palette[c])
+        rows.append({"index": c, "name": classes[c], "color": [r, g, b], "hex": f"#{r:02x}{g:02x}{b:02x}",
+                     "pixels": int(counts[c]), "pixel_share": float(counts[c]) / total,
+                     "sphere_share": float(sphere[c])})
+    return rows
+
+
+def output_paths(out: Path, stem: str) -> Dict[str, Path]:
+    return {"labels": out / f"{stem}_labels.png", "color": out / f"{stem}_color.png",
+            "stats": out / f"{stem}_stats.json"}
+
+
+# --- predict ---------------------------------------------------------------------------------
+
+
+def _say(message: str, bar=None) -> None:
+    if bar is not None:
+        bar.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text
+
+
+def _load_predictor(args):
+    from .weights import from_pretrained
+
+    device = None if args.device in (None, "auto") else args.device
+    return from_pretrained(args.checkpoint, subfolder=args.subfolder, sam=args.sam, config=args.config,
+                           device=device, dtype=args.dtype, max_depth=args.max_depth)
+
+
+def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path: Optional[Path],
+                 args, stem: str, out: Path, progress=None) -> Dict[str, Any]:
+    """Segments one panorama and writes its three files; raises on failure (nothing half-written
+    is left behind: files are written only after the prediction succeeded)."""
+    t0 = time.perf_counter()
+    needs = predictor.required_modalities
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise InputError(f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)}); "
+                         "give panorama images (RGB, 2:1 equirectangular)")
+    image = load_image(path)
+    if image.ndim != 3 or image.shape[1] != 2 * image.shape[0]:
+        h, w = image.shape[:2]
+        raise InputError(f"the panorama is {w}x{h}; an equirectangular panorama is twice as wide as high "
+                         f"(e.g. {2 * h}x{h}). Crop or resize it to 2:1.")
+    companions = None
+    inputs: Dict[str, Any] = {}
+    used: Dict[str, Optional[str]] = {"depth": None, "normals": None}
+    for kind, given in (("depth", depth_path), ("normals", normals_path)):
+        if kind not in needs:
+            continue
+        src = given
+        if src is None:
+            companions = companions if companions is not None else find_companions(path)
+            src = companions.get(kind)
+        if src is None:
+            flag = f"--{kind}"
+            raise InputError(f"this checkpoint needs {kind} ({'+'.join(needs)}) but no {kind} was found for it: "
+                             f"put {_expected_companion_names(path, kind)} next to it or pass {flag} PATH "
+                             "(one per panorama, in order)")
+        if not Path(src).is_file():
+            raise InputError(f"{kind} file {src} does not exist")
+        inputs[kind] = load_depth(Path(src), args.depth_scale) if kind == "depth" else load_normals(Path(src))
+        used[kind] = str(src)
+    predictor.set_panorama(image, depth=inputs.get("depth"), normals=inputs.get("normals"), progress=progress)
+    labels = predictor.labels
+    ds = predictor.dataset
+    k = ds.num_classes
+    stats = class_statistics(labels, ds.classes, ds.palette)
+    paths = output_paths(out, stem)
+    h, w = labels.shape
+    write_png(paths["labels"], labels_array(labels, k))
+    write_png(paths["color"], ds.colorize(labels))
+    seconds = time.perf_counter() - t0
+    doc = {
+        "input": str(path), "depth": used["depth"], "normals": used["normals"],
+        "width": int(w), "height": int(h), "checkpoint": args.checkpoint, "subfolder": args.subfolder,
+        "modalities": list(needs), "dataset": ds.name, "num_classes": k,
+        "labels_png": paths["labels"].name, "color_png": paths["color"].name,
+        "timings_s": {key: round(v, 4) for key, v in predictor.timings.items()}, "seconds": round(seconds, 4),
+        "classes": stats,
+    }
+    tmp = paths["stats"].with_name(paths["stats"].name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, paths["stats"])
+    return {"stats": stats, "width": w, "height": h, "seconds": seconds, **used}
+
+
+def _pair_flags(flag: str, values: Optional[List[str]], n: int) -> List[Optional[Path]]:
+    if not values:
+        return [None] * n
+    if len(values) != n:
+        raise UsageError(f"{flag} was given {len(values)} times for {n} panoramas: give one per panorama, in "
+                         "the same order, or none and name the files by convention (X_depth.png, X_normals.png)")
+    return [Path(v).expanduser() for v in values]
+
+
+def cmd_predict(args) -> int:
+    from tqdm.auto import tqdm
+
+    paths, problems, skipped = expand_inputs(args.panoramas)
+    if not paths:
+        raise UsageError("no panoramas to segment: " + ("; ".join(problems) if problems else "none given"))
+    depth_flags = _pair_flags("--depth", args.depth, len(paths))
+    normals_flags = _pair_flags("--normals", args.normals, len(paths))
+    if args.max_depth is not None and not (args.max_depth > 0):
+        raise UsageError("--max-depth must be a positive number of metres")
+    if args.depth_scale is not None and not (args.depth_scale > 0):
+        raise UsageError("--depth-scale must be positive (metres per PNG unit, 0.001 for millimetres)")
+
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    stems = _unique_stems(paths)
+    summary_path = out / "summary.csv"
+    if not args.overwrite:
+        existing = [p for s in stems for p in output_paths(out, s).values() if p.exists()]
+        if summary_path.exists():
+            existing.append(summary_path)
+        if existing:
+            names = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
+            raise UsageError(f"{out} already holds results ({names}): pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if skipped:
+        _say(f"panosamic: skipped {skipped} companion file(s) (_depth, _normals, _labels, ...)")
+    for message in problems:
+        _say(f"panosamic: warning: {message}")
+
+    t_load = time.perf_counter()
+    try:
+        predictor = _load_predictor(args)
+    except PanoSAMicError as e:
+        if args.debug:
+            traceback.print_exc()
+        _say(f"panosamic: cannot load the model: {e}")
+        return EXIT_FAILED
+    from .config import describe
+
+    _say(f"panosamic: {describe(predictor.model.config)} on {predictor.device} "
+         f"(loaded in {time.perf_counter() - t_load:.1f} s); {len(paths)} panorama(s) -> {out}")
+    unused = [k for k, v in (("depth", args.depth), ("normals", args.normals))
+              if v and k not in predictor.required_modalities]
+    if unused:
+        _say(f"panosamic: warning: this checkpoint uses {'+'.join(predictor.required_modalities)}; "
+             f"the --{' and --'.join(unused)} files are ignored")
+
+    ds = predictor.dataset
+    rows: List[Dict[str, Any]] = []
+    failures = 0
+    bar = tqdm(total=len(paths), desc="panoramas", unit="pano", file=sys.stderr,
+               disable=True if args.no_progress else None, dynamic_ncols=True)
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name, refresh=True)
+
+    for path, stem, dflag, nflag in zip(paths, stems, depth_flags, normals_flags):
+        row: Dict[str, Any] = {"input": str(path), "stem": stem}
+        try:
+            result = _process_one(predictor, path, dflag, nflag, args, stem, out, progress=stage)
+        except KeyboardInterrupt:
+            bar.close()
+            _say("panosamic: interrupted")
+            _write_summary(summary_path, rows, ds.classes)
+            return 130
+        except (PanoSAMicError, OSError) as e:
+            failures += 1
+            if args.debug:
+                traceback.print_exc()
+            _say(f"panosamic: error: {path}: {_first_line(e)}", bar)
+            row.update(status="error", error=_first_line(e).replace("\n", " "))
+        except Exception as e:  # noqa: BLE001  a bug: show where, keep the batch going
+            failures += 1
+            _say(f"panosamic: internal error on {path} (please report this):\n{traceback.format_exc()}", bar)
+            row.update(status="error", error=f"internal error: {type(e).__name__}: {e}".replace("\n", " "))
+        else:
+            stats = result["stats"]
+            top = max(stats, key=lambda s: s["sphere_share"])
+            row.update(status="ok", error="", width=result["width"], height=result["height"],
+                       depth=result["depth"] or "", normals=result["normals"] or "",
+                       seconds=round(result["seconds"], 3), dominant_class=top["name"],
+                       **{f"sphere_share_{s['name']}": round(s["sphere_share"], 6) for s in stats})
+        rows.append(row)
+        bar.update(1)
+    bar.close()
+    _write_summary(summary_path, rows, ds.classes)
+    ok = len(rows) - failures
+    _say(f"panosamic: {ok} of {len(rows)} panorama(s) segmented"
+         + (f", {failures} failed (see above)" if failures else "") + f"; summary: {summary_path}")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _write_summary(path: Path, rows: List[Dict[str, Any]], classes: Sequence[str]) -> None:
+    fields = ["input", "stem", "status", "error", "width", "height", "depth", "normals", "seconds",
+              "dominant_class"] + [f"sphere_share_{c}" for c in classes]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+# --- info / list-checkpoints ---------------------------------------------------------------------
+
+
+def checkpoint_info(checkpoint: str, subfolder: Optional[str] = None, sam: Optional[str] = None,
+                    config: Optional[str] = None) -> Dict[str, Any]:
+    """What a checkpoint is, without building the model: paths, architecture, classes, sizes."""
+    from . import weights as W
+    from .config import describe, infer_config, resolve_config
+    from .datasets import dataset_for_num_classes
+
+    ckpt = W.resolve_panosamic_checkpoint(checkpoint, subfolder=subfolder)
+    companions = W.find_companions(ckpt)
+    sam_path = Path(sam).expanduser() if sam else companions["sam"]
+    if sam_path is not None and not Path(sam_path).is_file():
+        sam_path = None  # a preset name or URL: not read here
+    shapes = W.read_shapes(ckpt)
+    if config is not None:
+        cfg, source = resolve_config(config), str(config)
+    elif companions["config"] is not None:
+        cfg, source = resolve_config(companions["config"]), str(companions["config"])
+    else:
+        sam_shapes = W.read_shapes(sam_path) if sam_path is not None else None
+        cfg, source = infer_config(shapes, sam_shapes), "tensor shapes"
+    ds = dataset_for_num_classes(cfg["num_classes"])
+    sam_params = None
+    if sam_path is not None:
+        sam_params = sum(int(np.prod(s)) for s in W.read_shapes(sam_path).values())
+    return {
+        "checkpoint": str(ckpt), "sam": str(sam_path) if sam_path else (sam or cfg.get("vit_model")),
+        "config_source": source, "architecture": describe(cfg), "modalities": cfg["modalities"],
+        "num_classes": cfg["num_classes"], "dual_view": cfg["dual_view_fusion"],
+        "erp_size": [cfg["image_size"], cfg["image_size"] // 2], "dataset": ds.name, "classes": list(ds.classes),
+        "panosamic_params_M": round(sum(int(np.prod(s)) for s in shapes.values()) / 1e6, 3),
+        "sam_params_M": round(sam_params / 1e6, 3) if sam_params is not None else None,
+        "config": cfg,
+    }
+
+
+def cmd_info(args) -> int:
+    info = checkpoint_info(args.checkpoint, args.subfolder, args.sam, args.config)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    w, h = info["erp_size"]
+    print(f"checkpoint:   {info['checkpoint']}")
+    print(f"SAM weights:  {info['sam']}")
+    print(f"architecture: {info['architecture']}  (from {info['config_source']})")
+    print(f"inputs:       {', '.join(info['modalities'])}; panoramas of any 2:1 size, resized to {w}x{h}")
+    print(f"classes:      {info['num_classes']} ({info['dataset']}): {', '.join(info['classes'])}")
+    params = f"{info['panosamic_params_M']} M PanoSAMic"
+    if info["sam_params_M"] is not None:
+        params += f" + {info['sam_params_M']} M SAM"
+    print(f"parameters:   {params}")
+    return EXIT_OK
+
+
+def cmd_list_checkpoints(args) -> int:
+    from . import weights as W
+
+    if args.folder:
+        root = Path(args.folder).expanduser()
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a folder")
+        found = ([""] if (root / W.PANOSAMIC_FILENAME).is_file() else []) + W._local_subfolders(root)
+        if not found:
+            print(f"no {W.PANOSAMIC_FILENAME} in {root} or its subfolders", file=sys.stderr)
+            return EXIT_FAILED
+        for sub in found:
+            try:
+                desc = checkpoint_info(str(root), sub or None)["architecture"]
+            except PanoSAMicError as e:
+                desc = f"(unreadable: {_first_line(e).splitlines()[0]})"
+            print(f"{sub or '.'}\t{desc}")
+        return EXIT_OK
+    if args.online:
+        subs = W.list_subfolders(args.repo)
+    else:
+        subs = sorted(set(W._cached_subfolders(args.repo))
+                      | (set(W.RELEASED_SUBFOLDERS) if args.repo == W.HUB_REPO_ID else set()))
+    cached = set(W._cached_subfolders(args.repo))
+    if not subs:
+        print(f"no checkpoints known for {args.repo} (try --online)", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"# {args.repo}  (use: --checkpoint {args.repo} --subfolder NAME)")
+    for sub in subs:
+        mods = W.RELEASED_SUBFOLDERS.get(sub)
+        note = "+".join(mods) if mods else ""
+        print(f"{sub}\t{note}\t{'cached' if sub in cached else ''}".rstrip())
+    return EXIT_OK
+
+
+# --- argument parsing ----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage errors: exit 2 with the usage line
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=required, metavar="CKPT",
+                   help="PanoSAMic weights: a Hub repo id (dfki-av/PanoSAMic, with --subfolder), a "
+                        "model.safetensors file, or a folder holding one (+ optional config.json, sam.pth)")
+    p.add_argument("--subfolder", metavar="S", help="subfolder of the repo/folder, e.g. stanford2d3ds-vith-rgb-fold1")
+    p.add_argument("--sam", metavar="SAM", help="SAM weights: path, URL or vit_b/vit_l/vit_h "
+                                                "(default: sam.pth beside the checkpoint, else downloaded)")
+    p.add_argument("--config", metavar="CFG", help="architecture: config.json or preset "
+                                                   "(default: config.json beside the checkpoint, else inferred)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m panosamic",
+                     description="PanoSAMic: semantic segmentation of 360° equirectangular panoramas.",
+                     epilog="Exit codes: 0 success, 1 some inputs failed, 2 usage error.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"panosamic {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("predict", help="segment panoramas into label/colour PNGs and class statistics",
+                       description="Segment panoramas; writes <stem>_labels.png, <stem>_color.png, "
+                                   "<stem>_stats.json per input and summary.csv into --out.")
+    p.add_argument("panoramas", nargs="+", metavar="PANORAMA",
+                   help="image files, folders or glob patterns (companions X_depth.*, X_normals.*, X_labels.* "
+                        "are skipped)")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--depth", nargs="+", action="extend", metavar="PATH",
+                   help="depth maps, one per panorama in order (default: X_depth.png|npy|exr beside X.png)")
+    p.add_argument("--normals", nargs="+", action="extend", metavar="PATH",
+                   help="normal maps, one per panorama in order (default: X_normals.png beside X.png)")
+    p.add_argument("--depth-scale", type=float, default=None, metavar="S",
+                   help="metres per unit of depth PNGs (default 0.001: 16-bit millimetres; .npy/.exr are metres)")
+    p.add_argument("--max-depth", type=float, default=10.0, metavar="M",
+                   help="depth in metres that maps to black in the depth encoding (default 10)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="inference precision (default float32; float16 on CUDA only)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="describe a checkpoint (architecture, inputs, classes)")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
+    p.set_defaults(func=cmd_info)
+
+    from .weights import HUB_REPO_ID
+
+    p = sub.add_parser("list-checkpoints", help="list released/cached checkpoints, or those in a local folder")
+    p.add_argument("folder", nargs="?", help="a local folder: list its subfolders holding a model.safetensors")
+    p.add_argument("--repo", default=HUB_REPO_ID, help=f"Hub repo id (default {HUB_REPO_ID})")
+    p.add_argument("--online", action="store_true", help="ask the Hub (default: released list + local cache)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
+    p.set_defaults(func=cmd_list_checkpoints)
+
+    sub.add_parser("bench", help="time a randomly initialised model (see `python -m panosamic bench --help`)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:], prog="python -m panosamic bench")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except PanoSAMicError as e:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"panosamic: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("panosamic: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
