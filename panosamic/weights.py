@@ -725,6 +725,8 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
                 f"the model ({describe(cfg)}) is not a released SAM size, so its SAM weights cannot be "
                 "downloaded: pass sam=<path to the SAM checkpoint>"
             )
+    if sam_path is None and not isinstance(sam_spec, Mapping):
+        sam_path = resolve_sam_checkpoint(sam_spec)  # download (if needed) before the slow build
     model = build_model(cfg)
     load_weights(model, sam=sam_path if sam_path is not None else sam_spec, panosamic=ckpt)
     model.eval()
