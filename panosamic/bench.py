@@ -1,0 +1,257 @@
+"""Latency and memory benchmark of a randomly initialised PanoSAMic model.
+
+    python -m panosamic.bench --preset vit_b --modalities image --repeats 3 --clicks 20
+    python -m panosamic bench --config shared/reference/tiny_rgbdn_dual/config.json
+
+Random weights time the same as trained ones, so no download is needed. Prints one JSON
+object on stdout (progress notes go to stderr): the device and torch build, the model
+(preset, modalities, views, ERP size, parameters), `set_panorama` latency (median/min over
+--repeats, with per-stage timings), single-click `predict` latency (median/p90 over --clicks
+random clicks), peak memory and the size of the cached panorama state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def _rss_peak_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _rss_now_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _synthetic_inputs(h: int, w: int, seed: int) -> Dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        "depth": rng.uniform(0.5, 8.0, (h, w)).astype(np.float32),
+        "normals": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+    }
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
+                  modalities: Optional[Sequence[str]] = None, single_view: bool = False,
+                  size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                  repeats: int = 3, clicks: int = 20, warmup: int = 1, threads: Optional[int] = None,
+                  encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True) -> Dict[str, Any]:
+    """Builds the model, times it and returns the JSON-able result (see the module docstring)."""
+    from .build import build_model
+    from .config import describe, resolve_config
+    from .errors import InputError
+    from .predictor import Predictor, default_device
+
+    if repeats < 1 or clicks < 1 or warmup < 0:
+        raise ValueError("repeats and clicks must be at least 1, warmup at least 0")
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    cfg = resolve_config(config if config is not None else (preset or "vit_b"),
+                         modalities=modalities, dual_view=False if single_view else None)
+    if size is not None:
+        cfg["image_size"] = int(size)
+        cfg = resolve_config(cfg)
+    dev = default_device() if device in (None, "auto") else torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available in this torch build/machine; use cpu or auto")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    rss_before = _rss_peak_mb()
+    rss_now_before = _rss_now_mb()
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    build_s = time.perf_counter() - t0
+    predictor = Predictor(model, device=dev, dtype=dtype, encoder_chunk_size=encoder_chunk_size)
+    rss_after_build = _rss_peak_mb()
+    rss_now_after = _rss_now_mb()
+    _note(f"built {describe(cfg)} in {build_s:.1f} s on {dev}", quiet)
+
+    h, w = model.erp_size
+    inputs = _synthetic_inputs(h, w, seed)
+    kwargs = {m: inputs[m] for m in model.modalities if m != "image"}
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    runs: List[float] = []
+    stages: List[Dict[str, float]] = []
+    labels_ms: List[float] = []
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        predictor.set_panorama(inputs["image"], **kwargs)
+        elapsed = time.perf_counter() - t
+        t = time.perf_counter()
+        _ = predictor.labels  # upsampling + argmax at the input size, as an app or the CLI does
+        label_s = time.perf_counter() - t
+        what = "warm-up" if i < warmup else f"run {i - warmup + 1}/{repeats}"
+        _note(f"set_panorama {what}: {elapsed:.3f} s", quiet)
+        if i >= warmup:
+            runs.append(elapsed)
+            stages.append(predictor.timings)
+            labels_ms.append(label_s * 1e3)
+
+    rng = np.random.default_rng(seed + 1)
+    predictor.predict(point_coords=[[w / 2, h / 2]], point_labels=[1])  # warm-up
+    click_ms: List[float] = []
+    views = [0, 0]
+    for _ in range(clicks):
+        x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        t = time.perf_counter()
+        predictor.predict(point_coords=[[x, y]], point_labels=[1], multimask_output=True)
+        click_ms.append((time.perf_counter() - t) * 1e3)
+        views[predictor.last_view or 0] += 1
+    _note(f"predict: median {statistics.median(click_ms):.1f} ms over {clicks} clicks", quiet)
+
+    memory: Dict[str, Any] = {
+        "peak_rss_mb": round(_rss_peak_mb(), 1),
+        "rss_peak_before_build_mb": round(rss_before, 1),
+        "build_rss_delta_mb": round(rss_after_build - rss_before, 1),
+    }
+    if rss_now_before is not None and rss_now_after is not None:
+        memory["build_rss_now_delta_mb"] = round(rss_now_after - rss_now_before, 1)
+    if dev.type == "cuda":
+        memory["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+        memory["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(dev) / 2**20, 1)
+        memory["cuda_weights_mb"] = round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1)
+
+    def params(prefixes: Sequence[str]) -> float:
+        return round(sum(p.numel() for n, p in model.named_parameters() if n.startswith(tuple(prefixes))) / 1e6, 3)
+
+    stage_names = list(stages[0]) if stages else []
+    result: Dict[str, Any] = {
+        "device": str(dev),
+        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "preset": cfg.get("vit_model") if config is None else None,
+        "config": os.fspath(config) if config is not None else None,
+        "architecture": describe(cfg),
+        "modalities": list(cfg["modalities"]),
+        "views": 2 if cfg["dual_view_fusion"] else 1,
+        "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
+        "num_classes": cfg["num_classes"],
+        "dtype": str(predictor.dtype).replace("torch.", ""),
+        "params_m": {
+            "total": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "sam": params(("image_encoder.", "prompt_encoder.", "mask_decoder.")),
+            "panosamic": params(("feature_fuser.", "semantic_decoder.")),
+        },
+        "build_s": round(build_s, 3),
+        "set_panorama_s": {
+            "median": round(statistics.median(runs), 4),
+            "min": round(min(runs), 4),
+            "runs": [round(r, 4) for r in runs],
+            "repeats": repeats,
+            "warmup": warmup,
+            "stages_median": {k: round(statistics.median(s[k] for s in stages), 4) for k in stage_names},
+            "encoder_calls": predictor.encoder_calls,
+        },
+        "labels_ms": {"median": round(statistics.median(labels_ms), 3)},
+        "predict_ms": {
+            "median": round(statistics.median(click_ms), 3),
+            "p90": round(_percentile(click_ms, 90), 3),
+            "min": round(min(click_ms), 3),
+            "max": round(max(click_ms), 3),
+            "clicks": clicks,
+            "views_used": {"0": views[0], "1": views[1]},
+        },
+        "memory": memory,
+        "cache_mb": round(predictor.state.nbytes / 2**20, 3),
+        "cache_bytes": int(predictor.state.nbytes),
+    }
+    return result
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "python -m panosamic.bench",
+                                description="Time a randomly initialised PanoSAMic model; prints JSON.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, choices=["vit_b", "vit_l", "vit_h"],
+                     help="released SAM size (default vit_b)")
+    src.add_argument("--config", default=None, help="a config.json instead of a preset")
+    p.add_argument("--modalities", default=None,
+                   help="comma-separated: image,depth,normals (default: the preset's/config's)")
+    p.add_argument("--single-view", action="store_true", help="no second, yawed view")
+    p.add_argument("--size", type=int, default=None,
+                   help="model input size S (the ERP is S x S/2; default the config's, 1024 for presets)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--repeats", type=int, default=3, help="timed set_panorama runs (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed set_panorama runs first (default 1)")
+    p.add_argument("--clicks", type=int, default=20, help="timed single-click predicts (default 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
+    p.add_argument("--encoder-chunk-size", type=int, default=None, help="images per ViT call (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="also write the JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress notes on stderr")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    from .config import modalities_from_names
+    from .errors import PanoSAMicError
+
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.clicks < 1 or args.warmup < 0:
+        parser.error("--repeats and --clicks must be at least 1, --warmup at least 0")
+    try:
+        mods = modalities_from_names(args.modalities.split(",")) if args.modalities else None
+        result = run_benchmark(preset=args.preset, config=args.config, modalities=mods,
+                               single_view=args.single_view, size=args.size, device=args.device,
+                               dtype=args.dtype, repeats=args.repeats, clicks=args.clicks, warmup=args.warmup,
+                               threads=args.threads, encoder_chunk_size=args.encoder_chunk_size,
+                               seed=args.seed, quiet=args.quiet)
+    except PanoSAMicError as e:
+        print(f"panosamic bench: error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
