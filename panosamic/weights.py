@@ -678,9 +678,13 @@ def _companion_config(checkpoint: Path, spec: PathLike, subfolder, revision, tok
     return None
 
 
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+
+
 def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
                sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
-               device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
+               device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                revision: Optional[str] = None, token: Union[str, bool, None] = None) -> torch.nn.Module:
     """A PanoSAMic model with its weights loaded, in eval mode.
 
@@ -691,10 +695,16 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
       file's shapes when it is already on disk).
     - `sam`: the SAM weights (path, URL, preset name or state dict). Default: `sam.pth` or
       `sam_vit_*.pth` beside the checkpoint, else the config's SAM size, downloaded once.
-    - `device`, `dtype`: where and in which floating dtype the model runs (default CPU, float32).
+    - `device`, `dtype`: where the model goes and the dtype its weights are cast to (a torch
+      dtype or "float32"/"bfloat16"/"float16"; default: CPU, float32). `from_pretrained`
+      instead keeps float32 weights and lets the Predictor autocast.
     """
     from .build import build_model
 
+    if isinstance(dtype, str):  # the app and CLI pass names
+        if dtype.lower() not in _DTYPE_NAMES:
+            raise WeightsError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        dtype = _DTYPE_NAMES[dtype.lower()]
     ckpt = resolve_panosamic_checkpoint(checkpoint, subfolder=subfolder, revision=revision, token=token)
     companions = find_companions(ckpt)
     sam_spec: Any = sam if sam is not None else companions["sam"]
@@ -737,10 +747,13 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
 
 def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
                     sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
-                    device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
+                    device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                     max_depth: float = 10.0, revision: Optional[str] = None,
                     token: Union[str, bool, None] = None):
     """A ready `Predictor` for released or local PanoSAMic weights (see `load_model` for the arguments).
+
+    `device` (None = best available) and `dtype` (autocast precision, e.g. "bfloat16") are the
+    Predictor's; the weights are loaded in float32.
 
     `max_depth` is the depth T in metres used to encode depth maps (`255 * (1 - d/T)`); it is not
     stored in the checkpoints, 10 m is the documented default.

@@ -297,3 +297,28 @@ def test_online_repo_not_found(fake_hub):
         W.resolve_panosamic_checkpoint("someone/nothing", subfolder="x")
     with pytest.raises(WeightsError, match="'someone/nothing' not found"):
         W.list_subfolders("someone/nothing")
+
+
+def test_from_pretrained_end_to_end(cached_ref, reference_dir, reference_io):
+    """Hub cache -> Predictor: embeddings and ERP logits equal the authors' numbers."""
+    import panosamic
+    from panosamic.predictor import Predictor
+
+    inputs, expected = reference_io
+    predictor = panosamic.from_pretrained(REPO, subfolder=SUB, sam=reference_dir / "sam.pth", device="cpu",
+                                          max_depth=float(inputs["max_depth"]))
+    assert isinstance(predictor, Predictor)
+    assert predictor.required_modalities == W.RELEASED_SUBFOLDERS[SUB]
+    predictor.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=inputs["normals"])
+    np.testing.assert_allclose(predictor.embeddings, expected["embeddings"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(predictor.logits, expected["logits"], atol=1e-4, rtol=0)
+    assert (predictor.labels == expected["labels"]).mean() > 0.999
+
+
+def test_load_model_dtype_names(tmp_path, reference_dir):
+    for name in ("model.safetensors", "sam.pth", "config.json"):
+        shutil.copy(reference_dir / name, tmp_path)
+    model = W.load_model(tmp_path, dtype="bfloat16")
+    assert model.semantic_decoder.decoder_head[0].weight.dtype == torch.bfloat16
+    with pytest.raises(WeightsError, match="unknown dtype"):
+        W.load_model(tmp_path, dtype="int3")
