@@ -465,11 +465,12 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
 
 
 def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """(M, 3, H, W) -> (M, 3, h, w): bilinear, antialiased when shrinking (area-like)."""
+    """(M, 3, H, W) -> (M, 3, h, w): area averaging when shrinking, bilinear when enlarging."""
     if tuple(stack.shape[-2:]) == tuple(size):
         return stack
-    shrink = stack.shape[-1] > size[1]
-    return F.interpolate(stack, size, mode="bilinear", align_corners=False, antialias=shrink)
+    if stack.shape[-1] > size[1]:
+        return F.interpolate(stack, size, mode="area")
+    return F.interpolate(stack, size, mode="bilinear", align_corners=False)
 
 
 def _box_in_view1(box: np.ndarray, W: float) -> np.ndarray:

@@ -1,0 +1,262 @@
+"""Predictor behaviour beyond the reference numbers: other architectures, seams, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import panosamic
+from panosamic.errors import InputError
+from panosamic.instances import _fuse, refine_semantics
+
+
+@pytest.fixture(scope="module")
+def ref(reference_dir):
+    model = panosamic.build_model(reference_dir / "config.json")
+    panosamic.load_weights(model, sam=reference_dir / "sam.pth", panosamic=reference_dir / "model.safetensors")
+    inputs = dict(np.load(reference_dir / "inputs.npz"))
+    predictor = panosamic.Predictor(model, device="cpu", max_depth=float(inputs["max_depth"]))
+    predictor.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=inputs["normals"])
+    return predictor, inputs
+
+
+def _tiny_config(**overrides):
+    """A small random architecture unlike the reference's (other sizes exercise the general code)."""
+    cfg = {
+        "image_size": 128, "patch_size": 8, "encoder_embed_dim": 48, "encoder_depth": 3,
+        "encoder_num_heads": 3, "encoder_global_attn_indexes": [0, 2], "encoder_window_size": 4,
+        "prompt_embed_dim": 32,
+        "mask_decoder": {"transformer_depth": 1, "mlp_dim": 64, "num_heads": 2, "iou_head_hidden_dim": 32},
+        "modalities": ["image"], "num_classes": 20, "dual_view_fusion": False,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _random_panorama(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    # Smooth content (not white noise), so resizing is meaningful.
+    small = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
+    return np.kron(small, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+
+
+def test_single_view_rgb_model_at_another_size():
+    torch.manual_seed(0)
+    model = panosamic.build_model(_tiny_config())
+    predictor = panosamic.Predictor(model, device="cpu")
+    assert predictor.required_modalities == ("image",)
+    assert predictor.dataset.name == "matterport3d"
+    image = _random_panorama(100, 200)
+    predictor.set_panorama(image)
+    assert predictor.embeddings.shape == (1, 32, 16, 16)
+    assert predictor.logits.shape == (20, 100, 200)
+    assert predictor.labels.shape == (100, 200)
+    assert set(predictor.timings) == {"preprocess", "encode", "fuse", "decode"}
+    masks, iou, low = predictor.predict(point_coords=[[50, 50]], point_labels=[1])
+    assert masks.shape == (3, 100, 200) and masks.dtype == bool
+    assert iou.shape == (3,) and low.shape == (3, 64, 64)
+    # A single-view model still decodes prompts across the seam on its (only) embedding.
+    masks, _, _ = predictor.predict(point_coords=[[1, 50]], point_labels=[1], view=0)
+    assert masks.shape == (3, 100, 200)
+
+
+def test_resized_input_matches_model_size_run(ref):
+    """A 2x panorama is resized to the model's ERP, and logits come back at the input size."""
+    predictor, inputs = ref
+    big = np.kron(inputs["image"], np.ones((2, 2, 1), dtype=np.float32))
+    depth = np.kron(inputs["depth_m"], np.ones((2, 2), dtype=np.float32))
+    normals = np.kron(inputs["normals"], np.ones((2, 2, 1), dtype=np.float32))
+    other = panosamic.Predictor(predictor.model, device="cpu", max_depth=predictor.max_depth)
+    other.set_panorama(big, depth=depth, normals=normals)
+    assert other.logits.shape == (13, 256, 512)
+    # Area averaging undoes the 2x block replication exactly: the network saw the same input.
+    torch.testing.assert_close(other.state.semantic_logits, predictor.state.semantic_logits)
+    # The output differs only by resampling onto the finer grid.
+    small = other.logits.reshape(13, 128, 2, 256, 2).mean(axis=(2, 4))
+    agree = (small.argmax(0) == predictor.labels).mean()
+    assert agree > 0.95, agree
+
+
+def test_view1_equals_the_rolled_panorama(ref):
+    """Decoding on view 1 is decoding the panorama yawed by 180 degrees, then rolling back."""
+    predictor, inputs = ref
+    H, W = predictor.input_size
+    rolled = panosamic.Predictor(predictor.model, device="cpu", max_depth=predictor.max_depth)
+    rolled.set_panorama(np.roll(inputs["image"], W // 2, axis=1), depth=np.roll(inputs["depth_m"], W // 2, axis=1),
+                        normals=np.roll(inputs["normals"], W // 2, axis=1))
+    x, y = 5.0, 60.0
+    m1, iou1, low1 = predictor.predict(point_coords=[[x, y]], point_labels=[1], view=1, return_logits=True)
+    m2, iou2, _ = rolled.predict(point_coords=[[x + W / 2, y]], point_labels=[1], view=0, return_logits=True)
+    np.testing.assert_allclose(iou1, iou2, atol=1e-4)
+    np.testing.assert_allclose(m1, np.roll(m2, -W // 2, axis=-1), atol=1e-3)
+
+
+def test_auto_view_avoids_the_seam(ref):
+    predictor, _ = ref
+    H, W = predictor.input_size
+    predictor.predict(point_coords=[[2, H / 2]], point_labels=[1])
+    assert predictor.last_view == 1
+    predictor.predict(point_coords=[[W / 2, H / 2]], point_labels=[1])
+    assert predictor.last_view == 0
+    # A box whose second corner is left of the first wraps across the seam: view 1 only.
+    box = [W - 30, 20, 30, H - 20]
+    auto = predictor.predict(box=box, return_logits=True)[0]
+    assert predictor.last_view == 1
+    np.testing.assert_array_equal(auto, predictor.predict(box=box, view=1, return_logits=True)[0])
+    with pytest.raises(InputError, match="wraps"):
+        predictor.predict(box=box, view=0)
+
+
+def test_seam_prompt_gives_a_seamless_mask(ref):
+    """A click on the seam decoded on view 1 is continuous across columns W-1 and 0."""
+    predictor, _ = ref
+    H, W = predictor.input_size
+    logits = predictor.predict(point_coords=[[0.5, H / 2]], point_labels=[1], return_logits=True)[0]
+    seam_jump = np.abs(logits[:, :, 0] - logits[:, :, -1]).mean()
+    inner_jump = np.abs(np.diff(logits, axis=-1)).mean()
+    assert seam_jump < 3 * inner_jump
+    # On view 0 the same click sits on the image border: the seam is a discontinuity there.
+    logits0 = predictor.predict(point_coords=[[0.5, H / 2]], point_labels=[1], return_logits=True, view=0)[0]
+    assert np.abs(logits0[:, :, 0] - logits0[:, :, -1]).mean() > seam_jump
+
+
+def test_mask_input_round_trip_across_views(ref):
+    predictor, _ = ref
+    H, W = predictor.input_size
+    _, iou, low = predictor.predict(point_coords=[[3, 40]], point_labels=[1], view=1)
+    best = low[np.argmax(iou)][None]
+    masks, _, _ = predictor.predict(point_coords=[[3, 40], [W / 2, 40]], point_labels=[1, 0],
+                                    mask_input=best, multimask_output=False, view=0)
+    assert masks.shape == (1, H, W)
+    with pytest.raises(InputError, match="mask_input"):
+        predictor.predict(point_coords=[[3, 40]], point_labels=[1], mask_input=np.zeros((10, 10)))
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"image": np.zeros((100, 150, 3), np.uint8)}, "twice as wide"),
+    ({"image": np.zeros((128, 256, 3), np.uint8)}, "needs depth and normals"),
+    ({"image": np.zeros((128, 256, 3), np.uint8), "depth": np.ones((64, 128)),
+      "normals": np.zeros((128, 256, 3))}, "same size"),
+    ({"image": np.zeros((128, 256, 3), np.uint8), "depth": np.ones((128, 256))}, "normals"),
+    ({"image": "panorama.png"}, "numeric array"),
+    ({"image": np.full((128, 256, 3), np.nan)}, "NaN"),
+])
+def test_bad_panoramas_get_clear_errors(ref, kwargs, pattern):
+    predictor, _ = ref
+    fresh = panosamic.Predictor(predictor.model, device="cpu")
+    with pytest.raises(InputError, match=pattern):
+        fresh.set_panorama(**kwargs)
+
+
+def test_missing_normals_hint_mentions_estimation(ref):
+    predictor, _ = ref
+    with pytest.raises(InputError, match="normals_from_depth"):
+        panosamic.Predictor(predictor.model, device="cpu").set_panorama(
+            np.zeros((128, 256, 3), np.uint8), depth=np.ones((128, 256)))
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"point_coords": [[300, 10]], "point_labels": [1]}, "outside"),
+    ({"point_coords": [[10, 10]]}, "point_labels"),
+    ({"point_coords": [[10, 10]], "point_labels": [2]}, "1 .foreground. or 0"),
+    ({"box": [10, 50, 20, 10]}, "y1 <= y2"),
+    ({"box": [10, 10, 20]}, "4 numbers"),
+    ({}, "at least one prompt"),
+    ({"point_coords": [[10, 10]], "point_labels": [1], "view": 2}, "view must be"),
+])
+def test_bad_prompts_get_clear_errors(ref, kwargs, pattern):
+    predictor, _ = ref
+    with pytest.raises(InputError, match=pattern):
+        predictor.predict(**kwargs)
+
+
+def test_prompt_before_panorama_is_a_clear_error(ref):
+    predictor, _ = ref
+    with pytest.raises(InputError, match="set_panorama"):
+        panosamic.Predictor(predictor.model, device="cpu").predict(point_coords=[[1, 1]], point_labels=[1])
+
+
+def test_state_round_trip_reuses_embeddings(ref):
+    predictor, _ = ref
+    other = panosamic.Predictor(predictor.model, device="cpu")
+    other.set_state(predictor.state)
+    assert other.encoder_calls == 0
+    np.testing.assert_array_equal(other.logits, predictor.logits)
+    a = predictor.predict(point_coords=[[100, 40]], point_labels=[1])[1]
+    b = other.predict(point_coords=[[100, 40]], point_labels=[1])[1]
+    np.testing.assert_array_equal(a, b)
+    assert predictor.state.nbytes == predictor.embeddings.nbytes + 13 * 64 * 64 * 4
+
+
+def test_normals_as_unit_vectors_are_encoded(ref):
+    predictor, inputs = ref
+    unit = inputs["normals"] / 127.5 - 1.0
+    other = panosamic.Predictor(predictor.model, device="cpu", max_depth=predictor.max_depth)
+    other.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=unit)
+    np.testing.assert_allclose(other.logits, predictor.logits, atol=1e-4)
+
+
+def test_bfloat16_autocast_on_cpu(ref):
+    predictor, inputs = ref
+    other = panosamic.Predictor(predictor.model, device="cpu", dtype="bfloat16", max_depth=predictor.max_depth)
+    other.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=inputs["normals"])
+    assert other.logits.dtype == np.float32
+    assert np.corrcoef(other.logits.ravel(), predictor.logits.ravel())[0, 1] > 0.9
+    with pytest.raises(InputError, match="CUDA"):
+        panosamic.Predictor(predictor.model, device="cpu", dtype="float16")
+
+
+def test_generate_instances_and_refine(ref):
+    predictor, _ = ref
+    H, W = predictor.input_size
+    calls = predictor.encoder_calls
+    # The reference weights are random: SAM's default thresholds keep nothing, so loosen them.
+    instances = predictor.generate_instances(points_per_side=4, pred_iou_thresh=0.0,
+                                             stability_score_thresh=0.5, stability_score_offset=0.1)
+    assert predictor.encoder_calls == calls
+    assert instances, "loose thresholds keep some instances"
+    for inst in instances:
+        assert inst["segmentation"].shape == (H, W) and inst["segmentation"].dtype == bool
+        assert inst["area"] == inst["segmentation"].sum() > 0
+        assert inst["view"] in (0, 1) and inst["modality"] in predictor.required_modalities
+    refined = predictor.refine_semantics(instances)
+    smallest = min(instances, key=lambda d: d["area"])
+    region = refined[smallest["segmentation"]]
+    assert (region == region[0]).all()
+    covered = np.any([d["segmentation"] for d in instances], axis=0)
+    np.testing.assert_array_equal(refined[~covered], predictor.labels[~covered])
+
+
+def test_refine_semantics_majority_and_nesting():
+    labels = np.zeros((8, 16), np.int64)
+    labels[:, 8:] = 1
+    labels[2:4, 2:4] = 2
+    big = np.zeros((8, 16), bool)
+    big[:, :10] = True  # mostly class 0
+    small = np.zeros((8, 16), bool)
+    small[2:5, 2:5] = True  # 4 of 9 pixels are class 2, 5 are class 0 -> class 0 ...
+    small2 = np.zeros((8, 16), bool)
+    small2[2:4, 2:4] = True  # ... but this one is all class 2 and smaller, painted last
+    out = refine_semantics(labels, [{"segmentation": small}, {"segmentation": big}, {"segmentation": small2}])
+    assert (out[:, :10][~small2[:, :10]] == 0).all()
+    assert (out[small2] == 2).all()
+    assert (out[:, 10:] == 1).all()
+
+
+def test_views_fuse_across_the_seam():
+    """A seam-cut piece inside a whole mask from the other view is dropped; separate masks stay."""
+    w = 32
+    whole = torch.zeros(8, w)
+    whole[2:6, :4] = 1
+    whole[2:6, -4:] = 1  # one object across the seam, as view 1 sees it
+    piece = torch.zeros(8, w)
+    piece[2:6, :4] = 1  # view 0 sees only its left part, cut at the border
+    other = torch.zeros(8, w)
+    other[2:6, 12:18] = 1
+    masks = torch.stack([piece, whole, other]).flatten(1)
+    order = np.array([1, 2, 0])  # whole-in-view masks rank first
+    kept = _fuse(masks, order, [True, False, False], nms_thresh=0.7, containment_thresh=0.8)
+    assert kept == [1, 2]
