@@ -254,6 +254,10 @@ def resolve_panosamic_checkpoint(spec: PathLike = HUB_REPO_ID, subfolder: Option
     if _looks_like_path(text):
         raise WeightsError(f"PanoSAMic checkpoint {text!r} not found: no such file or folder "
                            f"(a Hub repo id looks like {HUB_REPO_ID!r})")
+    if text == HUB_REPO_ID and not subfolder:
+        # The official repo keeps every model in its own folder: say so without a network round trip.
+        raise WeightsError(f"{HUB_REPO_ID} holds several models: pass subfolder=..., e.g. one of "
+                           f"{', '.join(RELEASED_SUBFOLDERS)} (list_subfolders() shows what the Hub has)")
     return _hub_download(text, PANOSAMIC_FILENAME, subfolder, revision, token, required=True)
 
 

@@ -93,6 +93,11 @@ def test_missing_subfolder_offline_lists_known(cached_ref):
     assert SUB in msg and "stanford2d3ds-vith-rgb-fold2" in msg  # cached and released folders
 
 
+def test_official_repo_needs_a_subfolder(hub_cache):
+    with pytest.raises(WeightsError, match="pass subfolder=.*stanford2d3ds-vith-rgbdn-fold3"):
+        W.resolve_panosamic_checkpoint()
+
+
 def test_repo_not_cached_offline(hub_cache):
     with pytest.raises(WeightsError) as e:
         W.resolve_panosamic_checkpoint("someone/other-repo", subfolder="x")
