@@ -1,0 +1,160 @@
+"""Evaluation of semantic panorama segmentation: confusion matrix, IoU, accuracy, seam consistency.
+
+Definitions
+    * Confusion matrix ``C`` (K x K, float64): ``C[g, p]`` is the number (or the
+      total weight) of pixels whose ground truth is ``g`` and prediction ``p``.
+      Ground-truth pixels equal to ``ignore_index`` (default -1), to 255 or
+      outside ``0..K-1`` are left out (void). A prediction outside ``0..K-1``
+      on a counted pixel is an error (:class:`~panosamic.errors.InputError`).
+    * IoU of class k: ``C[k,k] / (sum_p C[k,p] + sum_g C[g,k] - C[k,k])``; NaN
+      when the class appears neither in the ground truth nor in the prediction.
+    * mIoU: mean of the IoUs over the classes present in the ground truth *or*
+      the prediction (non-NaN IoUs). Over a data set, accumulate one confusion
+      matrix over all images and call :func:`iou_from_confusion` once, which
+      is how the papers report mIoU.
+    * pixel accuracy: ``trace(C) / sum(C)``; mean (class) accuracy: mean over
+      the classes present in the ground truth of ``C[k,k] / sum_p C[k,p]``.
+    * Weighting: with ``weighted=True`` each pixel counts with its solid angle
+      (:func:`panosamic.geometry.pixel_areas`, proportional to cos(latitude)),
+      so the numbers are shares of the *sphere*, not of the ERP image that
+      over-represents the poles. Unweighted is what the PanoSAMic paper reports.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from . import geometry
+from .errors import InputError
+
+__all__ = [
+    "confusion_matrix", "iou_from_confusion", "per_class_iou", "mean_iou", "pixel_accuracy",
+    "mean_accuracy", "seam_consistency", "evaluate",
+]
+
+
+def _weights_for(shape, weighted: bool, weights: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    if weights is not None:
+        return np.broadcast_to(np.asarray(weights, dtype=np.float64), shape)
+    if weighted:
+        if len(shape) != 2:
+            raise InputError(f"weighted metrics need (H, W) ERP label maps, got shape {shape}")
+        return geometry.pixel_areas(*shape)
+    return None
+
+
+def confusion_matrix(pred, gt, num_classes: int, ignore_index: int = -1, weights=None,
+                     weighted: bool = False) -> np.ndarray:
+    """``(K, K)`` float64 confusion matrix, rows = ground truth, columns = prediction.
+
+    ``pred`` and ``gt`` are integer arrays of the same shape. ``weights`` (same
+    shape or broadcastable) gives each pixel a weight; ``weighted=True`` uses the
+    ERP solid angles instead. Ground truth equal to ``ignore_index``, 255 or out of
+    range is ignored.
+    """
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise InputError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}; "
+                         f"resize the prediction to the ground truth (nearest) first")
+    g = gt.astype(np.int64)
+    p = pred.astype(np.int64)
+    valid = (g != ignore_index) & (g != 255) & (g >= 0) & (g < num_classes)
+    bad = valid & ((p < 0) | (p >= num_classes))
+    if bad.any():
+        raise InputError(f"prediction holds values outside 0..{num_classes - 1} "
+                         f"(e.g. {int(p[bad][0])}) on labelled pixels; predictions must be class indices")
+    w = _weights_for(gt.shape, weighted, weights)
+    idx = g[valid] * num_classes + p[valid]
+    counts = np.bincount(idx, weights=None if w is None else w[valid], minlength=num_classes * num_classes)
+    return counts[: num_classes * num_classes].reshape(num_classes, num_classes).astype(np.float64)
+
+
+def iou_from_confusion(cm) -> np.ndarray:
+    """Per-class IoU ``(K,)`` from a confusion matrix; NaN for classes absent from both gt and prediction."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def per_class_iou(pred, gt, num_classes: int, weighted: bool = False, ignore_index: int = -1) -> np.ndarray:
+    """IoU of every class, ``(K,)``; NaN where a class is in neither gt nor prediction."""
+    return iou_from_confusion(confusion_matrix(pred, gt, num_classes, ignore_index, weighted=weighted))
+
+
+def mean_iou(pred, gt, num_classes: int, weighted: bool = False, ignore_index: int = -1) -> float:
+    """Mean IoU over the classes present in the ground truth or the prediction (NaN if none)."""
+    iou = per_class_iou(pred, gt, num_classes, weighted, ignore_index)
+    return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+
+
+def pixel_accuracy(pred, gt, num_classes: int, weighted: bool = False, ignore_index: int = -1) -> float:
+    """Share of labelled pixels (or of labelled solid angle) predicted correctly."""
+    cm = confusion_matrix(pred, gt, num_classes, ignore_index, weighted=weighted)
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total > 0 else float("nan")
+
+
+def mean_accuracy(pred, gt, num_classes: int, weighted: bool = False, ignore_index: int = -1) -> float:
+    """Mean over the classes present in the ground truth of their recall ``C[k,k] / sum_p C[k,p]``."""
+    cm = confusion_matrix(pred, gt, num_classes, ignore_index, weighted=weighted)
+    rows = cm.sum(axis=1)
+    present = rows > 0
+    return float(np.mean(np.diag(cm)[present] / rows[present])) if present.any() else float("nan")
+
+
+def seam_consistency(labels) -> float:
+    """How consistent an ERP label map is across its left/right seam, relative to elsewhere.
+
+    ``seam = mean over rows of [labels[:, W-1] != labels[:, 0]]`` (the seam
+    columns are neighbours on the sphere) and ``interior = mean over rows and
+    x = 0..W-2 of [labels[:, x] != labels[:, x+1]]``. Returns
+    ``seam / interior``: about 1 when the seam is no more of a boundary than any
+    other column pair, much larger than 1 when a model breaks at the seam.
+    If ``interior == 0`` (vertical bands only ever change at the seam, or a
+    constant map): 1.0 when ``seam == 0`` too, else ``inf``.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or lab.shape[1] < 3:
+        raise InputError(f"seam_consistency needs an (H, W) label map with W >= 3, got shape {lab.shape}")
+    seam = float(np.mean(lab[:, -1] != lab[:, 0]))
+    interior = float(np.mean(lab[:, 1:] != lab[:, :-1]))
+    if interior == 0.0:
+        return 1.0 if seam == 0.0 else float("inf")
+    return seam / interior
+
+
+def evaluate(pred, gt, num_classes: int, weighted: bool = False, ignore_index: int = -1,
+             class_names=None) -> Dict:
+    """All metrics at once, as a JSON-friendly dict.
+
+    Keys: ``miou``, ``pixel_accuracy``, ``mean_accuracy``, ``per_class_iou``
+    (list, NaN for absent classes; also ``iou_by_class`` when ``class_names``
+    is given), ``seam_consistency_pred``, ``seam_consistency_gt``,
+    ``confusion`` (K x K list), ``weighted``, ``num_classes``.
+    """
+    cm = confusion_matrix(pred, gt, num_classes, ignore_index, weighted=weighted)
+    iou = iou_from_confusion(cm)
+    total = cm.sum()
+    rows = cm.sum(axis=1)
+    present = rows > 0
+    out = {
+        "num_classes": int(num_classes),
+        "weighted": bool(weighted),
+        "miou": float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan"),
+        "pixel_accuracy": float(np.trace(cm) / total) if total > 0 else float("nan"),
+        "mean_accuracy": float(np.mean(np.diag(cm)[present] / rows[present])) if present.any() else float("nan"),
+        "per_class_iou": [float(v) for v in iou],
+        "confusion": cm.tolist(),
+    }
+    if class_names is not None:
+        out["iou_by_class"] = {str(n): float(v) for n, v in zip(class_names, iou)}
+    p = np.asarray(pred)
+    if p.ndim == 2 and p.shape[1] >= 3:
+        out["seam_consistency_pred"] = seam_consistency(p)
+        out["seam_consistency_gt"] = seam_consistency(gt)
+    return out
