@@ -130,13 +130,15 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
             labels_ms.append(label_s * 1e3)
 
     rng = np.random.default_rng(seed + 1)
-    predictor.predict(point_coords=[[w / 2, h / 2]], point_labels=[1])  # warm-up
+    predictor.predict(point_coords=[[w / 2, h / 2]], point_labels=[1], view=0)  # warm-up
     click_ms: List[float] = []
     views = [0, 0]
     for _ in range(clicks):
         x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
         t = time.perf_counter()
-        predictor.predict(point_coords=[[x, y]], point_labels=[1], multimask_output=True)
+        # view="auto" may pick the yawed view 1, which a single-view model does not have
+        predictor.predict(point_coords=[[x, y]], point_labels=[1], multimask_output=True,
+                          view="auto" if model.num_views == 2 else 0)
         click_ms.append((time.perf_counter() - t) * 1e3)
         views[predictor.last_view or 0] += 1
     _note(f"predict: median {statistics.median(click_ms):.1f} ms over {clicks} clicks", quiet)

@@ -109,10 +109,12 @@ def expand_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str], int]:
 
 
 def output_stem(path: Path) -> str:
-    """`room_rgb.png` -> `room`, `room.jpg` -> `room` (outputs sit beside `room_depth.png`)."""
+    """`room_rgb.png` (or `room_image.png`) -> `room`, `room.jpg` -> `room` (outputs sit beside
+    `room_depth.png`)."""
     stem = path.stem
-    if stem.lower().endswith("_rgb") and len(stem) > 4:
-        stem = stem[:-4]
+    for suffix in ("_rgb", "_image"):
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
     return stem
 
 
