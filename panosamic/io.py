@@ -196,6 +196,9 @@ def load_depth(path_or_array, scale: Optional[float] = None) -> np.ndarray:
             raise InputError(f"depth {p} has shape {a.shape}; expected an (H, W) array in metres")
         d = a.astype(np.float64) * (1.0 if scale is None else scale)
     elif ext == ".exr":
+        if not cv2.haveImageReader(str(p)):
+            raise InputError(f"cannot read {p.name}: this OpenCV build has no OpenEXR support (or the file is "
+                             f"not a valid EXR); save the depth as a .npy in metres or a 16-bit PNG in millimetres")
         a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "depth")
         a = a[..., 0] if a.ndim == 3 else a
         d = a.astype(np.float64) * (1.0 if scale is None else scale)
