@@ -696,7 +696,7 @@ def _albedo(mat: np.ndarray, color: np.ndarray, seed: np.ndarray, p: np.ndarray,
         scale(idx, 0.95 + 0.05 * _value_noise(u[idx] * 10, v[idx] * 10, seed[idx]))
     idx = sel(CARDBOARD)
     if idx.size:
-        tape = (np.abs(ur[idx] - uw[idx] / 2) < 0.025) & (~horizontal[idx] | True)
+        tape = np.abs(ur[idx] - uw[idx] / 2) < 0.025  # a strip of tape across the middle
         f = 0.9 + 0.1 * _fbm(u[idx] * 10, v[idx] * 10, seed[idx], 2)
         out[idx] *= f[:, None]
         out[idx[tape]] = out[idx[tape]] * 0.8 + 0.12
@@ -763,8 +763,7 @@ def _albedo(mat: np.ndarray, color: np.ndarray, seed: np.ndarray, p: np.ndarray,
         sky = np.stack([0.78 - 0.38 * sky_t, 0.86 - 0.26 * sky_t, 0.96 - 0.06 * sky_t], 1)
         cloud = _fbm(d[:, 0] * 6 + d[:, 1] * 6, d[:, 2] * 14, seed[idx], 3)
         sky = sky + (np.clip(cloud - 0.55, 0, 1) * 1.5)[:, None] * (1 - sky)
-        ground = np.stack([0.35, 0.45, 0.28] * np.ones((idx.size, 1)), 0).reshape(idx.size, 3) \
-            * (0.85 + 0.3 * _fbm(d[:, 0] * 20, d[:, 1] * 20, seed[idx], 2))[:, None]
+        ground = np.array([0.35, 0.45, 0.28]) * (0.85 + 0.3 * _fbm(d[:, 0] * 20, d[:, 1] * 20, seed[idx], 2))[:, None]
         glass = np.where((elev > -0.08)[:, None], sky, ground)
         out[idx] = np.where(frame[:, None], np.array([0.88, 0.88, 0.86]), glass)
         emissive[idx[~frame]] = True
