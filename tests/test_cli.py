@@ -251,6 +251,9 @@ def test_bad_checkpoint_is_a_message(tmp_path):
 def test_usage_errors(tmp_path):
     code, _, err = run_main("predict", tmp_path / "nothing_here.png", "--checkpoint", "x", "--out", tmp_path / "o")
     assert code == 2 and "nothing_here.png" in err
+    a = write_panorama(tmp_path, "a.png", 64, seed=11)
+    code, _, err = run_main("predict", a["image"], "--checkpoint", "x", "--out", tmp_path / "o", "--device", "gpu0")
+    assert code == 2 and "gpu0" in err
     with pytest.raises(SystemExit) as e:
         with contextlib.redirect_stderr(io.StringIO()):
             cli.main(["predict", "a.png"])  # no --checkpoint/--out
