@@ -314,6 +314,7 @@ class Predictor:
             return_logits: mask logits instead of boolean masks.
             view: 0 (as given), 1 (yawed 180 degrees: decoded at x' = (x + W/2) mod W and
                 rolled back) or "auto": the view that keeps the prompts furthest from its seam.
+                Single-view checkpoints have only view 0.
 
         Returns:
             masks (C, H, W) bool (float32 logits with return_logits), iou_predictions (C,),
@@ -332,7 +333,9 @@ class Predictor:
         sx, sy = Wm / W, Hm / H
         pts_m = points * np.array([sx, sy], dtype=np.float32) if points is not None else None
         box_m = box_xyxy * np.array([sx, sy, sx, sy], dtype=np.float32) if box_xyxy is not None else None
-        v = self._choose_view(view, pts_m, box_m, Wm)
+        if self.model.num_views == 1 and view == 1:
+            raise InputError("this checkpoint is single-view: decode on view 0 (or 'auto')")
+        v = self._choose_view(view, pts_m, box_m, Wm) if self.model.num_views == 2 else 0
         if v == 1:
             if pts_m is not None:
                 pts_m = pts_m.copy()
@@ -340,7 +343,8 @@ class Predictor:
             if box_m is not None:
                 box_m = _box_in_view1(box_m, Wm)
         elif box_m is not None and box_m[0] > box_m[2]:
-            raise InputError("a box that wraps across the seam (x1 > x2) can only be decoded on view 1 or 'auto'")
+            raise InputError("a box that wraps across the seam (x1 > x2) needs view 1 or 'auto' on a dual-view "
+                             "checkpoint; on a single-view one, draw it as two boxes")
 
         dev = self.device
         low_size = self.model.prompt_encoder.mask_input_size

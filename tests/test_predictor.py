@@ -59,8 +59,12 @@ def test_single_view_rgb_model_at_another_size():
     assert masks.shape == (3, 100, 200) and masks.dtype == bool
     assert iou.shape == (3,) and low.shape == (3, 64, 64)
     # A single-view model still decodes prompts across the seam on its (only) embedding.
-    masks, _, _ = predictor.predict(point_coords=[[1, 50]], point_labels=[1], view=0)
-    assert masks.shape == (3, 100, 200)
+    masks, _, _ = predictor.predict(point_coords=[[1, 50]], point_labels=[1])
+    assert masks.shape == (3, 100, 200) and predictor.last_view == 0
+    with pytest.raises(InputError, match="single-view"):
+        predictor.predict(point_coords=[[1, 50]], point_labels=[1], view=1)
+    with pytest.raises(InputError, match="two boxes"):
+        predictor.predict(box=[190, 10, 10, 90])
 
 
 def test_resized_input_matches_model_size_run(ref):
