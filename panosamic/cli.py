@@ -29,12 +29,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, PanoSAMicError
+from .geometry import class_shares
+from .io import DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, save_image, save_labels_png
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-DEPTH_EXTENSIONS = (".png", ".npy", ".exr", ".tif", ".tiff")
-NORMALS_EXTENSIONS = (".png", ".npy", ".exr", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_EXTS
 # File-name suffixes of companions and of our own outputs: never panoramas themselves.
 COMPANION_SUFFIXES = ("_depth", "_normals", "_labels", "_color", "_colour", "_semantic", "_overlay")
 _GLOB_CHARS = "*?["
@@ -130,155 +130,18 @@ def _unique_stems(paths: Sequence[Path]) -> List[str]:
     return stems
 
 
-# --- reading files (panosamic.io when it has the function, else small fallbacks) ----------------
-
-
-def _io_function(name: str):
-    try:
-        from . import io as pio
-    except ImportError:
-        return None
-    return getattr(pio, name, None)
-
-
-def _cv2():
-    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")  # before the first cv2 import
-    import cv2
-
-    return cv2
-
-
-def load_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    fn = _io_function("load_image")
-    if fn is not None:
-        return np.asarray(fn(path))
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise InputError(f"{path.name} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
-    cv2 = _cv2()
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise InputError(f"cannot read {path.name} as an image: the file is corrupt or not an image")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
-def load_depth(path: Path, scale: Optional[float] = None) -> np.ndarray:
-    """(H, W) float32 metres: 16-bit PNG in millimetres (x `scale`, default 0.001), .npy/.exr in metres."""
-    fn = _io_function("load_depth")
-    if fn is not None:
-        return np.asarray(fn(path, scale=scale))
-    ext = path.suffix.lower()
-    if ext == ".npy":
-        try:
-            d = np.load(path, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"cannot read depth {path.name}: {e}") from None
-        d = d.astype(np.float32) * np.float32(1.0 if scale is None else scale)
-    else:
-        cv2 = _cv2()
-        d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-        if d is None:
-            raise InputError(f"cannot read depth {path.name}: the file is corrupt or not an image")
-        if d.ndim == 3:
-            d = d[..., 0]
-        if d.dtype.kind == "f":
-            d = d.astype(np.float32) * np.float32(1.0 if scale is None else scale)
-        elif d.dtype == np.uint16:
-            d = d.astype(np.float32) * np.float32(0.001 if scale is None else scale)
-        else:
-            raise InputError(f"depth {path.name} is {d.dtype} (8-bit?): give a 16-bit PNG in millimetres, "
-                             "or .npy/.exr in metres")
-    if d.ndim == 3 and d.shape[-1] == 1:
-        d = d[..., 0]
-    if d.ndim != 2:
-        raise InputError(f"depth {path.name} must be one channel (H, W), got shape {d.shape}")
-    return d
-
-
-def load_normals(path: Path) -> np.ndarray:
-    """(H, W, 3): RGB-encoded 0..255 or unit vectors in -1..1 (the predictor takes either)."""
-    fn = _io_function("load_normals")
-    if fn is not None:
-        return np.asarray(fn(path))
-    if path.suffix.lower() == ".npy":
-        try:
-            n = np.load(path, allow_pickle=False).astype(np.float32)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"cannot read normals {path.name}: {e}") from None
-    else:
-        cv2 = _cv2()
-        n = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-        if n is None:
-            raise InputError(f"cannot read normals {path.name}: the file is corrupt or not an image")
-        if n.ndim != 3 or n.shape[-1] < 3:
-            raise InputError(f"normals {path.name} must be a 3-channel image, got shape {n.shape}")
-        n = n[..., 2::-1]  # BGR(A) -> RGB
-        if n.dtype == np.uint16:
-            n = n.astype(np.float32) / 257.0
-        n = n.astype(np.float32)
-    if n.ndim != 3 or n.shape[-1] != 3:
-        raise InputError(f"normals {path.name} must be (H, W, 3), got shape {n.shape}")
-    return n
-
-
-def find_companions(path: Path) -> Dict[str, Optional[Path]]:
-    """`X_rgb.png` / `X.png` -> {"depth": X_depth.png|npy|exr, "normals": X_normals.png, ...}."""
-    fn = _io_function("find_companions")
-    if fn is not None:
-        found = fn(path)
-        return {k: (Path(v) if v is not None else None) for k, v in dict(found).items()}
-    bases = [path.stem]
-    if path.stem.lower().endswith("_rgb"):
-        bases.insert(0, path.stem[:-4])
-    out: Dict[str, Optional[Path]] = {"image": path, "depth": None, "normals": None}
-    for kind, exts in (("depth", DEPTH_EXTENSIONS), ("normals", NORMALS_EXTENSIONS)):
-        for base in bases:
-            hit = next((path.with_name(f"{base}_{kind}{e}") for e in exts
-                        if path.with_name(f"{base}_{kind}{e}").is_file()), None)
-            if hit is not None:
-                out[kind] = hit
-                break
-    return out
-
-
 def _expected_companion_names(path: Path, kind: str) -> str:
     base = output_stem(path)
-    exts = DEPTH_EXTENSIONS if kind == "depth" else NORMALS_EXTENSIONS
-    return f"{base}_{kind}" + "/".join(exts[:3])
+    exts = DEPTH_EXTS if kind == "depth" else (".png",)
+    return f"{base}_{kind}" + "/".join(exts)
 
 
 # --- outputs ---------------------------------------------------------------------------------
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    cv2 = _cv2()
-    arr = np.ascontiguousarray(array)
-    if arr.ndim == 3:
-        arr = np.ascontiguousarray(arr[..., ::-1])  # RGB -> BGR
-    if not cv2.imwrite(str(path), arr):
-        raise OSError(f"could not write {path}")
-
-
 def labels_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Class indices as uint8 (K <= 255) or uint16."""
     return np.asarray(labels).astype(np.uint8 if num_classes <= 255 else np.uint16)
-
-
-def sphere_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Share of the sphere per class (pixels weighted by cos(latitude)), summing to 1."""
-    try:
-        from .geometry import class_shares
-    except ImportError:
-        class_shares = None
-    if class_shares is not None:
-        return np.asarray(class_shares(labels, num_classes, weighted=True), dtype=np.float64)
-    h, w = labels.shape
-    lat = np.pi / 2 - (np.arange(h) + 0.5) / h * np.pi
-    weights = np.repeat(np.cos(lat)[:, None], w, axis=1)
-    lab = labels.astype(np.int64)
-    valid = (lab >= 0) & (lab < num_classes)
-    out = np.bincount(lab[valid], weights=weights[valid], minlength=num_classes)[:num_classes]
-    return out / out.sum() if out.sum() > 0 else out
 
 
 def class_statistics(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray) -> List[Dict[str, Any]]:
@@ -287,7 +150,7 @@ def class_statistics(labels: np.ndarray, classes: Sequence[str], palette: np.nda
     lab = np.asarray(labels).astype(np.int64)
     counts = np.bincount(lab[(lab >= 0) & (lab < k)], minlength=k)[:k]
     total = max(int(counts.sum()), 1)
-    sphere = sphere_shares(lab, k)
+    sphere = class_shares(lab, k, weighted=True)
     rows = []
     for c in range(k):
         r, g, b = (int(v) for v in palette[c])
@@ -384,8 +247,8 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
     stats = class_statistics(labels, ds.classes, ds.palette)
     paths = output_paths(out, stem)
     h, w = labels.shape
-    write_png(paths["labels"], labels_array(labels, k))
-    write_png(paths["color"], ds.colorize(labels))
+    save_labels_png(paths["labels"], labels_array(labels, k))
+    save_image(paths["color"], ds.colorize(labels))
     seconds = time.perf_counter() - t0
     doc = {
         "input": str(path), "depth": used["depth"], "normals": used["normals"],
@@ -579,7 +442,7 @@ def cmd_list_checkpoints(args) -> int:
         root = Path(args.folder).expanduser()
         if not root.is_dir():
             raise UsageError(f"{root} is not a folder")
-        found = ([""] if (root / W.PANOSAMIC_FILENAME).is_file() else []) + W._local_subfolders(root)
+        found = ([""] if (root / W.PANOSAMIC_FILENAME).is_file() else []) + W.local_subfolders(root)
         if not found:
             print(f"no {W.PANOSAMIC_FILENAME} in {root} or its subfolders", file=sys.stderr)
             return EXIT_FAILED
@@ -593,9 +456,9 @@ def cmd_list_checkpoints(args) -> int:
     if args.online:
         subs = W.list_subfolders(args.repo)
     else:
-        subs = sorted(set(W._cached_subfolders(args.repo))
+        subs = sorted(set(W.cached_subfolders(args.repo))
                       | (set(W.RELEASED_SUBFOLDERS) if args.repo == W.HUB_REPO_ID else set()))
-    cached = set(W._cached_subfolders(args.repo))
+    cached = set(W.cached_subfolders(args.repo))
     if not subs:
         print(f"no checkpoints known for {args.repo} (try --online)", file=sys.stderr)
         return EXIT_FAILED

@@ -218,7 +218,7 @@ def _looks_like_path(text: str) -> bool:
             or os.path.isabs(text) or not _REPO_ID.match(text))
 
 
-def _local_subfolders(root: Path, depth: int = 3) -> List[str]:
+def local_subfolders(root: Path, depth: int = 3) -> List[str]:
     """Subfolders of `root` (1 to `depth` levels down) holding a model.safetensors, as posix paths."""
     found = []
     for level in range(1, depth + 1):  # glob per level: a bounded walk, even for a large folder
@@ -247,7 +247,7 @@ def resolve_panosamic_checkpoint(spec: PathLike = HUB_REPO_ID, subfolder: Option
         target = path / subfolder / PANOSAMIC_FILENAME if subfolder else path / PANOSAMIC_FILENAME
         if target.is_file():
             return target
-        known = _local_subfolders(path)
+        known = local_subfolders(path)
         hint = (f"subfolders with a {PANOSAMIC_FILENAME}: {', '.join(known)}" if known
                 else f"no subfolder of {path} holds one either")
         raise WeightsError(f"{target} does not exist; {hint}")
@@ -327,7 +327,7 @@ def _known_subfolders_hint(known: Sequence[str], repo_id: str) -> str:
     return f"Known subfolders of {repo_id}: {', '.join(known)}."
 
 
-def _cached_subfolders(repo_id: str, revision: Optional[str] = None) -> List[str]:
+def cached_subfolders(repo_id: str, revision: Optional[str] = None) -> List[str]:
     """Subfolders with a model.safetensors in the local HF cache of `repo_id` (any snapshot if no revision)."""
     repo_dir = Path(_hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo_dir / "snapshots"
@@ -340,13 +340,13 @@ def _cached_subfolders(repo_id: str, revision: Optional[str] = None) -> List[str
         commits = [p for p in commits if p.name == commit]
     found = set()
     for snap in commits:
-        found.update(s for s in _local_subfolders(snap) if s)
+        found.update(s for s in local_subfolders(snap) if s)
     return sorted(found)
 
 
 def _offline_subfolders(repo_id: str, revision: Optional[str] = None) -> List[str]:
     """What is known without the network: cached subfolders, plus the released ones for the official repo."""
-    known = set(_cached_subfolders(repo_id, revision))
+    known = set(cached_subfolders(repo_id, revision))
     if repo_id == HUB_REPO_ID:
         known.update(RELEASED_SUBFOLDERS)
     return sorted(known)
