@@ -151,7 +151,7 @@ def test_point_cloud_figure_at_true_distances():
     assert 100 < n <= 600
     r = np.sqrt(np.asarray(pts.x) ** 2 + np.asarray(pts.y) ** 2 + np.asarray(pts.z) ** 2)
     np.testing.assert_allclose(r, 3.0, rtol=1e-5)
-    assert pts.hovertext[0].startswith("floor")
+    assert pts.text[0] == "floor" and float(pts.customdata[0]) == pytest.approx(3.0)
 
 
 def test_label_png_round_trip(tmp_path):
