@@ -236,11 +236,13 @@ class ModelRegistry:
                 return self._models[key]
             from panosamic import weights
 
+            # Load first (onto the CPU; the Predictor moves it to the device), so that a
+            # checkpoint that fails to load does not evict the working one.
+            model = weights.load_model(key.checkpoint, subfolder=key.subfolder, sam=key.sam)
             while len(self._models) >= self.max_models:
                 old = self._order.pop(0)
                 del self._models[old]
                 _empty_gpu_cache()
-            model = weights.load_model(key.checkpoint, subfolder=key.subfolder, sam=key.sam)
             self._models[key] = model
             self._order.append(key)
             return model
@@ -367,19 +369,24 @@ def find_examples(folder: str) -> List[List[Optional[str]]]:
     return rows
 
 
-class PanoramaInput(gr.Image):
+def panorama_input(**kwargs) -> gr.Image:
     """gr.Image for the panorama upload that reports a file it cannot decode with a clear
-    message (plain gr.Image fails inside PIL before the handler runs)."""
+    message (a plain gr.Image fails inside PIL before the handler runs). The check wraps the
+    instance's preprocess: a gr.Image subclass would make Gradio write an app.pyi stub."""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
 
-    is_template = True  # rendered by the frontend's Image component
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Exception:  # noqa: BLE001
             name = getattr(payload, "orig_name", None) or "the file"
             raise gr.Error(f"{name} is not an image that can be read: upload a JPEG or PNG panorama "
-                           "(equirectangular, width = 2 x height).", duration=None) from None
+                           "(equirectangular, width = 2 x height).", duration=None,
+                           print_exception=False) from None
+
+    image.preprocess = checked  # type: ignore[method-assign]
+    return image
 
 
 # ============================================================================ the app
@@ -495,25 +502,28 @@ class Studio:
         s.set_candidates(masks, scores)
 
     # ----------------------------------------------------------------- handlers
-    def requirements(self, choice: Optional[str], pano: Any, depth: Any, normals: Any):
-        """Markdown that says what the selected checkpoint needs, and whether Run is enabled."""
+    def requirements_text(self, choice: Optional[str], pano: Any, depth: Any, normals: Any) -> Tuple[str, bool]:
+        """What the selected checkpoint needs, and whether Run can start."""
         mods = self.checkpoints.modalities(choice)
         have = {"image": pano is not None, "depth": depth is not None, "normals": normals is not None}
         if mods is None:
             need = "This checkpoint's inputs are read when it loads."
             missing: List[str] = []
         else:
-            need = "Needs " + ", ".join(("✅ " if have[m] else "❌ ") + MODALITY_NAMES[m] for m in mods) + "."
+            need = "Needs " + ", ".join(f"**{MODALITY_NAMES[m]}**" for m in mods) + "."
             missing = [m for m in mods if not have[m]]
         if pano is None:
-            return f"{need} Upload a panorama or pick an example.", gr.Button(interactive=False)
+            return f"{need} Upload a panorama or pick an example.", False
         if missing:
             names = " and ".join(MODALITY_NAMES[m] for m in missing)
-            return (f"⚠️ {need} Upload the {names} map, or pick an RGB checkpoint.",
-                    gr.Button(interactive=False))
+            return f"⚠ {need} Missing: {names}. Upload it, or pick an RGB checkpoint.", False
         unused = [m for m in ("depth", "normals") if have[m] and mods is not None and m not in mods]
-        note = f" The {' and '.join(unused)} map will not be used by this checkpoint." if unused else ""
-        return f"{need}{note}", gr.Button(interactive=True)
+        note = f" The {' and '.join(unused)} map is not used by this checkpoint." if unused else ""
+        return f"{need} Ready.{note}", True
+
+    def requirements(self, choice: Optional[str], pano: Any, depth: Any, normals: Any):
+        text, ok = self.requirements_text(choice, pano, depth, normals)
+        return text, gr.Button(interactive=ok)
 
     def on_upload(self, pano: Any):
         """A new panorama replaces the session: show it, clear the results."""
@@ -730,7 +740,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
-                pano = PanoramaInput(label="Panorama (equirectangular, 2:1)", type="filepath", image_mode=None,
+                pano = panorama_input(label="Panorama (equirectangular, 2:1)", type="filepath", image_mode=None,
                                      sources=["upload", "clipboard"], height=190)
                 with gr.Row():
                     depth = gr.File(label="Depth (16-bit PNG mm, .npy/.exr m)", file_types=[".png", ".npy", ".exr", ".tif", ".tiff"],
@@ -738,12 +748,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     normals = gr.File(label="Normals (RGB PNG)", file_types=["image"], height=110)
                 checkpoint = gr.Dropdown(choices=ck.choices(), value=ck.default, allow_custom_value=True,
                                          label="Checkpoint", info="Released PanoSAMic weights, or type a Hub subfolder")
-                need = gr.Markdown(elem_id="requirements")
-                with gr.Accordion("Depth settings", open=False):
+                need = gr.Markdown(studio.requirements_text(ck.default, None, None, None)[0], elem_id="requirements")
+                with gr.Accordion("Settings", open=False):
                     depth_scale = gr.Number(value=0, minimum=0, label="Depth scale (metres per stored unit)",
                                             info="0 = auto: PNG in millimetres, .npy/.exr in metres")
                     max_depth = gr.Slider(1, 50, value=10, step=0.5, label="Max depth T (m)",
                                           info="Depth encoding range of the model (10 m for indoor rooms)")
+                    pps = gr.Slider(4, 32, value=16, step=1, label="SAM instance grid (points per side)",
+                                    info="For 'Refine with SAM instances'; fewer points are faster")
                 run = gr.Button("Run", variant="primary", interactive=False, elem_id="run-button")
                 run_status = gr.Markdown(elem_id="run-status", label="Run status")
                 if studio.examples:
@@ -756,17 +768,15 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Row(equal_height=True):
                     opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Opacity", scale=2)
                     mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="Click adds", scale=3)
-                with gr.Row(equal_height=True):
+                with gr.Row(equal_height=False):
                     candidates = gr.Radio([("#1", 0), ("#2", 1), ("#3", 2)], value=None, label="Mask candidates",
                                           interactive=False, scale=3)
                     cls = gr.Dropdown(choices=[], label="Class", allow_custom_value=True, scale=2)
-                    assign = gr.Button("Assign class", variant="primary", scale=1, min_width=110)
                 with gr.Row():
-                    undo = gr.Button("↶ Undo", size="sm")
-                    clear = gr.Button("Clear prompts", size="sm")
-                    refine = gr.Button("Refine with SAM instances", size="sm")
-                    pps = gr.Slider(4, 32, value=16, step=1, label="Instance grid (points per side)",
-                                    show_label=True, min_width=160)
+                    assign = gr.Button("Assign class", variant="primary", elem_id="assign-button")
+                    undo = gr.Button("↶ Undo", elem_id="undo-button")
+                    clear = gr.Button("Clear prompts")
+                    refine = gr.Button("Refine with SAM instances")
                 edit_status = gr.Markdown(elem_id="edit-status", label="Edit status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
@@ -792,7 +802,6 @@ def build_ui(studio: Studio) -> gr.Blocks:
             comp.change(studio.requirements, [checkpoint, pano, depth, normals], [need, run],
                         api_visibility="private", queue=False)
         pano.change(studio.on_upload, [pano], outputs, api_visibility="private")
-        demo.load(studio.requirements, [checkpoint, pano, depth, normals], [need, run], api_visibility="private")
 
         run.click(friendly(on_gpu(studio.segment, 120)), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
                   outputs, api_name="segment", **model_q)

@@ -206,7 +206,7 @@ def draw_prompts(display: np.ndarray, scale: float, points: Sequence[Sequence[fl
 
     out = np.ascontiguousarray(display.copy())
     h, w = out.shape[:2]
-    r = max(4, int(round(w / 220)))
+    r = max(5, int(round(w / 150)))
     t = max(1, r // 3)
     if box is not None:
         x1, y1, x2, y2 = (float(v) * scale for v in box)
@@ -317,7 +317,7 @@ def sphere_figure(image: Optional[np.ndarray], labels: Optional[np.ndarray], pal
     # The trace is built from known-good values: skipping plotly's per-element validation
     # of ~16k colour strings makes this several times faster.
     fig = go.Figure(data=[mesh], _validate=False)
-    _style_scene(fig, height, eye=(1.45, 1.45, 0.7))
+    _style_scene(fig, height, eye=(0.95, 0.95, 0.5))
     return fig
 
 
@@ -350,7 +350,7 @@ def point_cloud_figure(depth: np.ndarray, labels: Optional[np.ndarray], palette:
     camera = dict(type="scatter3d", x=[0], y=[0], z=[0], mode="markers", hovertext=["camera"], hoverinfo="text",
                   marker=dict(size=5, color="black", symbol="diamond"), name="camera")
     fig = go.Figure(data=[scatter, camera], _validate=False)
-    _style_scene(fig, height, eye=(0.9, 0.9, 0.9))
+    _style_scene(fig, height, eye=(0.75, 0.75, 0.6))
     return fig
 
 

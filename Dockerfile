@@ -1,0 +1,27 @@
+# PanoSAMic Studio: the Gradio app in a container (also the layout of a Docker Hugging Face Space).
+#   docker build -t panosamic-studio .
+#   docker run --rm -p 7860:7860 panosamic-studio                      # weights from the Hub on first Run
+#   docker run --rm -p 7860:7860 -v /path/to/ckpt:/ckpt:ro \
+#       -e PANOSAMIC_CHECKPOINT=/ckpt panosamic-studio                 # local weights, works offline
+# On a GPU host add `--gpus all` (requirements.txt then resolves torch's CUDA build).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    HOME=/home/user \
+    HF_HOME=/home/user/.cache/huggingface
+
+# Non-root user with uid 1000 (what Hugging Face Spaces run as).
+RUN useradd --create-home --uid 1000 user
+WORKDIR /home/user/app
+
+COPY --chown=user:user requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY --chown=user:user . .
+USER user
+
+EXPOSE 7860
+CMD ["python", "app.py", "--host", "0.0.0.0", "--port", "7860"]

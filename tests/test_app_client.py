@@ -1,0 +1,295 @@
+"""The real app (python app.py in a subprocess) driven through its API with gradio_client.
+
+Uses a local checkpoint folder copied from shared/reference/tiny_rgbdn_dual (image + depth +
+normals, 13 classes, dual view) and two small procedural examples, fully offline.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app_utils import make_checkpoint_dir, make_examples, running_app
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+# Indices of the values every editing endpoint returns (the app's OUTPUTS without the State).
+VIEW, LEGEND, PLOT, CANDIDATES, CLASS, INFO, FILES, RUN_STATUS, EDIT_STATUS = range(9)
+TIMINGS = {}
+
+
+@pytest.fixture(scope="module")
+def app_env(reference_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    ckpt = make_checkpoint_dir(reference_dir, root / "checkpoint")
+    examples = make_examples(root / "examples", names=("office", "seam"), width=256)
+    with running_app(["--checkpoint", str(ckpt), "--examples", str(root / "examples"), "--cache-mb", "64"],
+                     root / "app.log") as app:
+        TIMINGS["startup_s"] = app["startup_s"]
+        yield {**app, "examples": examples, "root": root}
+    print("\napp timings:", json.dumps({k: round(v, 3) for k, v in TIMINGS.items()}))
+
+
+def client(app_env) -> Client:
+    return Client(app_env["url"], verbose=False, download_files=str(app_env["root"] / "downloads"))
+
+
+def files_by_suffix(files):
+    return {Path(f).name.split("_", 1)[1]: f for f in files}
+
+
+def segment(c: Client, ex, **kw):
+    return c.predict(handle_file(str(ex["image"])), handle_file(str(ex["depth"])),
+                     handle_file(str(ex["normals"])), api_name="/segment", **kw)
+
+
+def read_labels(path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.int64)
+
+
+def test_api_lists_the_named_endpoints(app_env):
+    api = client(app_env).view_api(print_info=False, return_format="dict")
+    names = set(api["named_endpoints"])
+    assert {"/segment", "/prompt", "/assign", "/undo", "/export", "/clear", "/refine_instances",
+            "/select_candidate"} <= names
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/segment"]["parameters"]]
+    assert params[:6] == ["panorama", "depth", "normals", "checkpoint", "depth_scale", "max_depth"]
+
+
+def test_segment_prompt_assign_undo_export(app_env):
+    c = client(app_env)
+    ex = app_env["examples"]["office"]
+    t0 = time.perf_counter()
+    out = segment(c, ex)
+    TIMINGS["first_segment_s"] = time.perf_counter() - t0
+    h, w = 128, 256
+    view = cv2.imread(out[VIEW])
+    assert view.shape == (h, w, 3)
+    info = out[INFO]
+    assert (info["height"], info["width"]) == (h, w) and info["has_depth"] and info["has_normals"]
+    assert set(info["timings_s"]) >= {"load", "preprocess", "encode", "fuse", "decode"}
+    shares = [r["sphere_share"] for r in info["stats"]]
+    assert abs(sum(shares) - 1) < 1e-4
+    assert "Segmented 256×128" in out[RUN_STATUS]
+    assert "%" in out[LEGEND]
+    assert out[PLOT]["type"] == "plotly" and '"mesh3d"' in out[PLOT]["plot"]
+    files = files_by_suffix(out[FILES])
+    assert set(files) == {"labels.png", "colors.png", "stats.json", "stats.csv", "masks_rle.json", "pointcloud.glb"}
+    labels0 = read_labels(files["labels.png"])
+    assert labels0.shape == (h, w) and labels0.max() < 13
+    colors = cv2.imread(files["colors.png"])[..., ::-1]
+    assert colors.shape == (h, w, 3)
+    glb = Path(files["pointcloud.glb"]).read_bytes()
+    assert struct.unpack_from("<II", glb) == (0x46546C67, 2)
+    stats = json.loads(Path(files["stats.json"]).read_text())
+    assert len(stats["stats"]) == 13
+    assert Path(files["stats.csv"]).read_text().startswith("index,name,color")
+
+    # positive point: three candidates, the best one selected
+    t0 = time.perf_counter()
+    out = c.predict(json.dumps({"points": [[60, 70]], "labels": [1]}), api_name="/prompt")
+    TIMINGS["prompt_roundtrip_s"] = time.perf_counter() - t0
+    cand = out[INFO]["candidates"]
+    assert len(cand["predicted_iou"]) == 3
+    assert cand["selected"] == int(np.argmax(cand["predicted_iou"]))
+    assert out[CANDIDATES]["value"] == cand["selected"]
+    assert out[CLASS]["value"] == info["classes"][cand["majority_class"]]
+    assert out[INFO]["prompts"]["points"] == [[60.0, 70.0]]
+    assert isinstance(out[FILES], dict)  # downloads untouched by a prompt (gr.skip)
+
+    # add a negative point (append) and then a box
+    out = c.predict(json.dumps({"points": [[200, 40]], "labels": [0], "append": True}), api_name="/prompt")
+    assert out[INFO]["prompts"]["labels"] == [1, 0]
+    out = c.predict(json.dumps({"box": [40, 30, 120, 100]}), api_name="/prompt")
+    assert out[INFO]["prompts"]["box"] == [40.0, 30.0, 120.0, 100.0] and out[INFO]["prompts"]["points"] == []
+    assert "box" in out[EDIT_STATUS]
+
+    # a box across the left/right seam (x1 > x2): one seamless mask
+    out = c.predict(json.dumps({"box": [220, 40, 30, 100]}), api_name="/prompt")
+    assert "across the seam" in out[EDIT_STATUS]
+    cand = out[INFO]["candidates"]
+    assert min(cand["areas"]) >= 0 and len(cand["areas"]) == 3
+
+    # assign the selected mask to "window": only pixels under the mask change
+    target = "window"
+    out = c.predict(target, None, api_name="/assign")
+    assert out[INFO]["edits"] == 1 and out[INFO]["candidates"] is None
+    files = files_by_suffix(out[FILES])
+    labels1 = read_labels(files["labels.png"])
+    mask = cv2.imread(files["masks.png"], cv2.IMREAD_UNCHANGED) == 1
+    assert mask.any()
+    changed = labels1 != labels0
+    assert changed.any()
+    assert not (changed & ~mask).any(), "pixels outside the mask changed"
+    assert (labels1[mask] == 12).all()          # window is class 12
+    assert out[INFO]["changed_pixels"] == int(changed.sum())
+    # the seam box mask is seamless: the first and last columns agree
+    assert np.mean(mask[:, 0] == mask[:, -1]) > 0.9
+    coco = json.loads(Path(files["masks_rle.json"]).read_text())
+    from panosamic.viz import decode_rle
+
+    np.testing.assert_array_equal(decode_rle(coco["refined_masks"][0]["segmentation"]), mask)
+    assert coco["refined_masks"][0]["category_id"] == 12
+
+    # undo the assignment: the label map is back, the box prompt returns with its candidates
+    out = c.predict(api_name="/undo")
+    assert out[INFO]["edits"] == 0 and out[INFO]["changed_pixels"] == 0
+    assert out[INFO]["prompts"]["box"] == [220.0, 40.0, 30.0, 100.0]
+    assert out[INFO]["candidates"] is not None
+    np.testing.assert_array_equal(read_labels(files_by_suffix(out[FILES])["labels.png"]), labels0)
+
+    # assign a specific candidate by index, then export
+    out = c.predict("door", 0, api_name="/assign")
+    files, info = c.predict(api_name="/export")
+    labels2 = read_labels(files_by_suffix(files)["labels.png"])
+    mask = cv2.imread(files_by_suffix(files)["masks.png"], cv2.IMREAD_UNCHANGED) == 1
+    assert not ((labels2 != labels0) & ~mask).any() and (labels2[mask] == 7).all()
+    assert info["edits"] == 1
+
+
+def test_second_user_reuses_cached_embeddings(app_env):
+    ex = app_env["examples"]["office"]
+    c1, c2 = client(app_env), client(app_env)
+    segment(c1, ex)
+    t0 = time.perf_counter()
+    out = segment(c2, ex)
+    TIMINGS["cached_segment_s"] = time.perf_counter() - t0
+    assert "reused from the cache" in out[RUN_STATUS]
+    assert "encode" not in out[INFO]["timings_s"]
+    # the two sessions are independent
+    c1.predict(json.dumps({"points": [[10, 10]]}), api_name="/prompt")
+    c1.predict("beam", None, api_name="/assign")
+    files, info = c2.predict(api_name="/export")
+    assert info["edits"] == 0
+
+
+def test_refine_with_sam_instances_is_undoable(app_env):
+    c = client(app_env)
+    out = segment(c, app_env["examples"]["seam"])
+    before = read_labels(files_by_suffix(out[FILES])["labels.png"])
+    t0 = time.perf_counter()
+    out = c.predict(4, api_name="/refine_instances")
+    TIMINGS["instances_4pps_s"] = time.perf_counter() - t0
+    after = read_labels(files_by_suffix(out[FILES])["labels.png"])
+    assert after.shape == before.shape
+    out = c.predict(api_name="/undo")
+    np.testing.assert_array_equal(read_labels(files_by_suffix(out[FILES])["labels.png"]), before)
+
+
+def _error(call) -> str:
+    with pytest.raises(AppError) as err:
+        call()
+    text = str(err.value)
+    assert "Traceback" not in text and 'File "' not in text
+    return text
+
+
+def test_bad_inputs_give_messages_not_stack_traces(app_env, tmp_path):
+    c = client(app_env)
+    ex = app_env["examples"]["office"]
+    # a prompt before Run
+    assert "Run first" in _error(lambda: c.predict('{"points": [[1, 1]]}', api_name="/prompt"))
+    assert "Run first" in _error(lambda: c.predict("wall", None, api_name="/assign"))
+    # not an image
+    txt = tmp_path / "notes.png"
+    txt.write_text("hello")
+    assert "not an image" in _error(lambda: c.predict(handle_file(str(txt)), None, None, api_name="/segment"))
+    # not 2:1
+    sq = tmp_path / "square.png"
+    cv2.imwrite(str(sq), np.zeros((100, 100, 3), np.uint8))
+    assert "not 2:1" in _error(lambda: c.predict(handle_file(str(sq)), None, None, api_name="/segment"))
+    # huge (only the header is read: a PNG that claims 10000x5000 pixels)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header(10000, 5000))
+    assert "8192x4096" in _error(lambda: c.predict(handle_file(str(huge)), None, None, api_name="/segment"))
+    # depth of another size
+    small = tmp_path / "small_depth.png"
+    cv2.imwrite(str(small), np.full((64, 128), 2000, np.uint16))
+    msg = _error(lambda: c.predict(handle_file(str(ex["image"])), handle_file(str(small)),
+                                   handle_file(str(ex["normals"])), api_name="/segment"))
+    assert "128x64" in msg and "256x128" in msg
+    # a missing modality (the checkpoint needs normals)
+    msg = _error(lambda: c.predict(handle_file(str(ex["image"])), handle_file(str(ex["depth"])), None,
+                                   api_name="/segment"))
+    assert "normals" in msg
+    # a released checkpoint that is not downloaded, offline: says what failed and how to fix it
+    msg = _error(lambda: c.predict(handle_file(str(ex["image"])), None, None, "stanford2d3ds-vith-rgb-fold1",
+                                   api_name="/segment"))
+    assert "--checkpoint" in msg and "stanford2d3ds-vith-rgb-fold1" in msg
+    # bad prompt JSON and a point outside the panorama, after a successful Run
+    segment(c, ex)
+    assert "not valid JSON" in _error(lambda: c.predict("{points", api_name="/prompt"))
+    assert "outside" in _error(lambda: c.predict('{"points": [[999, 5]]}', api_name="/prompt"))
+    assert "unknown class" in _error(lambda: (c.predict('{"points": [[5, 5]]}', api_name="/prompt"),
+                                              c.predict("spaceship", None, api_name="/assign")))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_released_table_matches_the_library():
+    import app
+    from panosamic.weights import RELEASED_SUBFOLDERS
+
+    assert app.RELEASED == {k: tuple(v) for k, v in RELEASED_SUBFOLDERS.items()}
+
+
+def test_startup_is_fast(app_env):
+    # The page must open before any model is loaded (the models load on the first Run).
+    assert TIMINGS["startup_s"] < 60
+
+
+def test_checkpoint_picker_and_run_requirements(reference_dir, tmp_path):
+    import app
+
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    ck = studio.checkpoints
+    values = [v for _, v in ck.choices()]
+    assert ck.default == "local" and values[0] == "local"
+    assert len([v for v in values if v.startswith("stanford2d3ds-vith-")]) == 9
+    assert ck.modalities("local") == ("image", "depth", "normals")        # from config.json
+    assert ck.modalities("stanford2d3ds-vith-rgbd-fold2") == ("image", "depth")
+    assert ck.modalities("my-rgb-finetune") == ("image",)                 # typed-in subfolder
+    assert ck.modalities("whatever") is None                              # known once loaded
+    assert ck.resolve("local") == (str(ckpt), None)
+    assert ck.resolve("stanford2d3ds-vith-rgb-fold3") == ("dfki-av/PanoSAMic", "stanford2d3ds-vith-rgb-fold3")
+    assert "RGB-D-N · fold 1" in dict((v, k) for k, v in ck.choices())["stanford2d3ds-vith-rgbdn-fold1"]
+    text, ok = studio.requirements_text("local", None, None, None)
+    assert not ok and "Upload a panorama" in text
+    text, ok = studio.requirements_text("local", "p.jpg", "d.png", None)
+    assert not ok and "Missing: normals" in text
+    text, ok = studio.requirements_text("stanford2d3ds-vith-rgb-fold1", "p.jpg", "d.png", None)
+    assert ok and "not used" in text
+    text, ok = studio.requirements_text("local", "p.jpg", "d.png", "n.png")
+    assert ok and "Ready" in text
+    hub = app.Checkpoints("dfki-av/PanoSAMic", "stanford2d3ds-vith-rgbd-fold2", None)
+    assert hub.default == "stanford2d3ds-vith-rgbd-fold2" and hub.local_values == []
+    with pytest.raises(Exception, match="no local checkpoint"):
+        hub.resolve("local")
+
+
+def test_settings_come_from_env(monkeypatch):
+    import app
+
+    monkeypatch.setenv("PANOSAMIC_CHECKPOINT", "/some/dir")
+    monkeypatch.setenv("PANOSAMIC_CACHE_MB", "123")
+    monkeypatch.setenv("PANOSAMIC_DEVICE", "cpu")
+    s = app.parse_args([])
+    assert (s.checkpoint, s.cache_mb, s.device, s.port, s.host) == ("/some/dir", 123.0, "cpu", 7860, "127.0.0.1")
+    assert app.parse_args(["--cache-mb", "5"]).cache_mb == 5.0
