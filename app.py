@@ -627,6 +627,7 @@ class Studio:
         return self.bundle(s, opacity, view_mode)
 
     def prompt(self, prompt_json, s, opacity, view_mode):
+        """Prompts SAM's decoder with explicit coordinates (JSON: points, labels, box, append)."""
         s = self._need_session(s)
         try:
             spec = json.loads(prompt_json) if isinstance(prompt_json, str) else dict(prompt_json or {})
@@ -651,12 +652,15 @@ class Studio:
         return self.bundle(s, opacity, view_mode)
 
     def select_candidate(self, index, s, opacity, view_mode):
+        """Selects candidate mask 0, 1 or 2 of the last prompt."""
         s = self._need_session(s)
         if index is not None and s.candidates is not None:
             s.select(int(index))
         return self.bundle(s, opacity, view_mode)
 
     def assign(self, class_name, candidate, s, opacity, view_mode):
+        """Writes a class (name or index; default: majority under the mask) into the map under the
+        selected candidate (or candidate 0-2)."""
         s = self._need_session(s)
         if s.candidates is None:
             raise InputError("Nothing to assign: click on the panorama (or send a prompt) to get a mask first.")
@@ -671,6 +675,7 @@ class Studio:
         return self.bundle(s, opacity, view_mode, files=True)
 
     def undo(self, s, opacity, view_mode):
+        """Reverts the last prompt change or edit."""
         s = self._need_session(s)
         what = s.undo()
         if what is None:
@@ -680,11 +685,13 @@ class Studio:
         return self.bundle(s, opacity, view_mode, files=(what == "labels"))
 
     def clear(self, s, opacity, view_mode):
+        """Removes all prompts and candidate masks (undoable)."""
         s = self._need_session(s)
         s.clear_prompts()
         return self.bundle(s, opacity, view_mode)
 
     def refine_instances(self, points_per_side, s, opacity, view_mode, progress=gr.Progress()):
+        """SAM's automatic instances on the cached embeddings; each takes its majority class."""
         s = self._need_session(s)
         progress(0.1, desc="SAM instances on the cached embeddings")
         p = self.session_predictor(s)
@@ -714,6 +721,7 @@ class Studio:
         return self.render_view(s, opacity), self.render_3d(s, opacity, view_mode)
 
     def export_files(self, s):
+        """Writes the downloads again; returns (files, session summary with statistics)."""
         s = self._need_session(s)
         return self.export(s), {**s.summary(), "stats": s.stats()}
 
