@@ -173,6 +173,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
         "num_classes": cfg["num_classes"],
         "dtype": str(predictor.dtype).replace("torch.", ""),
+        "encoder_chunk_size": predictor.encoder_chunk_size,
         "params_m": {
             "total": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
             "sam": params(("image_encoder.", "prompt_encoder.", "mask_decoder.")),
@@ -222,7 +223,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed set_panorama runs first (default 1)")
     p.add_argument("--clicks", type=int, default=20, help="timed single-click predicts (default 20)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
-    p.add_argument("--encoder-chunk-size", type=int, default=None, help="images per ViT call (default all)")
+    p.add_argument("--encoder-chunk-size", type=int, default=None, help="images per ViT call (default: all on CUDA, 1 elsewhere)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="also write the JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress notes on stderr")
