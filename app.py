@@ -35,6 +35,7 @@ import numpy as np
 
 from panosamic import viz
 from panosamic.cache import EmbeddingCache, content_key
+from panosamic.config import RELEASED_SUBFOLDERS, modalities_from_subfolder
 from panosamic.errors import InputError, PanoSAMicError
 from panosamic.session import Session
 
@@ -93,24 +94,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ============================================================================ checkpoints
 
-# The released Hub subfolders (all ViT-H, Stanford2D3DS, 13 classes) and the inputs each needs.
-# Same table as panosamic.weights.RELEASED_SUBFOLDERS (a test checks it), kept here so that the
-# page opens without importing torch.
-RELEASED: Dict[str, Tuple[str, ...]] = {
-    f"stanford2d3ds-vith-{code}-fold{fold}": mods
-    for code, mods in (("rgb", ("image",)), ("rgbd", ("image", "depth")), ("rgbdn", ("image", "depth", "normals")))
-    for fold in (1, 2, 3)
-}
-
-
-def _modalities_from_name(name: str) -> Optional[Tuple[str, ...]]:
-    tokens = name.lower().replace("_", "-").replace("/", "-").split("-")
-    for code, mods in (("rgbdn", ("image", "depth", "normals")), ("rgbd", ("image", "depth")), ("rgb", ("image",))):
-        if code in tokens:
-            return mods
-    return None
-
-
 def _pretty_subfolder(sub: str) -> str:
     """'stanford2d3ds-vith-rgbdn-fold1' -> 'Stanford2D3DS · ViT-H · RGB-D-N · fold 1'."""
     parts = sub.split("-")
@@ -140,7 +123,7 @@ class Checkpoints:
         self.sam = sam
         self.local_dir: Optional[Path] = Path(checkpoint).expanduser() if Path(checkpoint).expanduser().is_dir() else None
         self.hub_repo = HUB_REPO if self.local_dir is not None else self.checkpoint
-        self.released = dict(RELEASED)
+        self.released = dict(RELEASED_SUBFOLDERS)
         self.known: Dict[str, Tuple[str, ...]] = {}   # value -> modalities learned from a loaded model
         self.local_values: List[str] = []
         if self.local_dir is not None:
@@ -195,7 +178,7 @@ class Checkpoints:
                         return tuple(m for m in ("image", "depth", "normals") if m in mods)
                 except (OSError, ValueError):
                     pass
-        return _modalities_from_name(value)
+        return modalities_from_subfolder(value)
 
     def label(self, value: str) -> str:
         mods = self.modalities(value)

@@ -23,6 +23,23 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 
 MODALITIES: Tuple[str, ...] = ("image", "depth", "normals")
 
+# Released Hub subfolders of dfki-av/PanoSAMic (all ViT-H, Stanford2D3DS, 13 classes) and the
+# modalities each fuses. Matterport3D checkpoints exist too, under names not known here: any
+# subfolder can be passed, and `weights.list_subfolders` shows what the Hub has.
+_MODALITY_CODES = {"rgbdn": ("image", "depth", "normals"), "rgbd": ("image", "depth"), "rgb": ("image",)}
+RELEASED_SUBFOLDERS: Dict[str, Tuple[str, ...]] = {
+    f"stanford2d3ds-vith-{code}-fold{fold}": mods
+    for code, mods in reversed(_MODALITY_CODES.items())
+    for fold in (1, 2, 3)
+}
+
+
+def modalities_from_subfolder(name: str) -> Optional[Tuple[str, ...]]:
+    """Modalities a checkpoint folder name announces ('...-rgbd-...' -> image, depth), or None."""
+    tokens = name.lower().replace("_", "-").replace("/", "-").split("-")
+    return next((mods for code, mods in _MODALITY_CODES.items() if code in tokens), None)
+
+
 _SAM_DECODER = {"transformer_depth": 2, "mlp_dim": 2048, "num_heads": 8, "iou_head_hidden_dim": 256}
 _ATTENTION = {"moving_attention": True, "window_size": 8, "stride": 4}
 

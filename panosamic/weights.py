@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence,
 
 import torch
 
-from .config import MODALITIES, ConfigLike, describe, infer_config, resolve_config
+from .config import MODALITIES, RELEASED_SUBFOLDERS, ConfigLike, describe, infer_config, resolve_config  # noqa: F401 (re-exported)
 from .errors import ConfigError, WeightsError
 
 logger = logging.getLogger(__name__)
@@ -58,16 +58,6 @@ SAM_CACHE_ENV = "PANOSAMIC_SAM_CACHE"
 HUB_REPO_ID = "dfki-av/PanoSAMic"
 PANOSAMIC_FILENAME = "model.safetensors"
 CONFIG_FILENAME = "config.json"
-
-# Released Hub subfolders (all ViT-H, Stanford2D3DS, 13 classes) and the modalities each fuses,
-# in the model's order. Matterport3D checkpoints exist too but their folder names are not known
-# here: any subfolder can be passed, and `list_subfolders` shows what the Hub has.
-_MODALITY_CODES = {"rgb": ("image",), "rgbd": ("image", "depth"), "rgbdn": ("image", "depth", "normals")}
-RELEASED_SUBFOLDERS: Dict[str, Tuple[str, ...]] = {
-    f"stanford2d3ds-vith-{code}-fold{fold}": mods
-    for code, mods in _MODALITY_CODES.items()
-    for fold in (1, 2, 3)
-}
 
 SAM_PREFIXES: Tuple[str, ...] = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 PANOSAMIC_PREFIXES: Tuple[str, ...] = ("feature_fuser.", "semantic_decoder.")

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 from app_utils import make_checkpoint_dir, make_examples, running_app
 
@@ -242,11 +246,22 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-def test_released_table_matches_the_library():
-    import app
-    from panosamic.weights import RELEASED_SUBFOLDERS
+def test_app_imports_without_torch():
+    """The page opens before any model code loads: importing app.py must not import torch."""
+    code = "import sys, app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
-    assert app.RELEASED == {k: tuple(v) for k, v in RELEASED_SUBFOLDERS.items()}
+
+def test_checkpoint_names_announce_their_modalities():
+    from panosamic.config import RELEASED_SUBFOLDERS, modalities_from_subfolder
+
+    assert len(RELEASED_SUBFOLDERS) == 9
+    for name, mods in RELEASED_SUBFOLDERS.items():
+        assert modalities_from_subfolder(name) == mods
+    assert modalities_from_subfolder("matterport3d_vith_rgbd") == ("image", "depth")
+    assert modalities_from_subfolder("my-checkpoint") is None
 
 
 def test_startup_is_fast(app_env):
