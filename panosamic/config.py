@@ -82,7 +82,7 @@ def preset(name: str, modalities: Optional[Sequence[str]] = None, num_classes: O
     cfg = copy.deepcopy(_BASE)
     cfg.update(copy.deepcopy(VIT_PRESETS[name]))
     cfg["vit_model"] = name
-    return _override(cfg, modalities, num_classes, dual_view)
+    return validate(_override(cfg, modalities, num_classes, dual_view))
 
 
 def _override(cfg: Dict[str, Any], modalities, num_classes, dual_view) -> Dict[str, Any]:

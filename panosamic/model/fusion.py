@@ -23,18 +23,22 @@ def _aggregate(summed: torch.Tensor, count: torch.Tensor, aggregation: str) -> t
     if aggregation == "max":
         return torch.sigmoid(15.0 * (summed - 0.5))
     if aggregation == "mean":
-        return summed / count
+        return summed / count.clamp(min=1)
     return summed
 
 
 class _Windows:
-    """Sliding-window geometry over a (g, g) map: kernel k, stride s, no padding."""
+    """Sliding-window geometry over a (g, g) map: kernel k, stride s, no padding.
+
+    As with `F.unfold`, windows start at 0, s, 2s, ... while they fit; when (g - k) is not a
+    multiple of s the last rows/columns are covered by no window (the released g = 64 tiles).
+    """
 
     def __init__(self, size: int, kernel: int, stride: int) -> None:
-        if size < kernel or (size - kernel) % stride:
+        if size < kernel:
             raise ValueError(
-                f"a {size}x{size} feature map cannot be tiled by {kernel}x{kernel} windows with stride "
-                f"{stride}; use an image_size whose grid (image_size / patch_size) fits"
+                f"a {size}x{size} feature map is smaller than the {kernel}x{kernel} attention window; "
+                "use a larger image_size or a smaller window_size"
             )
         self.size, self.kernel, self.stride = size, kernel, stride
 
@@ -103,6 +107,9 @@ class ChannelAttention(nn.Module):
         # with a ones kernel spreads and sums them exactly as F.fold would.
         ones = torch.ones(x.shape[1], 1, self.kernel, self.kernel, dtype=att.dtype, device=att.device)
         summed = F.conv_transpose2d(att, ones, stride=self.stride, groups=x.shape[1])
+        uncovered = win.size - summed.shape[-1]
+        if uncovered:
+            summed = F.pad(summed, (0, uncovered, 0, uncovered))
         return _aggregate(summed, win.overlap_count(x), self.aggregation)
 
 
