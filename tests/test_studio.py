@@ -1,0 +1,340 @@
+"""panosamic.studio: the app's logic without a server (checkpoint picker, Run requirements,
+error messages, input checks, model registry, and the backend on the tiny reference model)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from panosamic import studio
+from panosamic.config import RELEASED_SUBFOLDERS
+from panosamic.datasets import STANFORD2D3DS as DS
+from panosamic.errors import InputError, WeightsError
+from panosamic.session import Session
+from panosamic.studio import Checkpoints, ModelKey, ModelRegistry, StudioBackend
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "sam.pth")
+
+
+def checkpoint_dir(reference_dir: Path, dest: Path, config: bool = True) -> Path:
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        if config or name != "config.json":
+            shutil.copy2(reference_dir / name, dest / name)
+    return dest
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels (only the header is valid)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def make_session(depth: bool = True) -> Session:
+    rng = np.random.default_rng(0)
+    h, w = 32, 64
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    labels = np.full((h, w), 11, np.int64)  # wall
+    labels[24:] = 8                           # floor
+    d = np.full((h, w), 2.5, np.float32) if depth else None
+    return Session(image, labels, DS.classes, DS.palette, depth=d, name="office_rgb.png", checkpoint="tiny")
+
+
+# ----------------------------------------------------------------------------- import
+
+def test_importing_studio_does_not_import_torch_or_gradio():
+    code = "import sys, panosamic.studio; print('torch' in sys.modules, 'gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_released_subfolders_are_the_hub_choices():
+    hub = Checkpoints("dfki-av/PanoSAMic", None, None)
+    assert hub.local_dir is None and hub.local_values == []
+    assert hub.default == studio.DEFAULT_SUBFOLDER
+    values = [v for _, v in hub.choices()]
+    assert values == list(RELEASED_SUBFOLDERS)
+    for name, mods in RELEASED_SUBFOLDERS.items():
+        assert hub.modalities(name) == mods
+        assert hub.resolve(name) == ("dfki-av/PanoSAMic", name)
+    labels = dict((v, k) for k, v in hub.choices())
+    assert labels["stanford2d3ds-vith-rgbd-fold2"] == "Stanford2D3DS · ViT-H · RGB-D · fold 2 (RGB image + depth)"
+    assert labels["stanford2d3ds-vith-rgb-fold3"].endswith("(RGB image)")
+    # typed-in values: announced by the name, or unknown until loaded; then learnt from the model
+    assert hub.modalities("my-rgbd-finetune") == ("image", "depth")
+    assert hub.modalities("whatever") is None
+    assert hub.label("whatever") == "whatever (inputs read on load)"
+    assert [v for _, v in hub.choices(extra="whatever")][-1] == "whatever"
+    hub.learn(" whatever ", ("image",))
+    assert hub.modalities("whatever") == ("image",)
+    with pytest.raises(InputError, match="no local checkpoint"):
+        hub.resolve("local")
+    assert hub.key(None, "cpu", None) == ModelKey("dfki-av/PanoSAMic", studio.DEFAULT_SUBFOLDER, None, "cpu", None)
+
+
+def test_local_dir_with_config_reads_its_modalities(reference_dir, tmp_path):
+    ckpt = checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    ck = Checkpoints(str(ckpt), "ignored-subfolder", "sam.pth")
+    assert ck.default == "local" and ck.local_values == ["local"]
+    values = [v for _, v in ck.choices()]
+    assert values[0] == "local" and values[1:] == list(RELEASED_SUBFOLDERS)
+    assert ck.modalities("local") == ("image", "depth", "normals")
+    assert ck.label("local") == "Local: ckpt (RGB image + depth + normals)"
+    assert ck.resolve("local") == (str(ckpt), None)
+    # released names still come from the Hub repo
+    assert ck.resolve("stanford2d3ds-vith-rgb-fold1") == ("dfki-av/PanoSAMic", "stanford2d3ds-vith-rgb-fold1")
+    assert ck.key("local", None, "bfloat16") == ModelKey(str(ckpt), None, "sam.pth", None, "bfloat16")
+
+
+def test_local_dir_without_config_uses_subfolder_names(reference_dir, tmp_path):
+    root = tmp_path / "ckpts"
+    checkpoint_dir(reference_dir, root / "my-rgbd", config=False)
+    checkpoint_dir(reference_dir, root / "runs" / "plain", config=False)
+    ck = Checkpoints(str(root), "runs/plain", None)
+    assert ck.local_values == ["local/my-rgbd", "local/runs/plain"]   # no model.safetensors at the top
+    assert ck.default == "local/runs/plain"                          # the --subfolder given
+    assert ck.modalities("local/my-rgbd") == ("image", "depth")      # from the folder name
+    assert ck.modalities("local/runs/plain") is None                  # read when it loads
+    assert ck.label("local/runs/plain") == "Local: ckpts/runs/plain (inputs read on load)"
+    assert ck.resolve("local/my-rgbd") == (str(root), "my-rgbd")
+    assert Checkpoints(str(root), None, None).default == "local/my-rgbd"
+
+
+# ----------------------------------------------------------------------------- Run requirements
+
+def test_requirements_say_what_is_missing_and_disable_run():
+    hub = Checkpoints("dfki-av/PanoSAMic", None, None)
+    text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbd-fold1", None, None, None)
+    assert not ok and "Upload a panorama" in text and "**depth**" in text
+    text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbd-fold1", "p.jpg", None, None)
+    assert not ok and "Missing: depth." in text and "normals" not in text
+    text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbdn-fold1", "p.jpg", None, None)
+    assert not ok and "Missing: depth and normals" in text
+    text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbdn-fold1", "p.jpg", "d.png", "n.png")
+    assert ok and "Ready." in text and "not used" not in text
+    text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgb-fold1", "p.jpg", "d.png", "n.png")
+    assert ok and "The depth and normals map is not used" in text
+    text, ok = studio.requirements_text(hub, "whatever", "p.jpg", None, None)
+    assert ok and "read when it loads" in text
+
+
+# ----------------------------------------------------------------------------- error messages
+
+def test_user_messages_explain_and_suggest_a_fix():
+    msg = studio.user_message(WeightsError("stanford2d3ds-vith-rgb-fold1 is not in the cache."))
+    assert msg.startswith("Could not load the checkpoint: stanford2d3ds-vith-rgb-fold1")
+    assert "--checkpoint <folder>" in msg
+    assert studio.user_message(InputError("point (9, 9) lies outside")) == "point (9, 9) lies outside"
+    msg = studio.user_message(ConnectionError("Max retries exceeded with url: /dfki-av"))
+    assert msg.startswith("No network: Max retries") and "--checkpoint" in msg
+    assert studio.user_message(OSError("[Errno 111] Connection refused")).startswith("No network")
+    msg = studio.user_message(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "Not enough GPU memory" in msg and "--dtype bfloat16" in msg and "--device cpu" in msg
+    msg = studio.user_message(FileNotFoundError(2, "No such file or directory", "sam.pth"))
+    assert msg.startswith("A file is missing:") and "sam.pth" in msg
+    assert studio.user_message(MemoryError()) == "Out of memory: try a smaller panorama."
+    msg = studio.user_message(KeyError("x"))
+    assert msg.startswith("Unexpected error (KeyError)") and "server log" in msg
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def test_load_inputs_checks_the_uploads(tmp_path):
+    with pytest.raises(InputError, match="Upload a panorama"):
+        studio.load_inputs(None, None, None, None)
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    with pytest.raises(InputError, match="notes.png is not an image"):
+        studio.load_inputs(str(notes), None, None, None)
+    square = tmp_path / "square.png"
+    cv2.imwrite(str(square), np.zeros((100, 100, 3), np.uint8))
+    with pytest.raises(InputError, match=r"100x100, not 2:1.*200x100"):
+        studio.load_inputs(str(square), None, None, None)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header(10000, 5000))
+    with pytest.raises(InputError, match="larger than the limit of 8192x4096"):
+        studio.load_inputs(str(huge), None, None, None)
+
+    pano = tmp_path / "room_rgb.png"
+    cv2.imwrite(str(pano), np.full((64, 128, 3), 90, np.uint8))
+    small_depth = tmp_path / "small_depth.png"
+    cv2.imwrite(str(small_depth), np.full((32, 64), 2000, np.uint16))
+    with pytest.raises(InputError, match="depth map is 64x32 but the panorama is 128x64"):
+        studio.load_inputs(str(pano), str(small_depth), None, None)
+    small_normals = tmp_path / "small_normals.png"
+    cv2.imwrite(str(small_normals), np.full((32, 64, 3), 128, np.uint8))
+    with pytest.raises(InputError, match="normal map is 64x32 but the panorama is 128x64"):
+        studio.load_inputs(str(pano), None, str(small_normals), None)
+
+    depth = tmp_path / "room_depth.png"
+    cv2.imwrite(str(depth), np.full((64, 128), 2000, np.uint16))
+
+    class Upload:  # gradio's FileData-like objects carry .path
+        path = str(depth)
+
+    image, d, n, name = studio.load_inputs([str(pano)], Upload(), None, 0.002)
+    assert image.shape == (64, 128, 3) and image.dtype == np.uint8 and n is None and name == "room_rgb.png"
+    assert d.shape == (64, 128) and np.allclose(d, 4.0)   # 2000 units x 2 mm
+
+
+def test_preview_and_examples(tmp_path):
+    pano = tmp_path / "a_rgb.png"
+    cv2.imwrite(str(pano), np.full((64, 128, 3), 90, np.uint8))
+    assert studio.preview_image(str(pano)).shape == (64, 128, 3)
+    assert studio.preview_image(str(pano), max_width=64).shape == (32, 64, 3)
+    assert studio.preview_image(None) is None
+    (tmp_path / "bad_rgb.png").write_text("no image")
+    assert studio.preview_image(str(tmp_path / "bad_rgb.png")) is None
+    cv2.imwrite(str(tmp_path / "a_depth.png"), np.zeros((64, 128), np.uint16))
+    rows = studio.find_examples(str(tmp_path))
+    assert rows == [[str(pano), str(tmp_path / "a_depth.png"), None], [str(tmp_path / "bad_rgb.png"), None, None]]
+    assert studio.find_examples(str(tmp_path / "missing")) == []
+
+
+# ----------------------------------------------------------------------------- texts
+
+def test_edit_status_run_message_and_instance_masks():
+    s = make_session()
+    assert studio.edit_status(s) == "Click on the panorama to select a region."
+    s.add_point(10, 5)
+    s.add_point(20, 5, positive=False)
+    s.add_box_corner(60, 2)
+    assert studio.edit_status(s) == ("1 positive / 1 negative point(s) · "
+                                     "first box corner set: click the opposite corner")
+    s.add_box_corner(4, 20)
+    mask = np.zeros(s.shape, bool)
+    mask[:10] = True
+    s.set_candidates(np.stack([mask, ~mask]), [0.8, 0.3])
+    assert "box across the seam" in studio.edit_status(s)
+    assert "mask #1 selected (IoU 0.80, 640 px, mostly wall)" in studio.edit_status(s)
+    s.assign("door")
+    assert studio.edit_status(s).endswith("1 edit(s)")
+
+    s.timings.update({"load": 1.0, "encode": 0.5, "last_prompt": 0.1})
+    assert studio.run_message(s, 2.0, cached=True) == (
+        "**Segmented 64×32 in 2.00 s** — embeddings reused from the cache · load 1.00 s · encode 0.50 s")
+    assert studio.run_message(s, 2.0, False, {"render": 0.25}) == "**Segmented 64×32 in 2.00 s** — render 0.25 s"
+
+    labels = np.full(s.shape, -1, np.int64)
+    labels[:, :32] = 3
+    inst = [{"segmentation": labels == 3, "predicted_iou": 0.9}, {"segmentation": labels < 0},
+            {"segmentation": np.zeros(s.shape, bool)}]
+    masks = studio.instance_masks(inst, labels)
+    assert [(c, iou) for _, c, iou in masks] == [(3, 0.9), (0, None)]   # empty instance skipped
+
+    assert studio.display_scale(s) == 1.0 and studio.display_scale(s, max_width=32) == 0.5
+    assert studio.view_image(s, 0.5, max_width=32).shape == (16, 32, 3)
+    with pytest.raises(InputError, match="Press Run first"):
+        studio.require_session(None)
+
+
+# ----------------------------------------------------------------------------- model registry
+
+def test_registry_loads_lazily_once_and_evicts_beyond_max_models():
+    calls = []
+
+    def loader(key):
+        if key.checkpoint == "broken":
+            raise WeightsError("broken checkpoint")
+        calls.append(key)
+        return object()
+
+    keys = [ModelKey(f"ckpt{i}", None, None, "cpu", None) for i in range(3)]
+    reg = ModelRegistry(max_models=2, loader=loader)
+    assert len(reg) == 0 and not reg.loaded(keys[0]) and calls == []
+    m0 = reg.get(keys[0])
+    assert reg.get(keys[0]) is m0 and calls == [keys[0]]            # loaded once
+    reg.get(keys[1])
+    reg.get(keys[0])                                               # keys[0] is now the most recent
+    reg.get(keys[2])                                               # evicts keys[1]
+    assert len(reg) == 2 and reg.loaded(keys[0]) and reg.loaded(keys[2]) and not reg.loaded(keys[1])
+    with pytest.raises(WeightsError):
+        reg.get(ModelKey("broken", None, None, "cpu", None))
+    assert len(reg) == 2 and reg.loaded(keys[0])                   # a failed load evicts nothing
+    assert ModelRegistry(max_models=0, loader=loader).max_models == 1
+
+
+def test_registry_loads_the_reference_checkpoint(reference_dir, tmp_path):
+    ckpt = checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    reg = ModelRegistry(max_models=1)
+    key = Checkpoints(str(ckpt), None, None).key("local", "cpu", None)
+    assert not reg.loaded(key)
+    model = reg.get(key)
+    assert reg.loaded(key) and reg.get(key) is model
+    assert model.config["num_classes"] == 13
+
+
+# ----------------------------------------------------------------------------- the backend
+
+def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir, tmp_path):
+    from panosamic import io, scenes
+
+    ckpt = checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    ex = io.write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
+    backend = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, examples=str(tmp_path / "examples"))
+    assert [Path(p).name for p in backend.examples[0]] == ["office_rgb.jpg", "office_depth.png", "office_normals.png"]
+    with pytest.raises(InputError, match="needs the normals map too"):
+        backend.segment(str(ex["image"]), str(ex["depth"]), None, "local", 0, 10)
+
+    stages = []
+    s, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), None, 0, None,
+                                progress=lambda f, desc=None: stages.append(desc))
+    assert not cached and s.shape == (128, 256) and s.max_depth == 10.0 and s.checkpoint == f"{ckpt}:"
+    assert stages[:2] == ["Reading the inputs", "Downloading / loading the checkpoint (first use)"]
+    assert {"load", "encode"} <= set(s.timings)
+    assert backend.checkpoints.known["local"] == ("image", "depth", "normals")
+    s2, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10)
+    assert cached and "encode" not in s2.timings
+    np.testing.assert_array_equal(s2.labels, s.labels)
+
+    backend.click(s, 60, 70, "positive")
+    assert s.points == [(60.5, 70.5)] and len(s.scores) == 3
+    point_masks = s.candidates
+    backend.click(s, 250, 30, "box")                           # the first corner: no decoder run
+    assert s.pending_corner == (250.5, 30.5) and s.candidates is point_masks
+    backend.click(s, 20, 100, "box")
+    assert s.box == [250.5, 30.5, 20.5, 100.5] and s.candidates is not None
+    backend.prompt(s, '{"points": [[10, 10]], "labels": [0], "append": true}')
+    assert s.point_labels == [1, 0] and s.box == [250.5, 30.5, 20.5, 100.5]
+    before = s.summary()["prompts"]
+    with pytest.raises(InputError, match="not valid JSON"):
+        backend.prompt(s, "{points")
+    with pytest.raises(InputError, match="outside"):
+        backend.prompt(s, {"points": [[999, 5]]})
+    assert s.summary()["prompts"] == before
+
+    majority = s.majority_class(s.candidates[1])
+    mask1 = s.candidates[1] & (s.labels != majority)
+    changed = backend.assign(s, "", 1)                         # the majority class under candidate 1
+    assert s.candidates is None and len(s.refined) == 1 and s.refined[0].class_index == majority
+    assert changed == int(mask1.sum())
+    assert backend.undo(s) == "labels" and s.candidates is not None   # the prompts come back, re-decoded
+    assert backend.assign(s, "window", None) >= 0 and s.refined[-1].class_index == 12
+    with pytest.raises(InputError, match="Nothing to assign"):
+        backend.assign(s, "door")
+
+    n, changed = backend.refine_instances(s, 4)
+    assert n >= 0 and changed >= 0 and "instances" in s.timings and s.undo_depth > 0
+
+    files = backend.export(s)
+    names = [Path(f).name for f in files]
+    assert names == ["office_labels.png", "office_colors.png", "office_stats.json", "office_stats.csv",
+                     "office_masks_rle.json", "office_masks.png", "office_pointcloud.glb"]
+    first_dir = s.export_dir
+    assert backend.export(s)[0] != files[0] and Path(first_dir).is_dir()   # removed only later
