@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import gradio as gr
 
@@ -188,6 +188,15 @@ class Studio:
         text, ok = self.requirements_text(choice, pano, depth, normals)
         return text, gr.Button(interactive=ok)
 
+    def input_changed(self, kind: str, value: Any, present: Optional[Dict[str, bool]], choice: Optional[str]):
+        """One input changed: record whether it is set, then say what the checkpoint still needs."""
+        present = {**(present or {}), kind: value is not None}
+        return (present, *self.checkpoint_changed(choice, present))
+
+    def checkpoint_changed(self, choice: Optional[str], present: Optional[Dict[str, bool]]):
+        have = present or {}
+        return self.requirements(choice, *(True if have.get(k) else None for k in ("pano", "depth", "normals")))
+
     def on_upload(self, pano: Any):
         """A new panorama replaces the session: show it, clear the results."""
         path = studio_logic.input_path(pano)
@@ -349,9 +358,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
         style = [opacity, view_mode]
         model_q = dict(concurrency_id="model", concurrency_limit=1)
 
-        for comp in (checkpoint, pano, depth, normals):
-            comp.change(studio.requirements, [checkpoint, pano, depth, normals], [need, run],
-                        api_visibility="private", queue=False)
+        # Each input reports only its own presence: when an example fills all three at once,
+        # the other inputs' events still see the panorama as empty, and whichever answer came
+        # last would leave Run disabled. Served one at a time per session (shared state).
+        present = gr.State({})
+        for kind, comp in (("pano", pano), ("depth", depth), ("normals", normals)):
+            comp.change(functools.partial(studio.input_changed, kind), [comp, present, checkpoint],
+                        [present, need, run], api_visibility="private",
+                        concurrency_id="requirements", concurrency_limit=1)
+        checkpoint.change(studio.checkpoint_changed, [checkpoint, present], [need, run], api_visibility="private",
+                          concurrency_id="requirements", concurrency_limit=1)
         pano.change(studio.on_upload, [pano], outputs, api_visibility="private")
 
         run.click(friendly(on_gpu(studio.segment, 120)), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],

@@ -324,7 +324,10 @@ def find_examples(folder: str) -> List[List[Optional[str]]]:
 
 def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any, depth: Any,
                       normals: Any) -> Tuple[str, bool]:
-    """(Markdown: what the selected checkpoint needs and what is missing, whether Run can start)."""
+    """(Markdown: what the selected checkpoint needs and what is missing, whether Run can start).
+
+    Only presence matters: `pano`, `depth` and `normals` are the inputs, or any non-None marker.
+    """
     mods = checkpoints.modalities(choice)
     have = {"image": pano is not None, "depth": depth is not None, "normals": normals is not None}
     if mods is None:
