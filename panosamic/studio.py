@@ -72,12 +72,28 @@ class ModelKey:
     dtype: Optional[str]
 
 
+# The tiny model trained on the project's rendered rooms (assets/demo/README.md): always
+# offered, so the app shows a real segmentation offline; useless on real photographs.
+DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+
+
+def _config_modalities(folder: Path) -> Optional[Tuple[str, ...]]:
+    """Modalities listed in folder/config.json, or None."""
+    cfg = folder / "config.json"
+    try:
+        mods = json.loads(cfg.read_text()).get("modalities") if cfg.is_file() else None
+    except (OSError, ValueError):
+        mods = None
+    return tuple(m for m in ("image", "depth", "normals") if m in mods) if mods else None
+
+
 class Checkpoints:
     """The choices of the checkpoint picker: released Hub subfolders, the local checkpoint
-    (when `checkpoint` is a folder: "local" and "local/<subfolder>") and anything typed in
-    (a Hub subfolder)."""
+    (when `checkpoint` is a folder: "local" and "local/<subfolder>"), the bundled demo model
+    ("demo") and anything typed in (a Hub subfolder)."""
 
     LOCAL = "local"
+    DEMO = "demo"
 
     def __init__(self, checkpoint: str, subfolder: Optional[str], sam: Optional[str]):
         self.checkpoint = str(checkpoint)
@@ -87,6 +103,8 @@ class Checkpoints:
         self.released = dict(RELEASED_SUBFOLDERS)
         self.known: Dict[str, Tuple[str, ...]] = {}   # value -> modalities learned from a loaded model
         self.local_values: List[str] = []
+        same_as_local = self.local_dir is not None and self.local_dir.resolve() == DEMO_DIR
+        self.demo_dir = DEMO_DIR if (DEMO_DIR / "model.safetensors").is_file() and not same_as_local else None
         if self.local_dir is not None:
             if (self.local_dir / "model.safetensors").is_file():
                 self.local_values.append(self.LOCAL)
@@ -112,6 +130,8 @@ class Checkpoints:
     def resolve(self, value: Optional[str]) -> Tuple[str, Optional[str]]:
         """(checkpoint, subfolder) to load for a picker value."""
         value = (value or self.default).strip()
+        if value == self.DEMO and self.demo_dir is not None:
+            return str(self.demo_dir), None
         if self.local_dir is not None and (value == self.LOCAL or value.startswith(self.LOCAL + "/")):
             sub = value[len(self.LOCAL) + 1:] or None
             return str(self.local_dir), sub
@@ -121,7 +141,8 @@ class Checkpoints:
 
     def key(self, value: Optional[str], device: Optional[str], dtype: Optional[str]) -> ModelKey:
         ckpt, sub = self.resolve(value)
-        return ModelKey(ckpt, sub, self.sam, device, dtype)
+        sam = None if (value or "").strip() == self.DEMO else self.sam  # the demo brings its own SAM part
+        return ModelKey(ckpt, sub, sam, device, dtype)
 
     def modalities(self, value: Optional[str]) -> Optional[Tuple[str, ...]]:
         """The inputs the checkpoint needs, or None when unknown until it is loaded."""
@@ -130,16 +151,13 @@ class Checkpoints:
             return self.known[value]
         if value in self.released:
             return tuple(self.released[value])
+        if value == self.DEMO and self.demo_dir is not None:
+            return _config_modalities(self.demo_dir)
         if self.local_dir is not None and value in self.local_values:
             ckpt, sub = self.resolve(value)
-            cfg = Path(ckpt) / (sub or "") / "config.json"
-            if cfg.is_file():
-                try:
-                    mods = json.loads(cfg.read_text()).get("modalities")
-                    if mods:
-                        return tuple(m for m in ("image", "depth", "normals") if m in mods)
-                except (OSError, ValueError):
-                    pass
+            mods = _config_modalities(Path(ckpt) / (sub or ""))
+            if mods:
+                return mods
         return modalities_from_subfolder(value)
 
     def learn(self, value: Optional[str], modalities: Tuple[str, ...]) -> None:
@@ -153,11 +171,13 @@ class Checkpoints:
             assert self.local_dir is not None
             name = self.local_dir.name + (value[len(self.LOCAL):] if value != self.LOCAL else "")
             return f"Local: {name} ({need})"
+        if value == self.DEMO:
+            return f"Demo: tiny model trained on rendered rooms, offline ({need})"
         return f"{pretty_subfolder(value)} ({need})"
 
     def choices(self, extra: Optional[str] = None) -> List[Tuple[str, str]]:
-        """[(label, value), ...]: local values first, then the released ones (+ default, extra)."""
-        values = list(self.local_values) + list(self.released)
+        """[(label, value), ...]: local values first, then the released ones, the demo (+ default, extra)."""
+        values = list(self.local_values) + list(self.released) + ([self.DEMO] if self.demo_dir else [])
         if self.default not in values:
             values.insert(0, self.default)
         if extra and extra not in values:

@@ -69,7 +69,7 @@ def test_released_subfolders_are_the_hub_choices():
     assert hub.local_dir is None and hub.local_values == []
     assert hub.default == studio.DEFAULT_SUBFOLDER
     values = [v for _, v in hub.choices()]
-    assert values == list(RELEASED_SUBFOLDERS)
+    assert values == list(RELEASED_SUBFOLDERS) + ["demo"]
     for name, mods in RELEASED_SUBFOLDERS.items():
         assert hub.modalities(name) == mods
         assert hub.resolve(name) == ("dfki-av/PanoSAMic", name)
@@ -93,7 +93,7 @@ def test_local_dir_with_config_reads_its_modalities(reference_dir, tmp_path):
     ck = Checkpoints(str(ckpt), "ignored-subfolder", "sam.pth")
     assert ck.default == "local" and ck.local_values == ["local"]
     values = [v for _, v in ck.choices()]
-    assert values[0] == "local" and values[1:] == list(RELEASED_SUBFOLDERS)
+    assert values[0] == "local" and values[1:] == list(RELEASED_SUBFOLDERS) + ["demo"]
     assert ck.modalities("local") == ("image", "depth", "normals")
     assert ck.label("local") == "Local: ckpt (RGB image + depth + normals)"
     assert ck.resolve("local") == (str(ckpt), None)
@@ -268,6 +268,25 @@ def test_registry_loads_lazily_once_and_evicts_beyond_max_models():
         reg.get(ModelKey("broken", None, None, "cpu", None))
     assert len(reg) == 2 and reg.loaded(keys[0])                   # a failed load evicts nothing
     assert ModelRegistry(max_models=0, loader=loader).max_models == 1
+
+
+def test_the_bundled_demo_is_always_offered_and_segments(tmp_path):
+    """The demo checkpoint (assets/demo) works offline from the picker, with its own SAM part."""
+    hub = Checkpoints("dfki-av/PanoSAMic", None, "/elsewhere/sam_vit_h_4b8939.pth")
+    assert hub.modalities("demo") == ("image", "depth", "normals")
+    assert hub.label("demo").startswith("Demo: tiny model trained on rendered rooms")
+    key = hub.key("demo", "cpu", None)
+    assert key.checkpoint == str(studio.DEMO_DIR) and key.sam is None
+    # Started on the demo folder itself, it is the local checkpoint, not listed twice.
+    assert "demo" not in [v for _, v in Checkpoints(str(studio.DEMO_DIR), None, None).choices()]
+
+    from panosamic import io
+
+    backend = StudioBackend("dfki-av/PanoSAMic", None, None, device="cpu", cache_mb=64, examples=str(io.EXAMPLES_DIR))
+    paths = io.example_paths("office")
+    s, _ = backend.segment(str(paths["image"]), str(paths["depth"]), str(paths["normals"]), "demo", 0, 10)
+    truth = io.load_labels(paths["labels"])
+    assert (s.labels == truth).mean() > 0.8  # a real segmentation, not noise
 
 
 def test_registry_loads_the_reference_checkpoint(reference_dir, tmp_path):
