@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, PanoSAMicError
-from .geometry import class_shares
 from .io import DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, save_image, save_labels_png
+from .viz import class_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -144,22 +144,6 @@ def labels_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.asarray(labels).astype(np.uint8 if num_classes <= 255 else np.uint16)
 
 
-def class_statistics(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray) -> List[Dict[str, Any]]:
-    """Per class: index, name, colour, pixels, pixel_share, sphere_share (shares sum to 1)."""
-    k = len(classes)
-    lab = np.asarray(labels).astype(np.int64)
-    counts = np.bincount(lab[(lab >= 0) & (lab < k)], minlength=k)[:k]
-    total = max(int(counts.sum()), 1)
-    sphere = class_shares(lab, k, weighted=True)
-    rows = []
-    for c in range(k):
-        r, g, b = (int(v) for v in palette[c])
-        rows.append({"index": c, "name": classes[c], "color": [r, g, b], "hex": f"#{r:02x}{g:02x}{b:02x}",
-                     "pixels": int(counts[c]), "pixel_share": float(counts[c]) / total,
-                     "sphere_share": float(sphere[c])})
-    return rows
-
-
 def output_paths(out: Path, stem: str) -> Dict[str, Path]:
     return {"labels": out / f"{stem}_labels.png", "color": out / f"{stem}_color.png",
             "stats": out / f"{stem}_stats.json"}
@@ -244,7 +228,7 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
     labels = predictor.labels
     ds = predictor.dataset
     k = ds.num_classes
-    stats = class_statistics(labels, ds.classes, ds.palette)
+    stats = class_stats(labels, ds.classes, ds.palette)
     paths = output_paths(out, stem)
     h, w = labels.shape
     save_labels_png(paths["labels"], labels_array(labels, k))

@@ -16,7 +16,9 @@ x forward / y left / z up, metres; depth is the Euclidean distance along the ray
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import math
 import struct
@@ -44,8 +46,9 @@ def erp_directions(h: int, w: int) -> np.ndarray:
 
 def class_stats(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
                 depth: Optional[np.ndarray] = None) -> List[Dict]:
-    """One dict per class: index, name, color (#rrggbb), pixels, pixel_share, sphere_share,
-    steradians and, with depth, median_distance_m (valid depth only, else None).
+    """One dict per class: index, name, color [r, g, b], hex (#rrggbb), pixels, pixel_share,
+    sphere_share, steradians and, with depth, median_distance_m (valid depth only, else None).
+    The app's downloads and the CLI's <stem>_stats.json share this format.
 
     sphere_share weights each pixel by its solid angle (cos latitude); shares sum to 1
     over the classes present (labels outside 0..K-1 count as unlabelled).
@@ -74,11 +77,12 @@ def class_stats(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
         row = {
             "index": c,
             "name": classes[c],
-            "color": f"#{r:02x}{g:02x}{b:02x}",
+            "color": [r, g, b],
+            "hex": f"#{r:02x}{g:02x}{b:02x}",
             "pixels": int(pixels[c]),
-            "pixel_share": round(float(pixels[c]) / total_px, 6),
-            "sphere_share": round(float(sr[c]) / total_sr, 6),
-            "steradians": round(float(sr[c]), 6),
+            "pixel_share": float(pixels[c]) / total_px,
+            "sphere_share": float(sr[c]) / total_sr,
+            "steradians": float(sr[c]),
         }
         if depth is not None:
             row["median_distance_m"] = medians[c]
@@ -87,21 +91,15 @@ def class_stats(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
 
 
 def stats_csv(stats: Sequence[Dict]) -> str:
-    """The rows of `class_stats` as CSV text (header line first)."""
+    """The rows of `class_stats` as CSV text (header line first); the colour as its hex code."""
     if not stats:
         return ""
-    keys = list(stats[0].keys())
-    lines = [",".join(keys)]
-    for row in stats:
-        cells = []
-        for key in keys:
-            v = row[key]
-            s = "" if v is None else str(v)
-            if any(ch in s for ch in ',"\n'):
-                s = '"' + s.replace('"', '""') + '"'
-            cells.append(s)
-        lines.append(",".join(cells))
-    return "\n".join(lines) + "\n"
+    out = io.StringIO()
+    fields = [k for k in stats[0] if k != "hex"]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (row["hex"] if k == "color" else row[k]) for k in fields} for row in stats)
+    return out.getvalue()
 
 
 def legend_html(stats: Sequence[Dict], highlight: Optional[int] = None, show_absent: bool = False) -> str:
@@ -116,11 +114,11 @@ def legend_html(stats: Sequence[Dict], highlight: Optional[int] = None, show_abs
             '<div class="pano-legend-row" style="display:flex;align-items:center;gap:8px;'
             f'padding:2px 0;{bold}" title="{s["pixels"]} px, {s["steradians"]:.3f} sr">'
             f'<span style="display:inline-block;width:14px;height:14px;border-radius:3px;'
-            f'background:{s["color"]};border:1px solid rgba(0,0,0,.25);flex:none"></span>'
+            f'background:{s["hex"]};border:1px solid rgba(0,0,0,.25);flex:none"></span>'
             f'<span style="flex:1">{html.escape(s["name"])}</span>'
             f'<span style="display:inline-block;width:80px;height:6px;background:rgba(128,128,128,.2);'
             f'border-radius:3px;overflow:hidden;flex:none"><span style="display:block;height:100%;'
-            f'width:{min(pct, 100):.1f}%;background:{s["color"]}"></span></span>'
+            f'width:{min(pct, 100):.1f}%;background:{s["hex"]}"></span></span>'
             f'<span style="width:52px;text-align:right;font-variant-numeric:tabular-nums">{pct:.1f}%</span>'
             "</div>"
         )

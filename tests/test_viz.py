@@ -29,7 +29,8 @@ def test_class_stats_sphere_share_is_cos_latitude_weighted():
     assert by[11]["sphere_share"] > 4 * by[3]["sphere_share"]
     assert sum(s["sphere_share"] for s in stats) == pytest.approx(1.0, abs=1e-5)
     assert sum(s["steradians"] for s in stats) == pytest.approx(4 * np.pi, rel=1e-5)
-    assert by[3]["color"] == "#%02x%02x%02x" % tuple(DS.palette[3])
+    assert by[3]["hex"] == "#%02x%02x%02x" % tuple(DS.palette[3])
+    assert by[3]["color"] == [int(v) for v in DS.palette[3]]
 
 
 def test_class_stats_ignores_invalid_labels_and_reports_median_distance():
