@@ -330,15 +330,15 @@ def preview_image(pano: Any, max_width: int = DISPLAY_WIDTH) -> Optional[np.ndar
 
 def find_examples(folder: str) -> List[List[Optional[str]]]:
     """[[rgb, depth or None, normals or None], ...] for each <name>_rgb.(jpg|png) in `folder`."""
+    from .io import find_companions
+
     root = Path(folder)
     if not root.is_dir():
         return []
     rows = []
     for rgb in sorted(list(root.glob("*_rgb.jpg")) + list(root.glob("*_rgb.png"))):
-        stem = rgb.name[: -len("_rgb" + rgb.suffix)]
-        depth = root / f"{stem}_depth.png"
-        normals = root / f"{stem}_normals.png"
-        rows.append([str(rgb), str(depth) if depth.is_file() else None, str(normals) if normals.is_file() else None])
+        found = find_companions(rgb)
+        rows.append([str(rgb)] + [str(found[k]) if found[k] else None for k in ("depth", "normals")])
     return rows
 
 
