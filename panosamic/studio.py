@@ -249,7 +249,8 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, PanoSAMicError):
         if type(exc).__name__ == "WeightsError":
             return (f"Could not load the checkpoint: {text} For offline use, start the app with "
-                    "`--checkpoint <folder>` holding model.safetensors and sam.pth (config.json optional).")
+                    "`--checkpoint <folder>` holding model.safetensors and sam.pth (config.json optional); "
+                    "to try the app without weights, pick Demo in the checkpoint list.")
         return text
     if isinstance(exc, FileNotFoundError):
         return f"A file is missing: {text}"
