@@ -139,7 +139,7 @@ def test_requirements_say_what_is_missing_and_disable_run():
 def test_user_messages_explain_and_suggest_a_fix():
     msg = studio.user_message(WeightsError("stanford2d3ds-vith-rgb-fold1 is not in the cache."))
     assert msg.startswith("Could not load the checkpoint: stanford2d3ds-vith-rgb-fold1")
-    assert "--checkpoint <folder>" in msg
+    assert "--checkpoint <folder>" in msg and "pick Demo" in msg
     assert studio.user_message(InputError("point (9, 9) lies outside")) == "point (9, 9) lies outside"
     msg = studio.user_message(ConnectionError("Max retries exceeded with url: /dfki-av"))
     assert msg.startswith("No network: Max retries") and "--checkpoint" in msg
