@@ -87,6 +87,14 @@ def _imread(p: Path, flags: int, what: str) -> np.ndarray:
     return img
 
 
+def _load_npy(p: Path, what: str) -> np.ndarray:
+    """np.load without pickles; raises InputError when the file is not a .npy array."""
+    try:
+        return np.load(p, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - any failure is the user's file
+        raise InputError(f"could not read {what} {p} as a numpy .npy array ({err}); save it with numpy.save") from None
+
+
 def _as_2d(a: np.ndarray, what: str, p) -> np.ndarray:
     if a.ndim == 3:
         if a.shape[2] == 1 or np.all(a == a[..., :1]):
@@ -187,11 +195,7 @@ def load_depth(path_or_array, scale: Optional[float] = None) -> np.ndarray:
     p = _path(path_or_array, "depth")
     ext = p.suffix.lower()
     if ext == ".npy":
-        try:
-            a = np.load(p, allow_pickle=False)
-        except Exception as err:  # noqa: BLE001 - any failure is the user's file
-            raise InputError(f"could not read depth {p} as a numpy .npy array ({err}); save it with numpy.save") from None
-        a = np.squeeze(a)
+        a = np.squeeze(_load_npy(p, "depth"))
         if a.ndim != 2:
             raise InputError(f"depth {p} has shape {a.shape}; expected an (H, W) array in metres")
         d = a.astype(np.float64) * (1.0 if scale is None else scale)
@@ -240,10 +244,7 @@ def load_normals(path) -> np.ndarray:
         p = _path(path, "normals")
         src = str(p)
         if p.suffix.lower() == ".npy":
-            try:
-                a = np.load(p, allow_pickle=False)
-            except Exception as err:  # noqa: BLE001
-                raise InputError(f"could not read normals {p} as a .npy array ({err})") from None
+            a = _load_npy(p, "normals")
         else:
             a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "normals")
             if a.ndim != 3 or a.shape[2] < 3:
@@ -279,10 +280,7 @@ def load_labels(path, palette: Optional[np.ndarray] = None) -> np.ndarray:
         p = _path(path, "labels")
         src = str(p)
         if p.suffix.lower() == ".npy":
-            try:
-                a = np.load(p, allow_pickle=False)
-            except Exception as err:  # noqa: BLE001
-                raise InputError(f"could not read labels {p} as a .npy array ({err})") from None
+            a = _load_npy(p, "labels")
         else:
             a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "labels")
             if a.ndim == 3:
