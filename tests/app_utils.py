@@ -10,10 +10,12 @@ import contextlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -23,12 +25,39 @@ if str(ROOT) not in sys.path:  # `import app` from the tests
 CHECKPOINT_FILES = ("config.json", "sam.pth", "model.safetensors")
 
 
-def make_checkpoint_dir(reference_dir: Path, dest: Path) -> Path:
-    """A local checkpoint folder (config.json, sam.pth, model.safetensors) copied from the reference."""
+def make_checkpoint_dir(reference_dir: Path, dest: Path, config: bool = True) -> Path:
+    """A local checkpoint folder (config.json, sam.pth, model.safetensors) copied from the reference;
+    without config.json when `config` is False (the architecture is then read from the tensors)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in CHECKPOINT_FILES:
-        shutil.copy2(reference_dir / name, dest / name)
+        if config or name != "config.json":
+            shutil.copy2(reference_dir / name, dest / name)
     return dest
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels (only the header is valid): a huge upload, cheaply."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def make_session(depth: bool = True):
+    """A small Session: a random 64x32 image, wall above floor, constant depth 2.5 m."""
+    import numpy as np
+
+    from panosamic.datasets import STANFORD2D3DS as DS
+    from panosamic.session import Session
+
+    rng = np.random.default_rng(0)
+    h, w = 32, 64
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    labels = np.full((h, w), 11, np.int64)  # wall
+    labels[24:] = 8                           # floor
+    d = np.full((h, w), 2.5, np.float32) if depth else None
+    return Session(image, labels, DS.classes, DS.palette, depth=d, name="office_rgb.png", checkpoint="tiny")
 
 
 def make_examples(dest: Path, names=("office", "seam"), width: int = 256) -> Dict[str, Dict[str, Path]]:

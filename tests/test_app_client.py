@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from app_utils import make_checkpoint_dir, make_examples, running_app
+from app_utils import make_checkpoint_dir, make_examples, png_header, running_app
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -212,7 +212,7 @@ def test_bad_inputs_give_messages_not_stack_traces(app_env, tmp_path):
     assert "not 2:1" in _error(lambda: c.predict(handle_file(str(sq)), None, None, api_name="/segment"))
     # huge (only the header is read: a PNG that claims 10000x5000 pixels)
     huge = tmp_path / "huge.png"
-    huge.write_bytes(_png_header(10000, 5000))
+    huge.write_bytes(png_header(10000, 5000))
     assert "8192x4096" in _error(lambda: c.predict(handle_file(str(huge)), None, None, api_name="/segment"))
     # depth of another size
     small = tmp_path / "small_depth.png"
@@ -234,16 +234,6 @@ def test_bad_inputs_give_messages_not_stack_traces(app_env, tmp_path):
     assert "outside" in _error(lambda: c.predict('{"points": [[999, 5]]}', api_name="/prompt"))
     assert "unknown class" in _error(lambda: (c.predict('{"points": [[5, 5]]}', api_name="/prompt"),
                                               c.predict("spaceship", None, api_name="/assign")))
-
-
-def _png_header(width: int, height: int) -> bytes:
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def test_app_imports_without_torch():

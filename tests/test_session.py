@@ -9,21 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from app_utils import make_session
+
 from panosamic.cache import EmbeddingCache, content_key
 from panosamic.datasets import STANFORD2D3DS as DS
 from panosamic.errors import InputError
-from panosamic.session import Session
 from panosamic import viz
-
-
-def make_session(depth=True) -> Session:
-    rng = np.random.default_rng(0)
-    h, w = 32, 64
-    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    labels = np.full((h, w), 11, np.int64)  # wall
-    labels[24:] = 8                           # floor
-    d = np.full((h, w), 2.5, np.float32) if depth else None
-    return Session(image, labels, DS.classes, DS.palette, depth=d, name="office_rgb.png", checkpoint="tiny")
 
 
 def test_assign_changes_labels_only_under_the_mask_and_undo_restores():

@@ -3,54 +3,22 @@ error messages, input checks, model registry, and the backend on the tiny refere
 
 from __future__ import annotations
 
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from app_utils import make_checkpoint_dir, make_session, png_header
+
 from panosamic import studio
 from panosamic.config import RELEASED_SUBFOLDERS
-from panosamic.datasets import STANFORD2D3DS as DS
 from panosamic.errors import InputError, WeightsError
-from panosamic.session import Session
 from panosamic.studio import Checkpoints, ModelKey, ModelRegistry, StudioBackend
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "sam.pth")
-
-
-def checkpoint_dir(reference_dir: Path, dest: Path, config: bool = True) -> Path:
-    import shutil
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in CHECKPOINT_FILES:
-        if config or name != "config.json":
-            shutil.copy2(reference_dir / name, dest / name)
-    return dest
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels (only the header is valid)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def make_session(depth: bool = True) -> Session:
-    rng = np.random.default_rng(0)
-    h, w = 32, 64
-    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    labels = np.full((h, w), 11, np.int64)  # wall
-    labels[24:] = 8                           # floor
-    d = np.full((h, w), 2.5, np.float32) if depth else None
-    return Session(image, labels, DS.classes, DS.palette, depth=d, name="office_rgb.png", checkpoint="tiny")
 
 
 # ----------------------------------------------------------------------------- import
@@ -89,7 +57,7 @@ def test_released_subfolders_are_the_hub_choices():
 
 
 def test_local_dir_with_config_reads_its_modalities(reference_dir, tmp_path):
-    ckpt = checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
     ck = Checkpoints(str(ckpt), "ignored-subfolder", "sam.pth")
     assert ck.default == "local" and ck.local_values == ["local"]
     values = [v for _, v in ck.choices()]
@@ -104,8 +72,8 @@ def test_local_dir_with_config_reads_its_modalities(reference_dir, tmp_path):
 
 def test_local_dir_without_config_uses_subfolder_names(reference_dir, tmp_path):
     root = tmp_path / "ckpts"
-    checkpoint_dir(reference_dir, root / "my-rgbd", config=False)
-    checkpoint_dir(reference_dir, root / "runs" / "plain", config=False)
+    make_checkpoint_dir(reference_dir, root / "my-rgbd", config=False)
+    make_checkpoint_dir(reference_dir, root / "runs" / "plain", config=False)
     ck = Checkpoints(str(root), "runs/plain", None)
     assert ck.local_values == ["local/my-rgbd", "local/runs/plain"]   # no model.safetensors at the top
     assert ck.default == "local/runs/plain"                          # the --subfolder given
@@ -290,7 +258,7 @@ def test_the_bundled_demo_is_always_offered_and_segments(tmp_path):
 
 
 def test_registry_loads_the_reference_checkpoint(reference_dir, tmp_path):
-    ckpt = checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
     reg = ModelRegistry(max_models=1)
     key = Checkpoints(str(ckpt), None, None).key("local", "cpu", None)
     assert not reg.loaded(key)
@@ -304,7 +272,7 @@ def test_registry_loads_the_reference_checkpoint(reference_dir, tmp_path):
 def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir, tmp_path):
     from panosamic import io, scenes
 
-    ckpt = checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
     ex = io.write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
     backend = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, examples=str(tmp_path / "examples"))
     assert [Path(p).name for p in backend.examples[0]] == ["office_rgb.jpg", "office_depth.png", "office_normals.png"]
