@@ -21,7 +21,6 @@ Every failure raises `WeightsError` with a message that says what went wrong and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
