@@ -8,7 +8,7 @@ on either of the two views so that prompts near the left/right seam get seamless
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -191,33 +191,30 @@ class Predictor:
         """
         step = progress or (lambda stage: None)
         timings: Dict[str, float] = {}
-        t0 = time.perf_counter()
-        step("preprocess")
-        stack, input_size = self._prepare(image, depth, normals)
-        with torch.inference_mode():
-            x = self.model.preprocess(stack.to(self.device))
+
+        @contextmanager
+        def stage(name: str, autocast: bool = True):
+            """Announces a stage, runs it (under autocast) and records its seconds."""
+            step(name)
+            t = time.perf_counter()
+            with self._autocast() if autocast else nullcontext():
+                yield
             self._sync()
-            t1 = time.perf_counter()
-            timings["preprocess"] = t1 - t0
-            step("encode")
-            with self._autocast():
+            timings[name] = time.perf_counter() - t
+
+        with stage("preprocess", autocast=False):
+            stack, input_size = self._prepare(image, depth, normals)
+            with torch.inference_mode():
+                x = self.model.preprocess(stack.to(self.device))
+        with torch.inference_mode():
+            with stage("encode"):
                 embeddings, taps = self.model.encode(x, self.encoder_chunk_size)
             self.encoder_calls += 1
-            self._sync()
-            t2 = time.perf_counter()
-            timings["encode"] = t2 - t1
-            step("fuse")
-            with self._autocast():
+            with stage("fuse"):
                 fused = self.model.fuse(taps)
             del taps  # the large tapped maps are not needed once fused
-            self._sync()
-            t3 = time.perf_counter()
-            timings["fuse"] = t3 - t2
-            step("decode")
-            with self._autocast():
+            with stage("decode"):
                 logits = self.model.decode_semantics(fused)
-            self._sync()
-            timings["decode"] = time.perf_counter() - t3
         self.reset_panorama()
         self._state = PanoramaState(embeddings.float(), logits.float().cpu(), input_size, timings)
 
