@@ -77,8 +77,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     """Builds the model, times it and returns the JSON-able result (see the module docstring)."""
     from .build import build_model
     from .config import describe, resolve_config
-    from .errors import InputError
-    from .predictor import Predictor, default_device
+    from .predictor import Predictor, resolve_device
 
     if repeats < 1 or clicks < 1 or warmup < 0:
         raise ValueError("repeats and clicks must be at least 1, warmup at least 0")
@@ -90,9 +89,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     if size is not None:
         cfg["image_size"] = int(size)
         cfg = resolve_config(cfg)
-    dev = default_device() if device in (None, "auto") else torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available in this torch build/machine; use cpu or auto")
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 

@@ -168,25 +168,19 @@ def _check_device(name: Optional[str]) -> Optional[str]:
     """None for auto; else the name, if torch knows it and it is available here."""
     if name in (None, "auto"):
         return None
-    import torch
+    from .predictor import resolve_device
 
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine/torch build; use cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError(f"--device {name}: MPS is not available here; use cpu or auto")
+        resolve_device(name)
+    except InputError as e:
+        raise UsageError(f"--{e}") from None
     return name
 
 
 def _load_predictor(args):
     from .weights import from_pretrained
 
-    device = _check_device(args.device)
+    device = None if args.device in (None, "auto") else args.device  # checked by _check_device before loading
     return from_pretrained(args.checkpoint, subfolder=args.subfolder, sam=args.sam, config=args.config,
                            device=device, dtype=args.dtype, max_depth=args.max_depth)
 

@@ -38,6 +38,24 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """A torch device that exists here: None or "auto" picks cuda > mps > cpu; a named one
+    that this machine or torch build lacks is an InputError that says what to use instead."""
+    if device is None or str(device) == "auto":
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device}: CUDA is not available on this machine/torch build; use cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"device {device}: MPS is not available here; use cpu or auto")
+    return dev
+
+
 def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
     """Metric depth (H, W) -> the model's depth image (H, W, 3) float32 in 0..255.
 
@@ -77,7 +95,8 @@ class Predictor:
 
     Args:
         model: a built network with weights loaded (see `build_model`, `load_weights`).
-        device: "cuda", "mps", "cpu" or None for the best available (cuda > mps > cpu).
+        device: "cuda", "cuda:N", "mps", "cpu", or None/"auto" for the best available
+            (cuda > mps > cpu); one this machine lacks is a clear InputError.
         max_depth: T in metres, the depth that maps to 0 in the depth image. The released
             models were trained with the 99.5 % inlier depth of their training split, which
             the checkpoints do not ship; 10 m suits indoor rooms.
@@ -96,7 +115,7 @@ class Predictor:
             raise TypeError(f"Predictor needs a PanoSAMic model (panosamic.build_model), got {type(model).__name__}")
         if not (max_depth > 0 and np.isfinite(max_depth)):
             raise InputError(f"max_depth must be a positive number of metres, got {max_depth}")
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.dtype = self._resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
         self.max_depth = float(max_depth)

@@ -176,6 +176,16 @@ def test_bad_prompts_get_clear_errors(ref, kwargs, pattern):
         predictor.predict(**kwargs)
 
 
+def test_unavailable_devices_are_clear_errors(ref):
+    predictor, _ = ref
+    with pytest.raises(InputError, match="not a device name"):
+        panosamic.Predictor(predictor.model, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            panosamic.Predictor(predictor.model, device="cuda")
+    assert panosamic.Predictor(predictor.model, device="auto").device == predictor.device
+
+
 def test_prompt_before_panorama_is_a_clear_error(ref):
     predictor, _ = ref
     with pytest.raises(InputError, match="set_panorama"):
