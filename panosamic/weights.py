@@ -671,10 +671,6 @@ def _companion_config(checkpoint: Path, spec: PathLike, subfolder, revision, tok
     return None
 
 
-_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
-
-
 def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
                sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
                device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
@@ -693,11 +689,12 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
       instead keeps float32 weights and lets the Predictor autocast.
     """
     from .build import build_model
+    from .predictor import DTYPES
 
     if isinstance(dtype, str):  # the app and CLI pass names
-        if dtype.lower() not in _DTYPE_NAMES:
+        if dtype.lower() not in DTYPES:
             raise WeightsError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-        dtype = _DTYPE_NAMES[dtype.lower()]
+        dtype = DTYPES[dtype.lower()]
     ckpt = resolve_panosamic_checkpoint(checkpoint, subfolder=subfolder, revision=revision, token=token)
     companions = find_companions(ckpt)
     sam_spec: Any = sam if sam is not None else companions["sam"]
