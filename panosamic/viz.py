@@ -410,81 +410,27 @@ def save_rgb_png(path: str, rgb: np.ndarray) -> str:
 # --------------------------------------------------------------------------- COCO RLE
 
 def encode_rle(mask: np.ndarray) -> Dict:
-    """COCO RLE of a binary (H, W) mask: {"size": [H, W], "counts": str} (compressed string,
-    column-major, starting with a run of zeros), as pycocotools.mask.encode writes it."""
-    m = np.asarray(mask, dtype=bool)
-    h, w = m.shape
-    flat = m.T.ravel()  # Fortran order
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    if not flat.size:
-        counts = [0]
-    return {"size": [int(h), int(w)], "counts": _counts_to_string(counts)}
+    """COCO RLE of a binary (H, W) mask, {"size": [H, W], "counts": str}, by pycocotools
+    (column-major runs starting with zeros, compressed to a string)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: Dict) -> np.ndarray:
-    """Inverse of `encode_rle` (also accepts uncompressed {"counts": [ints]})."""
+    """(H, W) bool mask of a COCO RLE, compressed ({"counts": str}) or not ({"counts": [ints]})."""
+    from pycocotools import mask as mask_utils
+
     h, w = (int(v) for v in rle["size"])
     counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = _string_to_counts(counts.decode() if isinstance(counts, bytes) else counts)
-    flat = np.zeros(h * w, dtype=bool)
-    pos, val = 0, False
-    for c in counts:
-        if val:
-            flat[pos:pos + c] = True
-        pos += c
-        val = not val
-    if pos != h * w:
-        raise ValueError(f"RLE counts cover {pos} pixels, the mask has {h * w}")
-    return flat.reshape(w, h).T
-
-
-def _counts_to_string(counts: Sequence[int]) -> str:
-    """pycocotools' rleToString: each count (minus counts[i-2] for i > 2) as little-endian 5-bit
-    groups, 0x20 = more groups follow, +48 to make it printable. Vectorised over the counts."""
-    c = np.asarray(counts, dtype=np.int64)
-    x = c.copy()
-    if len(c) > 3:
-        x[3:] -= c[1:-2]
-    groups, alive = [], []
-    active = np.ones(len(x), bool)
-    for _ in range(14):  # 14 x 5 bits cover any int64 delta
-        g = x & 0x1F
-        x = x >> 5  # arithmetic shift, like C's on a signed long
-        more = np.where((g & 0x10) != 0, x != -1, x != 0)
-        groups.append(g | (more.astype(np.int64) << 5))
-        alive.append(active)
-        active = active & more
-        if not active.any():
-            break
-    table = np.stack(groups, axis=1) + 48
-    keep = np.stack(alive, axis=1)
-    return table[keep].astype(np.uint8).tobytes().decode("ascii")
-
-
-def _string_to_counts(s: str) -> List[int]:
-    counts: List[int] = []
-    p = 0
-    while p < len(s):
-        x = 0
-        k = 0
-        more = True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    if isinstance(counts, list):
+        if sum(counts) != h * w:
+            raise ValueError(f"RLE counts cover {sum(counts)} pixels, the mask has {h * w}")
+        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(compressed).astype(bool)
 
 
 def mask_bbox(mask: np.ndarray) -> List[int]:
