@@ -4,37 +4,40 @@
     python app.py [--host 127.0.0.1] [--port 7860] [--share]
                   [--checkpoint dfki-av/PanoSAMic | LOCAL_DIR] [--subfolder stanford2d3ds-vith-rgbdn-fold1]
                   [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype float32|bfloat16|float16]
-                  [--cache-mb 2048] [--examples assets/examples]
+                  [--cache-mb 2048] [--session-mb 4096] [--session-idle-min 60] [--examples assets/examples]
 
 Every option also reads an environment variable (PANOSAMIC_CHECKPOINT, PANOSAMIC_SUBFOLDER,
 PANOSAMIC_SAM_CHECKPOINT, PANOSAMIC_DEVICE, PANOSAMIC_DTYPE, PANOSAMIC_CACHE_MB, PANOSAMIC_HOST,
-PANOSAMIC_PORT, PANOSAMIC_SHARE, PANOSAMIC_EXAMPLES), for a Hugging Face Space.
+PANOSAMIC_PORT, PANOSAMIC_SHARE, PANOSAMIC_EXAMPLES, PANOSAMIC_SESSION_MB,
+PANOSAMIC_SESSION_IDLE_MIN), for a Hugging Face Space.
 
 This file only wires the UI: the app's logic (checkpoint choices, lazy model loading, input
-checks, error messages, segment / click / prompt / edit / export) lives in panosamic/studio.py,
-the editing state in panosamic/session.py, the pictures and files in panosamic/viz.py. Models
-load lazily on the first Run, so the page opens at once (and also offline or without weights).
+checks, sessions, messages, segment / click / prompt / edit / export, pictures and files) lives
+in the panosamic.studio package. Models load lazily on the first Run, so the page opens at once
+(and also offline or without weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import logging
 import os
+import signal
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import gradio as gr
 
-from panosamic import studio as studio_logic
-from panosamic import viz
 from panosamic.errors import PanoSAMicError
-from panosamic.session import Session
-from panosamic.studio import Checkpoints  # noqa: F401  (app.Checkpoints, for scripts and tests)
-from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, StudioBackend, require_session
+from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
+from panosamic.studio import messages, render
+from panosamic.studio.uploads import input_path, preview_image
 
 log = logging.getLogger("panosamic.app")
 
@@ -80,6 +83,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="memory for cached panorama embeddings shared by all users (0 = off)")
     p.add_argument("--max-models", type=int, default=int(_env("MAX_MODELS", 1)),
                    help="checkpoints kept loaded at once")
+    p.add_argument("--session-mb", type=float, default=float(_env("SESSION_MB", 4096)),
+                   help="memory for all users' sessions together; the least recently used idle ones go first")
+    p.add_argument("--session-idle-min", type=float, default=float(_env("SESSION_IDLE_MIN", 60)),
+                   help="a session unused this many minutes is closed (its user presses Run again)")
     p.add_argument("--examples", default=_env("EXAMPLES", str(ROOT / "assets" / "examples")),
                    help="folder with <name>_rgb.jpg|png (+ _depth.png, _normals.png) examples")
     return p.parse_args(argv)
@@ -105,7 +112,7 @@ def friendly(fn):
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, PanoSAMicError):
                 log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(studio_logic.user_message(exc), duration=None, print_exception=False) from None
+            raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
 
     return wrapper
 
@@ -136,53 +143,79 @@ def _click_kind(mode: str) -> str:
     return "box" if mode == CLICK_MODES[2] else "negative" if mode == CLICK_MODES[1] else "positive"
 
 
+@dataclass
+class Components:
+    """The components the handlers fill (set by build_ui)."""
+
+    session: Any = None
+    view: Any = None
+    legend: Any = None
+    plot: Any = None
+    candidates: Any = None
+    cls: Any = None
+    info: Any = None
+    downloads: Any = None
+    run_status: Any = None
+    edit_status: Any = None
+
+    def outputs(self) -> list:
+        return [self.session, self.view, self.legend, self.plot, self.candidates, self.cls, self.info,
+                self.downloads, self.run_status, self.edit_status]
+
+
+NO_CANDIDATES = [("#1", 0), ("#2", 1), ("#3", 2)]
+
+
 class Studio:
     """The event handlers: each calls panosamic.studio.StudioBackend (state shared by all
-    users: models, embedding cache, exports) and turns the result into component values;
-    everything per user lives in the gr.State `Session`."""
+    users: models, embedding cache, sessions' lifetime) and returns {component: value} for
+    what changed; everything per user lives in the gr.State `Session`."""
 
     def __init__(self, settings: argparse.Namespace):
         self.settings = settings
         self.backend = StudioBackend(settings.checkpoint, settings.subfolder, settings.sam_checkpoint,
                                      device=settings.device, dtype=settings.dtype, max_models=settings.max_models,
-                                     cache_mb=settings.cache_mb, examples=settings.examples)
+                                     cache_mb=settings.cache_mb, examples=settings.examples,
+                                     session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min)
         self.checkpoints = self.backend.checkpoints
         self.examples = self.backend.examples
+        self.ui = Components()
 
-    def bundle(self, s: Optional[Session], opacity: float, mode: str, files: bool = False,
-               run_status: Any = None) -> tuple:
-        """Values for OUTPUTS (see build_ui): state, view, legend, 3D, candidates, class,
-        info, downloads, run status, edit status."""
-        skip = gr.skip()
-        if s is None:
-            return (None, skip, skip, skip, skip, skip, skip, skip, skip if run_status is None else run_status, skip)
+    def bundle(self, s: Session, opacity: float, mode: str, clear_downloads: bool = False) -> Dict[Any, Any]:
+        """What an event on session `s` shows: the ERP view, legend, candidates, class, info and
+        edit status always; the 3D view only when what it shows changed; the downloads are
+        cleared when the labels changed (Export writes them again)."""
+        ui = self.ui
         if s.candidates is not None:
             cand = gr.Radio(choices=[(f"#{i + 1} · IoU {float(v):.2f}", i) for i, v in enumerate(s.scores)],
                             value=s.selected, interactive=True)
             mc = s.majority_class()
             cls = gr.Dropdown(choices=list(s.classes), value=s.classes[mc] if mc is not None else s.classes[0])
         else:
-            cand = gr.Radio(choices=[("#1", 0), ("#2", 1), ("#3", 2)], value=None, interactive=False)
+            cand = gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False)
             cls = gr.Dropdown(choices=list(s.classes))
         stats = s.stats()
-        info = {**s.summary(), "stats": stats}
-        return (
-            s,
-            studio_logic.view_image(s, opacity),
-            viz.legend_html(stats),
-            studio_logic.figure_3d(s, opacity, point_cloud=(mode == VIEW_MODES[1])),
-            cand,
-            cls,
-            info,
-            self.backend.export(s) if files else skip,
-            skip if run_status is None else run_status,
-            studio_logic.edit_status(s),
-        )
+        out = {
+            ui.session: s,
+            ui.view: render.view_image(s, opacity),
+            ui.legend: render.legend_html(stats),
+            ui.candidates: cand,
+            ui.cls: cls,
+            ui.info: {**s.summary(), "stats": stats},
+            ui.edit_status: messages.edit_status(s),
+        }
+        key_3d = (s.labels_version, mode, round(float(opacity), 3))
+        if s.rendered_3d != key_3d:
+            s.rendered_3d = key_3d
+            out[ui.plot] = render.figure_3d(s, opacity, point_cloud=(mode == VIEW_MODES[1]))
+        if clear_downloads:
+            out[ui.downloads] = None
+        return out
 
     # ----------------------------------------------------------------- handlers
     def requirements_text(self, choice: Optional[str], pano: Any, depth: Any, normals: Any) -> Tuple[str, bool]:
         """What the selected checkpoint needs, and whether Run can start."""
-        return studio_logic.requirements_text(self.checkpoints, choice, pano, depth, normals)
+        return messages.requirements_text(self.checkpoints, choice, pano, depth, normals)
 
     def requirements(self, choice: Optional[str], pano: Any, depth: Any, normals: Any):
         text, ok = self.requirements_text(choice, pano, depth, normals)
@@ -197,85 +230,90 @@ class Studio:
         have = present or {}
         return self.requirements(choice, *(True if have.get(k) else None for k in ("pano", "depth", "normals")))
 
-    def on_upload(self, pano: Any):
-        """A new panorama replaces the session: show it, clear the results."""
-        path = studio_logic.input_path(pano)
-        return (None, studio_logic.preview_image(pano), viz.legend_html([]), None,
-                gr.Radio(choices=[("#1", 0), ("#2", 1), ("#3", 2)], value=None, interactive=False),
-                gr.Dropdown(choices=[], value=None), None, None,
-                "Press **Run** to segment the panorama." if path else "", "")
+    def on_upload(self, pano: Any, s: Optional[Session]):
+        """A new panorama replaces the session: show it, clear the results (the old session's
+        memory and files go at once)."""
+        if s is not None:
+            self.backend.store.close(s)
+        ui = self.ui
+        return {ui.session: None, ui.view: preview_image(pano), ui.legend: render.legend_html([]), ui.plot: None,
+                ui.candidates: gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False),
+                ui.cls: gr.Dropdown(choices=[], value=None), ui.info: None, ui.downloads: None,
+                ui.run_status: "Press **Run** to segment the panorama." if input_path(pano) else "",
+                ui.edit_status: ""}
 
     def segment(self, panorama, depth, normals, checkpoint, depth_scale, max_depth, opacity, view_mode,
                 session, progress=gr.Progress(track_tqdm=True)):
         """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings."""
         t_start = time.perf_counter()
-        s, cached = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress)
+        s, cached = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
+                                         previous=session)
         progress(0.92, desc="Rendering")
         t1 = time.perf_counter()
-        out = self.bundle(s, opacity, view_mode, files=True)
+        out = self.bundle(s, opacity, view_mode, clear_downloads=True)
         timings = {**s.timings, "render": time.perf_counter() - t1}
         total = time.perf_counter() - t_start
-        msg = studio_logic.run_message(s, total, cached, timings)
         s.timings["total"] = total
-        return out[:8] + (msg,) + out[9:]
+        out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
+        return out
 
     def click(self, s, mode, opacity, view_mode, evt: gr.SelectData):
         if s is None:
             gr.Warning("Press Run first: clicks refine a segmented panorama.")
-            return self.bundle(None, opacity, view_mode)
+            return {}
         self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
         return self.bundle(s, opacity, view_mode)
 
     def prompt(self, prompt_json, s, opacity, view_mode):
-        """Prompts SAM's decoder with explicit coordinates (JSON: points, labels, box, append)."""
-        self.backend.prompt(require_session(s), prompt_json)
+        """Prompts SAM's decoder with explicit coordinates (JSON: points, labels, box, append;
+        or points_lonlat / box_lonlat in degrees)."""
+        self.backend.prompt(s, prompt_json)
         return self.bundle(s, opacity, view_mode)
 
     def select_candidate(self, index, s, opacity, view_mode):
         """Selects candidate mask 0, 1 or 2 of the last prompt."""
-        s = require_session(s)
-        if index is not None and s.candidates is not None:
-            s.select(int(index))
+        self.backend.select(s, index)
         return self.bundle(s, opacity, view_mode)
 
     def assign(self, class_name, candidate, s, opacity, view_mode):
         """Writes a class (name or index; default: majority under the mask) into the map under the
         selected candidate (or candidate 0-2)."""
-        self.backend.assign(require_session(s), class_name, candidate)
-        return self.bundle(s, opacity, view_mode, files=True)
+        self.backend.assign(s, class_name, candidate)
+        return self.bundle(s, opacity, view_mode, clear_downloads=True)
 
     def undo(self, s, opacity, view_mode):
         """Reverts the last prompt change or edit."""
-        what = self.backend.undo(require_session(s))
+        what = self.backend.undo(s)
         if what is None:
             gr.Info("Nothing to undo.")
-        return self.bundle(s, opacity, view_mode, files=(what == "labels"))
+        return self.bundle(s, opacity, view_mode, clear_downloads=(what == "labels"))
 
     def clear(self, s, opacity, view_mode):
         """Removes all prompts and candidate masks (undoable)."""
-        require_session(s).clear_prompts()
+        self.backend.clear(s)
         return self.bundle(s, opacity, view_mode)
 
     def refine_instances(self, points_per_side, s, opacity, view_mode, progress=gr.Progress()):
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
-        n, changed = self.backend.refine_instances(require_session(s), points_per_side, progress)
+        n, changed = self.backend.refine_instances(s, points_per_side, progress)
         gr.Info(f"{n} SAM instances, {changed} pixels changed class "
                 f"({s.timings['instances']:.1f} s). Undo reverts this.")
-        return self.bundle(s, opacity, view_mode, files=True)
+        return self.bundle(s, opacity, view_mode, clear_downloads=True)
 
     def restyle(self, s, opacity, view_mode):
         """Opacity / 3D mode changed: re-render the pictures only."""
-        if s is None:
-            return gr.skip(), gr.skip()
+        if s is None or s.closed:
+            return {}
         if view_mode == VIEW_MODES[1] and s.depth is None:
             gr.Info("The point cloud needs a depth map: showing the sphere.")
-        return (studio_logic.view_image(s, opacity),
-                studio_logic.figure_3d(s, opacity, point_cloud=(view_mode == VIEW_MODES[1])))
+        s = self.backend.touch(s)
+        out = self.bundle(s, opacity, view_mode)
+        return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.plot)}
 
     def export_files(self, s):
-        """Writes the downloads again; returns (files, session summary with statistics)."""
-        s = require_session(s)
-        return self.backend.export(s), {**s.summary(), "stats": s.stats()}
+        """Writes the downloads at the input size; returns (files, session summary with statistics)."""
+        files = self.backend.export(s)
+        return files, {**s.summary(), "stats": s.stats()}
 
 
 CSS = """
@@ -293,10 +331,23 @@ panorama to refine: SAM's prompt decoder runs on the cached embeddings, so click
 """
 
 
+LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
+
+
+def _closer(store):
+    def close(s: Optional[Session]) -> None:
+        if s is not None:
+            store.close(s)
+
+    return close
+
+
 def build_ui(studio: Studio) -> gr.Blocks:
     ck = studio.checkpoints
     with gr.Blocks(title="PanoSAMic Studio", delete_cache=(3600, 7200)) as demo:
-        session = gr.State(None, time_to_live=4 * 3600)
+        # The store owns the session's lifetime; Gradio's own expiry (or a closed tab) hands it back.
+        store = studio.backend.store
+        session = gr.State(None, time_to_live=store.idle_s or None, delete_callback=_closer(store))
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
@@ -343,9 +394,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 view_mode = gr.Radio(VIEW_MODES, value=VIEW_MODES[0], label="3D view", info="Point cloud needs depth")
                 plot = gr.Plot(label="3D", elem_id="pano-3d")
             with gr.Column(scale=2):
-                legend = gr.HTML(viz.legend_html([]), label="Legend", elem_id="legend")
+                legend = gr.HTML(render.legend_html([]), label="Legend", elem_id="legend")
+                export = gr.Button("Export (full resolution)", size="sm", elem_id="export-button")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-                export = gr.Button("Export again", size="sm")
         with gr.Accordion("Prompt by coordinates / API details", open=False):
             prompt_json = gr.Textbox(label="Prompt (JSON, input-image pixels)", lines=2,
                                      value='{"points": [[100, 50]], "labels": [1]}',
@@ -354,9 +405,13 @@ def build_ui(studio: Studio) -> gr.Blocks:
             apply_prompt = gr.Button("Apply prompt", size="sm")
             info = gr.JSON(label="Session (summary, statistics)")
 
-        outputs = [session, view, legend, plot, candidates, cls, info, downloads, run_status, edit_status]
+        studio.ui = Components(session, view, legend, plot, candidates, cls, info, downloads, run_status, edit_status)
+        outputs = studio.ui.outputs()
         style = [opacity, view_mode]
-        model_q = dict(concurrency_id="model", concurrency_limit=1)
+        # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
+        heavy = dict(concurrency_id="heavy", concurrency_limit=1)
+        light = dict(concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY)
+        files_q = dict(concurrency_id="export", concurrency_limit=1)
 
         # Each input reports only its own presence: when an example fills all three at once,
         # the other inputs' events still see the panorama as empty, and whichever answer came
@@ -368,22 +423,22 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         concurrency_id="requirements", concurrency_limit=1)
         checkpoint.change(studio.checkpoint_changed, [checkpoint, present], [need, run], api_visibility="private",
                           concurrency_id="requirements", concurrency_limit=1)
-        pano.change(studio.on_upload, [pano], outputs, api_visibility="private")
+        pano.change(studio.on_upload, [pano, session], outputs, api_visibility="private", **light)
 
         run.click(friendly(on_gpu(studio.segment, 120)), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
-                  outputs, api_name="segment", **model_q)
-        view.select(friendly(on_gpu(studio.click)), [session, mode, *style], outputs, api_visibility="private", **model_q)
-        apply_prompt.click(friendly(on_gpu(studio.prompt)), [prompt_json, session, *style], outputs, api_name="prompt", **model_q)
+                  outputs, api_name="segment", **heavy)
+        view.select(friendly(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
+        apply_prompt.click(friendly(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
         candidates.input(friendly(studio.select_candidate), [candidates, session, *style], outputs,
-                         api_name="select_candidate")
-        assign.click(friendly(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign")
-        undo.click(friendly(on_gpu(studio.undo)), [session, *style], outputs, api_name="undo", **model_q)
-        clear.click(friendly(studio.clear), [session, *style], outputs, api_name="clear")
-        refine.click(friendly(on_gpu(studio.refine_instances, 120)), [pps, session, *style], outputs, api_name="refine_instances",
-                     **model_q)
-        export.click(friendly(studio.export_files), [session], [downloads, info], api_name="export")
+                         api_name="select_candidate", **light)
+        assign.click(friendly(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
+        undo.click(friendly(studio.undo), [session, *style], outputs, api_name="undo", **light)
+        clear.click(friendly(studio.clear), [session, *style], outputs, api_name="clear", **light)
+        refine.click(friendly(on_gpu(studio.refine_instances, 120)), [pps, session, *style], outputs,
+                     api_name="refine_instances", **heavy)
+        export.click(friendly(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
         for comp in (opacity, view_mode):
-            comp.change(friendly(studio.restyle), [session, *style], [view, plot], api_visibility="private")
+            comp.change(friendly(studio.restyle), [session, *style], [view, plot], api_visibility="private", **light)
     return demo
 
 
@@ -403,7 +458,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     allowed = [str(Path(settings.examples).resolve())] if Path(settings.examples).is_dir() else []
     # Warm the heavy imports (torch, the model code) while the page is already being served.
     threading.Thread(target=_warm_imports, daemon=True).start()
-    demo.queue(default_concurrency_limit=4).launch(
+    demo.queue(default_concurrency_limit=LIGHT_CONCURRENCY)
+    studio.backend.store.start_sweeper()
+    atexit.register(studio.backend.close)  # export folders go at shutdown (SIGTERM included, see below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         allowed_paths=allowed, css=CSS, show_error=True, theme=gr.themes.Soft(),
     )

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import InputError, PanoSAMicError
 from .io import DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, save_image, save_labels_png
-from .viz import class_stats
+from .exports import class_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

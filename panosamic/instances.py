@@ -8,7 +8,7 @@ Each instance then takes the majority semantic class under it.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
                        stability_score_offset: float = 1.0, nms_thresh: float = 0.7,
                        containment_thresh: float = 0.8, min_area: int = 0,
                        modalities: Optional[Sequence[str]] = None,
-                       views: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
+                       views: Optional[Sequence[int]] = None,
+                       output_size: Optional[Tuple[int, int]] = None,
+                       state: Any = None) -> List[Dict[str, Any]]:
     """Automatic instance masks for the panorama set on `predictor` (no re-encoding).
 
     Args:
@@ -47,6 +49,8 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
         min_area: drop masks smaller than this many input pixels.
         modalities: embeddings to prompt (default: every modality of the checkpoint).
         views: views to prompt (default: all).
+        output_size: (h, w) of the returned masks, bboxes and areas (default: the input size).
+        state: a `PanoramaState` to use instead of the predictor's current panorama.
 
     Returns:
         Instances, best first, each a dict with "segmentation" (H, W) bool at the input
@@ -54,12 +58,14 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
         spans the width), "predicted_iou", "stability_score", "point_coords" [[x, y]] of the
         prompt (input pixels), "view" and "modality".
     """
-    state = predictor._require_state()
+    state = predictor._require_state() if state is None else state
     model = predictor.model
     mods = list(modalities) if modalities is not None else list(predictor.required_modalities)
     view_ids = list(views) if views is not None else list(range(model.num_views))
     Hm, Wm = model.erp_size
     H, W = state.input_size
+    out_h, out_w = output_size or (H, W)
+    n_mods = len(predictor.required_modalities)
     points = _grid(points_per_side, Hm, Wm)
     # Mask overlaps are compared at a reduced resolution: fast and accurate enough for NMS.
     cmp_h = min(Hm, 128)
@@ -69,7 +75,8 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
     with torch.inference_mode(), predictor._autocast():
         for v in view_ids:
             for m in mods:
-                embedding = predictor.get_image_embedding(v, m)
+                embedding = state.embeddings[v * n_mods + predictor.required_modalities.index(m)][None]
+                embedding = embedding.to(predictor.device)
                 for start in range(0, len(points), points_per_batch):
                     pts = points[start:start + points_per_batch]
                     pv = pts.copy()
@@ -117,7 +124,7 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
     instances: List[Dict[str, Any]] = []
     with torch.inference_mode():
         for i in kept:
-            seg = (model.postprocess(low[i][None, None], (H, W))[0, 0] > 0).cpu().numpy()
+            seg = (model.postprocess(low[i][None, None], (out_h, out_w))[0, 0] > 0).cpu().numpy()
             area = int(seg.sum())
             if area == 0 or area < min_area:
                 continue

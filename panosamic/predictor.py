@@ -62,12 +62,16 @@ def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
     `255 * (1 - clip(d, 0, T) / T)`, 0 where the depth is invalid (0 or not finite), so
     near is bright and far or unknown is black. T = `max_depth` in metres.
     """
+    return np.repeat(_encode_depth_channel(depth_m, max_depth)[..., None], 3, axis=-1)
+
+
+def _encode_depth_channel(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
+    """`encode_depth` as one (H, W) float32 channel."""
     d = np.asarray(depth_m, dtype=np.float32)
     valid = np.isfinite(d) & (d > 0)
     d = np.where(valid, d, 0.0).astype(np.float32)
     enc = np.float32(255.0) * (np.float32(1.0) - np.clip(d, 0.0, max_depth) / np.float32(max_depth))
-    enc = (enc * valid).astype(np.float32)
-    return np.repeat(enc[..., None], 3, axis=-1)
+    return (enc * valid).astype(np.float32)
 
 
 @dataclass
@@ -88,6 +92,13 @@ class PanoramaState:
     @property
     def nbytes(self) -> int:
         return sum(t.element_size() * t.nelement() for t in (self.embeddings, self.semantic_logits))
+
+    def to(self, device: Union[str, torch.device]) -> "PanoramaState":
+        """The same state with its embeddings on `device` (itself when they are there already).
+        Apps keep states on the CPU between events (a GPU may be lent per call)."""
+        if self.embeddings.device == torch.device(device):
+            return self
+        return PanoramaState(self.embeddings.to(device), self.semantic_logits, self.input_size, self.timings)
 
 
 class Predictor:
@@ -176,8 +187,7 @@ class Predictor:
         if tuple(state.embeddings.shape[:2]) != expected:
             raise InputError("this cached panorama was encoded by a different checkpoint; run it again")
         self.reset_panorama()
-        self._state = PanoramaState(state.embeddings.to(self.device), state.semantic_logits,
-                                    tuple(state.input_size), dict(state.timings))
+        self._state = state.to(self.device)
 
     def _require_state(self) -> PanoramaState:
         if self._state is None:
@@ -208,6 +218,15 @@ class Predictor:
 
         Any 2:1 size works: inputs are resized to the model's ERP and results back.
         """
+        state = self.encode(image, depth, normals, progress=progress)
+        self.reset_panorama()
+        self._state = state
+
+    def encode(self, image: ArrayLike, depth: Optional[ArrayLike] = None, normals: Optional[ArrayLike] = None,
+               progress: Optional[ProgressFn] = None, max_depth: Optional[float] = None) -> PanoramaState:
+        """Like `set_panorama`, but returns the `PanoramaState` instead of keeping it, so that
+        one Predictor can serve many panoramas (e.g. one per user of an app). `max_depth`
+        overrides the Predictor's T for this panorama. The embeddings stay on the device."""
         step = progress or (lambda stage: None)
         timings: Dict[str, float] = {}
 
@@ -222,7 +241,7 @@ class Predictor:
             timings[name] = time.perf_counter() - t
 
         with stage("preprocess", autocast=False):
-            stack, input_size = self._prepare(image, depth, normals)
+            stack, input_size = self._prepare(image, depth, normals, max_depth)
             with torch.inference_mode():
                 x = self.model.preprocess(stack.to(self.device))
         with torch.inference_mode():
@@ -234,12 +253,14 @@ class Predictor:
             del taps  # the large tapped maps are not needed once fused
             with stage("decode"):
                 logits = self.model.decode_semantics(fused)
-        self.reset_panorama()
-        self._state = PanoramaState(embeddings.float(), logits.float().cpu(), input_size, timings)
+        return PanoramaState(embeddings.float(), logits.float().cpu(), input_size, timings)
 
-    def _prepare(self, image: ArrayLike, depth: Optional[ArrayLike],
-                 normals: Optional[ArrayLike]) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Validates inputs and returns the (M, 3, S/2, S) float32 stack in 0..255."""
+    def _prepare(self, image: ArrayLike, depth: Optional[ArrayLike], normals: Optional[ArrayLike],
+                 max_depth: Optional[float] = None) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Validates inputs and returns the (M, 3, S/2, S) float32 stack in 0..255.
+
+        Large panoramas are converted to float and resized one channel at a time, so an
+        8192x4096 input never exists as a float32 stack (1.2 GB for RGB-D-N)."""
         img = _as_array(image, "image")
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=-1)
@@ -266,7 +287,8 @@ class Predictor:
                    if "normals" in missing and given["depth"] else "")
                 + ", or use a checkpoint trained on fewer modalities"
             )
-        layers = {"image": img.astype(np.float32)}
+        size = self.model.erp_size
+        layers = {"image": _channels_to_model_size(img, size)}
         if "depth" in self.required_modalities:
             d = _as_array(depth, "depth")
             if d.ndim == 3 and d.shape[-1] in (1, 3):
@@ -274,17 +296,19 @@ class Predictor:
             if d.shape != (H, W):
                 raise InputError(f"depth is {d.shape[1] if d.ndim > 1 else '?'}x{d.shape[0]} but the image is "
                                  f"{W}x{H}: give a depth map of the same size (metres)")
-            layers["depth"] = encode_depth(d, self.max_depth)
+            T = self.max_depth if max_depth is None else float(max_depth)
+            if not (T > 0 and np.isfinite(T)):
+                raise InputError(f"max_depth must be a positive number of metres, got {max_depth}")
+            encoded = _encode_depth_channel(d, T)
+            layers["depth"] = _channels_to_model_size(encoded[..., None], size).expand(3, -1, -1)
         if "normals" in self.required_modalities:
-            n = _as_array(normals, "normals").astype(np.float32)
+            n = _as_array(normals, "normals")
             if n.shape != (H, W, 3):
                 raise InputError(f"normals must be (H, W, 3) = ({H}, {W}, 3) like the image, got {n.shape}")
             _check_finite(n, "normals")
-            if n.min() < 0:  # unit vectors, not an RGB-encoded image
-                n = 127.5 * (np.clip(n, -1.0, 1.0) + 1.0)
-            layers["normals"] = n
-        stack = torch.from_numpy(np.stack([layers[m] for m in self.required_modalities])).permute(0, 3, 1, 2)
-        stack = _resize(stack.float(), self.model.erp_size)
+            unit_vectors = n.dtype.kind in "if" and n.min() < 0  # not an RGB-encoded image
+            layers["normals"] = _channels_to_model_size(n, size, unit_vectors=unit_vectors)
+        stack = torch.stack([layers[m] for m in self.required_modalities])
         return stack.contiguous(), (H, W)
 
     # --- semantic outputs ----------------------------------------------------------------------
@@ -301,26 +325,53 @@ class Predictor:
 
     @property
     def logits(self) -> np.ndarray:
-        """(K, H, W) float32 semantic logits at the input size."""
+        """(K, H, W) float32 semantic logits at the input size (K*H*W*4 bytes: 1.7 GB for
+        13 classes at 8192x4096; `labels` and `labels_at` do not need them)."""
         if self._logits is None:
-            state = self._require_state()
-            with torch.inference_mode():
-                up = self.model.postprocess(state.semantic_logits.to(self.device), state.input_size)
-            self._logits = up[0].float().cpu().numpy()
+            self._logits = self.logits_at(self.input_size)
         return self._logits
+
+    def logits_at(self, size: Tuple[int, int]) -> np.ndarray:
+        """(K, h, w) float32 semantic logits resized to `size` = (h, w)."""
+        state = self._require_state()
+        with torch.inference_mode():
+            up = self.model.postprocess(state.semantic_logits.to(self.device), tuple(size))
+        return up[0].float().cpu().numpy()
 
     @property
     def labels(self) -> np.ndarray:
-        """(H, W) int64 class indices (argmax of the logits)."""
+        """(H, W) int64 class indices (argmax of the logits) at the input size."""
         if self._labels is None:
-            self._labels = self.logits.argmax(axis=0)
+            self._labels = self.labels_at(self.input_size).astype(np.int64)
         return self._labels
+
+    def labels_at(self, size: Optional[Tuple[int, int]] = None, state: Optional[PanoramaState] = None,
+                  tile_rows: int = 256) -> np.ndarray:
+        """(h, w) uint8 class indices (int64 beyond 255 classes) at `size` (default: the input size).
+
+        Computed `tile_rows` output rows at a time from the model-size logits, so an 8K label
+        map needs no (K, H, W) float array; equal to `logits_at(size).argmax(0)` but for ties.
+        state: another panorama's `PanoramaState` (default: the current one).
+        """
+        state = self._require_state() if state is None else state
+        size = tuple(state.input_size if size is None else size)
+        with torch.inference_mode():
+            erp = self.model.postprocess(state.semantic_logits.to(self.device), self.model.erp_size)[0]
+            dtype = np.uint8 if erp.shape[0] <= 256 else np.int64
+            if tuple(erp.shape[-2:]) == size:
+                return erp.argmax(0).cpu().numpy().astype(dtype)
+            out = np.empty(size, dtype)
+            for r0 in range(0, size[0], tile_rows):
+                r1 = min(r0 + tile_rows, size[0])
+                out[r0:r1] = _bilinear_rows(erp, size, r0, r1).argmax(0).cpu().numpy()
+        return out
 
     # --- prompts -------------------------------------------------------------------------------
     def predict(self, point_coords: Optional[ArrayLike] = None, point_labels: Optional[ArrayLike] = None,
                 box: Optional[ArrayLike] = None, mask_input: Optional[ArrayLike] = None,
                 multimask_output: bool = True, return_logits: bool = False,
-                view: Union[int, str] = "auto") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                view: Union[int, str] = "auto", output_size: Optional[Tuple[int, int]] = None,
+                state: Optional[PanoramaState] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for point/box prompts, decoded by SAM on the cached image embedding.
 
         Args:
@@ -334,14 +385,19 @@ class Predictor:
             view: 0 (as given), 1 (yawed 180 degrees: decoded at x' = (x + W/2) mod W and
                 rolled back) or "auto": the view that keeps the prompts furthest from its seam.
                 Single-view checkpoints have only view 0.
+            output_size: (h, w) of the returned masks (default: the input size); prompts
+                stay in input pixels. An app shows masks at a working size without ever
+                making input-size masks.
+            state: decode on this `PanoramaState` instead of the current panorama (one
+                Predictor can answer many users' prompts; nothing of the Predictor changes).
 
         Returns:
-            masks (C, H, W) bool (float32 logits with return_logits), iou_predictions (C,),
+            masks (C, H, W) bool (or (C, h, w) with output_size) (float32 logits with return_logits), iou_predictions (C,),
             low_res_logits (C, 4g, 4g) float32, always in the panorama's own frame (view 0)
             so they can be passed back as `mask_input` whichever view decodes next.
             The encoder is never re-run.
         """
-        state = self._require_state()
+        state = self._require_state() if state is None else state
         H, W = state.input_size
         Hm, Wm = self.model.erp_size
         points, labels = self._check_points(point_coords, point_labels, W, H)
@@ -382,9 +438,10 @@ class Predictor:
                 mk = mk.reshape(1, 1, *low_size)
                 if v == 1:
                     mk = torch.roll(mk, low_size[1] // 2, dims=-1)
-            low, iou = self.model.decode_prompts(self.get_image_embedding(v), pt, bx, mk, multimask_output)
+            embedding = state.embeddings[v * len(self.required_modalities)][None].to(dev)
+            low, iou = self.model.decode_prompts(embedding, pt, bx, mk, multimask_output)
             low = low.float()
-            masks = self.model.postprocess(low, (H, W), view=v)[0]
+            masks = self.model.postprocess(low, tuple(output_size or (H, W)), view=v)[0]
             if v == 1:
                 low = torch.roll(low, -(low_size[1] // 2), dims=-1)
         self.last_view = v
@@ -487,6 +544,19 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
         raise InputError(f"{name} contains NaN or infinite values")
 
 
+def _channels_to_model_size(arr: np.ndarray, size: Tuple[int, int], unit_vectors: bool = False) -> torch.Tensor:
+    """(H, W, C) numeric array -> (C, h, w) float32 tensor at `size`, one channel at a time.
+
+    unit_vectors: values in -1..1, encoded as 127.5 * (n + 1) first (normals)."""
+    out = []
+    for c in range(arr.shape[-1]):
+        ch = np.ascontiguousarray(arr[..., c], dtype=np.float32)
+        if unit_vectors:
+            ch = np.float32(127.5) * (np.clip(ch, -1.0, 1.0) + np.float32(1.0))
+        out.append(_resize(torch.from_numpy(ch)[None, None], size)[0, 0])
+    return torch.stack(out)
+
+
 def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """(M, 3, H, W) -> (M, 3, h, w): area averaging when shrinking, bilinear when enlarging."""
     if tuple(stack.shape[-2:]) == tuple(size):
@@ -494,6 +564,19 @@ def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     if stack.shape[-1] > size[1]:
         return F.interpolate(stack, size, mode="area")
     return F.interpolate(stack, size, mode="bilinear", align_corners=False)
+
+
+def _bilinear_rows(x: torch.Tensor, size: Tuple[int, int], r0: int, r1: int) -> torch.Tensor:
+    """Rows r0:r1 of `F.interpolate(x[None], size, mode="bilinear", align_corners=False)[0]`
+    for x (C, h, w), without computing the other rows: the row weights by hand, the
+    columns by interpolate on the (C, r1 - r0, w) strip (at equal height it only resamples x)."""
+    h = x.shape[-2]
+    sy = ((torch.arange(r0, r1, dtype=torch.float32, device=x.device) + 0.5) * (h / size[0]) - 0.5).clamp(min=0)
+    y0 = sy.floor().long().clamp(max=h - 1)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    wy = (sy - y0.float())[:, None]
+    rows = x[:, y0] * (1 - wy) + x[:, y1] * wy
+    return F.interpolate(rows[None], (r1 - r0, size[1]), mode="bilinear", align_corners=False)[0]
 
 
 def _box_in_view1(box: np.ndarray, W: float) -> np.ndarray:

@@ -49,12 +49,12 @@ def make_session(depth: bool = True):
     import numpy as np
 
     from panosamic.datasets import STANFORD2D3DS as DS
-    from panosamic.session import Session
+    from panosamic.studio.session import Session
 
     rng = np.random.default_rng(0)
     h, w = 32, 64
     image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    labels = np.full((h, w), 11, np.int64)  # wall
+    labels = np.full((h, w), 11, np.uint8)  # wall
     labels[24:] = 8                           # floor
     d = np.full((h, w), 2.5, np.float32) if depth else None
     return Session(image, labels, DS.classes, DS.palette, depth=d, name="office_rgb.png", checkpoint="tiny")

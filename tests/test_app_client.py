@@ -85,7 +85,9 @@ def test_segment_prompt_assign_undo_export(app_env):
     assert "Segmented 256×128" in out[RUN_STATUS]
     assert "%" in out[LEGEND]
     assert out[PLOT]["type"] == "plotly" and '"mesh3d"' in out[PLOT]["plot"]
-    files = files_by_suffix(out[FILES])
+    assert out[FILES] is None                       # downloads are made on request, at full size
+    files, _ = c.predict(api_name="/export")
+    files = files_by_suffix(files)
     assert set(files) == {"labels.png", "colors.png", "stats.json", "stats.csv", "masks_rle.json", "pointcloud.glb"}
     labels0 = read_labels(files["labels.png"])
     assert labels0.shape == (h, w) and labels0.max() < 13
@@ -108,6 +110,7 @@ def test_segment_prompt_assign_undo_export(app_env):
     assert out[CLASS]["value"] == info["classes"][cand["majority_class"]]
     assert out[INFO]["prompts"]["points"] == [[60.0, 70.0]]
     assert isinstance(out[FILES], dict)  # downloads untouched by a prompt (gr.skip)
+    assert isinstance(out[PLOT], dict)   # nor is the 3D view: a click does not change what it shows
 
     # add a negative point (append) and then a box
     out = c.predict(json.dumps({"points": [[200, 40]], "labels": [0], "append": True}), api_name="/prompt")
@@ -120,13 +123,14 @@ def test_segment_prompt_assign_undo_export(app_env):
     out = c.predict(json.dumps({"box": [220, 40, 30, 100]}), api_name="/prompt")
     assert "across the seam" in out[EDIT_STATUS]
     cand = out[INFO]["candidates"]
-    assert min(cand["areas"]) >= 0 and len(cand["areas"]) == 3
+    assert max(cand["areas"]) > 0 and len(cand["areas"]) == 3
 
     # assign the selected mask to "window": only pixels under the mask change
     target = "window"
     out = c.predict(target, None, api_name="/assign")
     assert out[INFO]["edits"] == 1 and out[INFO]["candidates"] is None
-    files = files_by_suffix(out[FILES])
+    assert out[FILES] is None                       # the labels changed: the old downloads are gone
+    files = files_by_suffix(c.predict(api_name="/export")[0])
     labels1 = read_labels(files["labels.png"])
     mask = cv2.imread(files["masks.png"], cv2.IMREAD_UNCHANGED) == 1
     assert mask.any()
@@ -138,7 +142,7 @@ def test_segment_prompt_assign_undo_export(app_env):
     # the seam box mask is seamless: the first and last columns agree
     assert np.mean(mask[:, 0] == mask[:, -1]) > 0.9
     coco = json.loads(Path(files["masks_rle.json"]).read_text())
-    from panosamic.viz import decode_rle
+    from panosamic.exports import decode_rle
 
     np.testing.assert_array_equal(decode_rle(coco["refined_masks"][0]["segmentation"]), mask)
     assert coco["refined_masks"][0]["category_id"] == 12
@@ -148,7 +152,7 @@ def test_segment_prompt_assign_undo_export(app_env):
     assert out[INFO]["edits"] == 0 and out[INFO]["changed_pixels"] == 0
     assert out[INFO]["prompts"]["box"] == [220.0, 40.0, 30.0, 100.0]
     assert out[INFO]["candidates"] is not None
-    np.testing.assert_array_equal(read_labels(files_by_suffix(out[FILES])["labels.png"]), labels0)
+    np.testing.assert_array_equal(read_labels(files_by_suffix(c.predict(api_name="/export")[0])["labels.png"]), labels0)
 
     # assign a specific candidate by index, then export
     out = c.predict("door", 0, api_name="/assign")
@@ -177,15 +181,17 @@ def test_second_user_reuses_cached_embeddings(app_env):
 
 def test_refine_with_sam_instances_is_undoable(app_env):
     c = client(app_env)
-    out = segment(c, app_env["examples"]["seam"])
-    before = read_labels(files_by_suffix(out[FILES])["labels.png"])
+    segment(c, app_env["examples"]["seam"])
+    export = lambda: read_labels(files_by_suffix(c.predict(api_name="/export")[0])["labels.png"])  # noqa: E731
+    before = export()
     t0 = time.perf_counter()
     out = c.predict(4, api_name="/refine_instances")
     TIMINGS["instances_4pps_s"] = time.perf_counter() - t0
-    after = read_labels(files_by_suffix(out[FILES])["labels.png"])
+    after = export()
     assert after.shape == before.shape
-    out = c.predict(api_name="/undo")
-    np.testing.assert_array_equal(read_labels(files_by_suffix(out[FILES])["labels.png"]), before)
+    assert int((after != before).sum()) == out[INFO]["changed_pixels"]
+    c.predict(api_name="/undo")
+    np.testing.assert_array_equal(export(), before)
 
 
 def _error(call) -> str:

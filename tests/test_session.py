@@ -1,4 +1,4 @@
-"""panosamic.session (per-user edits, prompts, undo, export) and panosamic.cache (LRU by bytes)."""
+"""panosamic.studio.session (per-user edits, prompts, undo), its downloads, and the embedding cache (LRU by bytes)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 
 from app_utils import make_session
 
-from panosamic.cache import EmbeddingCache, content_key
 from panosamic.datasets import STANFORD2D3DS as DS
 from panosamic.errors import InputError
-from panosamic import viz
+from panosamic.exports import decode_rle, read_glb
+from panosamic.studio.cache import EmbeddingCache, content_key
+from panosamic.studio.downloads import write_downloads
 
 
 def test_assign_changes_labels_only_under_the_mask_and_undo_restores():
@@ -108,7 +109,7 @@ def test_export_writes_every_download(tmp_path):
     mask[2:6, 50:64] = True
     mask[2:6, 0:3] = True
     s.assign("window", mask=mask)
-    files = s.export(str(tmp_path))
+    files = write_downloads(s, tmp_path, s.initial_labels.copy())
     assert set(files) == {"labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb"}
     assert all(os.path.basename(p).startswith("office_") for p in files.values())
     lab = cv2.imread(files["labels"], cv2.IMREAD_UNCHANGED)
@@ -121,14 +122,15 @@ def test_export_writes_every_download(tmp_path):
     assert coco["images"][0]["width"] == 64
     rebuilt = np.full(s.shape, -1)
     for ann in coco["annotations"]:
-        rebuilt[viz.decode_rle(ann["segmentation"])] = ann["category_id"]
+        rebuilt[decode_rle(ann["segmentation"])] = ann["category_id"]
     np.testing.assert_array_equal(rebuilt, s.labels)
-    np.testing.assert_array_equal(viz.decode_rle(coco["refined_masks"][0]["segmentation"]), mask)
+    np.testing.assert_array_equal(decode_rle(coco["refined_masks"][0]["segmentation"]), mask)
     stats = json.load(open(files["stats_json"]))
     assert stats["edits"] == 1 and stats["changed_pixels"] == mask.sum()
     assert abs(sum(r["sphere_share"] for r in stats["stats"]) - 1) < 1e-4
-    viz.read_glb(files["pointcloud_glb"])
-    assert "pointcloud_glb" not in make_session(depth=False).export(str(tmp_path / "nodepth"))
+    read_glb(files["pointcloud_glb"])
+    plain = make_session(depth=False)
+    assert "pointcloud_glb" not in write_downloads(plain, tmp_path / "nodepth", plain.initial_labels.copy())
 
 
 # ----------------------------------------------------------------------------- cache

@@ -17,6 +17,8 @@ from panosamic import studio
 from panosamic.config import RELEASED_SUBFOLDERS
 from panosamic.errors import InputError, WeightsError
 from panosamic.studio import Checkpoints, ModelKey, ModelRegistry, StudioBackend
+from panosamic.studio.checkpoints import DEMO_DIR
+from panosamic.studio.render import view_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,7 +192,7 @@ def test_edit_status_run_message_and_instance_masks():
     mask[:10] = True
     s.set_candidates(np.stack([mask, ~mask]), [0.8, 0.3])
     assert "box across the seam" in studio.edit_status(s)
-    assert "mask #1 selected (IoU 0.80, 640 px, mostly wall)" in studio.edit_status(s)
+    assert "mask #1 selected (IoU 0.80, 31.2% of the panorama, mostly wall)" in studio.edit_status(s)
     s.assign("door")
     assert studio.edit_status(s).endswith("1 edit(s)")
 
@@ -199,17 +201,7 @@ def test_edit_status_run_message_and_instance_masks():
         "**Segmented 64×32 in 2.00 s** — embeddings reused from the cache · load 1.00 s · encode 0.50 s")
     assert studio.run_message(s, 2.0, False, {"render": 0.25}) == "**Segmented 64×32 in 2.00 s** — render 0.25 s"
 
-    labels = np.full(s.shape, -1, np.int64)
-    labels[:, :32] = 3
-    inst = [{"segmentation": labels == 3, "predicted_iou": 0.9}, {"segmentation": labels < 0},
-            {"segmentation": np.zeros(s.shape, bool)}]
-    masks = studio.instance_masks(inst, labels)
-    assert [(c, iou) for _, c, iou in masks] == [(3, 0.9), (0, None)]   # empty instance skipped
-
-    assert studio.display_scale(s) == 1.0 and studio.display_scale(s, max_width=32) == 0.5
-    assert studio.view_image(s, 0.5, max_width=32).shape == (16, 32, 3)
-    with pytest.raises(InputError, match="Press Run first"):
-        studio.require_session(None)
+    assert view_image(s, 0.5).shape == (32, 64, 3)
 
 
 # ----------------------------------------------------------------------------- model registry
@@ -244,9 +236,9 @@ def test_the_bundled_demo_is_always_offered_and_segments(tmp_path):
     assert hub.modalities("demo") == ("image", "depth", "normals")
     assert hub.label("demo").startswith("Demo: tiny model trained on rendered rooms")
     key = hub.key("demo", "cpu", None)
-    assert key.checkpoint == str(studio.DEMO_DIR) and key.sam is None
+    assert key.checkpoint == str(DEMO_DIR) and key.sam is None
     # Started on the demo folder itself, it is the local checkpoint, not listed twice.
-    assert "demo" not in [v for _, v in Checkpoints(str(studio.DEMO_DIR), None, None).choices()]
+    assert "demo" not in [v for _, v in Checkpoints(str(DEMO_DIR), None, None).choices()]
 
     from panosamic import io
 
@@ -259,12 +251,12 @@ def test_the_bundled_demo_is_always_offered_and_segments(tmp_path):
 
 def test_registry_loads_the_reference_checkpoint(reference_dir, tmp_path):
     ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
-    reg = ModelRegistry(max_models=1)
+    reg = ModelRegistry(max_models=1, loader=studio.load_predictor)
     key = Checkpoints(str(ckpt), None, None).key("local", "cpu", None)
     assert not reg.loaded(key)
-    model = reg.get(key)
-    assert reg.loaded(key) and reg.get(key) is model
-    assert model.config["num_classes"] == 13
+    predictor = reg.get(key)
+    assert reg.loaded(key) and reg.get(key) is predictor
+    assert predictor.model.config["num_classes"] == 13
 
 
 # ----------------------------------------------------------------------------- the backend
@@ -282,7 +274,7 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     stages = []
     s, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), None, 0, None,
                                 progress=lambda f, desc=None: stages.append(desc))
-    assert not cached and s.shape == (128, 256) and s.max_depth == 10.0 and s.checkpoint == f"{ckpt}:"
+    assert not cached and s.shape == (128, 256) and s.max_depth == 10.0 and s.checkpoint == "ckpt:"
     assert stages[:2] == ["Reading the inputs", "Downloading / loading the checkpoint (first use)"]
     assert {"load", "encode"} <= set(s.timings)
     assert backend.checkpoints.known["local"] == ("image", "depth", "normals")
@@ -312,16 +304,25 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     assert s.candidates is None and len(s.refined) == 1 and s.refined[0].class_index == majority
     assert changed == int(mask1.sum())
     assert backend.undo(s) == "labels" and s.candidates is not None   # the prompts come back, re-decoded
-    assert backend.assign(s, "window", None) >= 0 and s.refined[-1].class_index == 12
+    window_mask = s.selected_mask.copy()
+    assert backend.assign(s, "window", None) == int((window_mask & (s.initial_labels != 12)).sum())
+    assert s.refined[-1].class_index == 12 and (s.labels[window_mask] == 12).all()
     with pytest.raises(InputError, match="Nothing to assign"):
         backend.assign(s, "door")
 
+    before_instances = s.labels.copy()
     n, changed = backend.refine_instances(s, 4)
-    assert n >= 0 and changed >= 0 and "instances" in s.timings and s.undo_depth > 0
+    assert changed == int((s.labels != before_instances).sum()) and "instances" in s.timings
+    assert len(s.refined) == 1 + sum(1 for r in s.refined if r.source == "instances")
+    assert backend.undo(s) == "labels"
+    np.testing.assert_array_equal(s.labels, before_instances)
 
     files = backend.export(s)
     names = [Path(f).name for f in files]
     assert names == ["office_labels.png", "office_colors.png", "office_stats.json", "office_stats.csv",
                      "office_masks_rle.json", "office_masks.png", "office_pointcloud.glb"]
     first_dir = s.export_dir
-    assert backend.export(s)[0] != files[0] and Path(first_dir).is_dir()   # removed only later
+    assert backend.export(s)[0] != files[0] and not Path(first_dir).exists()   # one folder per session
+    second_dir = s.export_dir
+    backend.close()
+    assert not Path(second_dir).exists() and s.closed

@@ -1,4 +1,4 @@
-"""panosamic.viz: solid-angle statistics, legend, overlays, COCO RLE, GLB, plotly figures."""
+"""panosamic.exports (solid-angle statistics, COCO RLE, GLB) and panosamic.studio.render (legend, overlays, plotly figures)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from panosamic import viz
+from panosamic import exports
+from panosamic.io import save_labels_png
+from panosamic.studio import render
 from panosamic.datasets import STANFORD2D3DS as DS
 
 
@@ -17,7 +19,7 @@ def test_class_stats_sphere_share_is_cos_latitude_weighted():
     labels = np.zeros((h, w), np.int64)
     labels[:8] = 3          # a polar cap: 1/8 of the rows ...
     labels[28:36] = 11      # ... and an equatorial band of the same pixel count
-    stats = viz.class_stats(labels, DS.classes, DS.palette)
+    stats = exports.class_stats(labels, DS.classes, DS.palette)
     by = {s["index"]: s for s in stats}
     assert by[3]["pixels"] == by[11]["pixels"] == 8 * w
     assert by[3]["pixel_share"] == pytest.approx(1 / 8, abs=1e-6)
@@ -39,11 +41,11 @@ def test_class_stats_ignores_invalid_labels_and_reports_median_distance():
     depth = np.full((8, 16), 2.0)
     depth[0, 0] = 0  # invalid
     depth[:, :4] = 4.0
-    stats = viz.class_stats(labels, DS.classes, DS.palette, depth=depth)
+    stats = exports.class_stats(labels, DS.classes, DS.palette, depth=depth)
     assert stats[0]["sphere_share"] == pytest.approx(1.0)
     assert stats[0]["median_distance_m"] == pytest.approx(3.0)
     assert stats[1]["median_distance_m"] is None
-    csv = viz.stats_csv(stats)
+    csv = exports.stats_csv(stats)
     lines = csv.strip().split("\n")
     assert lines[0].startswith("index,name,color,pixels,pixel_share,sphere_share")
     assert len(lines) == 1 + len(DS.classes)
@@ -52,7 +54,7 @@ def test_class_stats_ignores_invalid_labels_and_reports_median_distance():
 def test_legend_lists_present_classes_largest_first():
     labels = np.zeros((32, 64), np.int64)
     labels[:, :10] = 7
-    html = viz.legend_html(viz.class_stats(labels, DS.classes, DS.palette))
+    html = render.legend_html(exports.class_stats(labels, DS.classes, DS.palette))
     assert html.index("beam") < html.index("door")  # beam (0) covers more of the sphere
     assert "ceiling" not in html                      # absent classes are left out
     assert "%" in html and DS.classes[7] in html
@@ -63,32 +65,32 @@ def test_rle_round_trip_and_pycocotools_string_format():
     for shape in [(1, 1), (5, 7), (37, 80), (64, 128)]:
         for density in (0.0, 0.1, 0.5, 1.0):
             m = rng.random(shape) < density
-            rle = viz.encode_rle(m)
+            rle = exports.encode_rle(m)
             assert rle["size"] == list(shape)
             assert isinstance(rle["counts"], str)
-            np.testing.assert_array_equal(viz.decode_rle(rle), m)
+            np.testing.assert_array_equal(exports.decode_rle(rle), m)
     # COCO layout: column-major, first run counts zeros.
     from pycocotools import mask as mask_utils
 
     m = np.zeros((4, 3), bool)
     m[1:3, 1] = True
     expected = mask_utils.frPyObjects({"size": [4, 3], "counts": [5, 2, 5]}, 4, 3)["counts"].decode()
-    assert viz.encode_rle(m)["counts"] == expected
+    assert exports.encode_rle(m)["counts"] == expected
     # Large counts and negative deltas (multi-group characters)
     big = np.zeros((1000, 151), bool).T.ravel()
     big[100000:100003] = True
     big[100004:150004] = True
     big = big.reshape(151, 1000).T
-    np.testing.assert_array_equal(viz.decode_rle(viz.encode_rle(big)), big)
+    np.testing.assert_array_equal(exports.decode_rle(exports.encode_rle(big)), big)
     # uncompressed input is accepted too
-    np.testing.assert_array_equal(viz.decode_rle({"size": [4, 3], "counts": [5, 2, 5]}), m)
+    np.testing.assert_array_equal(exports.decode_rle({"size": [4, 3], "counts": [5, 2, 5]}), m)
 
 
 def test_glb_is_valid_binary_gltf(tmp_path):
     depth = np.full((16, 32), 2.0, np.float32)
     depth[:2] = 0  # invalid rows are left out
     labels = np.random.default_rng(1).integers(0, 13, (16, 32))
-    path = viz.point_cloud_glb(str(tmp_path / "p.glb"), depth, labels, DS.palette)
+    path = exports.point_cloud_glb(str(tmp_path / "p.glb"), depth, labels, DS.palette)
     raw = open(path, "rb").read()
     magic, version, length = struct.unpack_from("<III", raw)
     assert magic == 0x46546C67 and version == 2 and length == len(raw)
@@ -101,7 +103,7 @@ def test_glb_is_valid_binary_gltf(tmp_path):
     n = 14 * 32
     pos = doc["accessors"][prim["attributes"]["POSITION"]]
     assert pos["count"] == n and pos["componentType"] == 5126 and pos["type"] == "VEC3"
-    doc2, binary = viz.read_glb(path)
+    doc2, binary = exports.read_glb(path)
     assert doc2 == doc and len(binary) == doc["buffers"][0]["byteLength"]
     for view in doc["bufferViews"]:
         assert view["byteOffset"] % 4 == 0 and view["byteOffset"] + view["byteLength"] <= len(binary)
@@ -117,19 +119,19 @@ def test_glb_is_valid_binary_gltf(tmp_path):
 def test_overlay_blends_and_highlights_mask():
     img = np.full((32, 64, 3), 100, np.uint8)
     labels = np.zeros((32, 64), np.int64)
-    assert (viz.overlay(img, labels, DS.palette, opacity=0.0) == 100).all()
-    full = viz.overlay(img, labels, DS.palette, opacity=1.0)
+    assert (render.overlay(img, labels, DS.palette, opacity=0.0) == 100).all()
+    full = render.overlay(img, labels, DS.palette, opacity=1.0)
     assert (full == DS.palette[0]).all()
     mask = np.zeros((32, 64), bool)
     mask[10:20, 20:40] = True
-    out = viz.overlay(img, labels, DS.palette, opacity=0.0, mask=mask, max_width=32)
+    out = render.overlay(img, labels, DS.palette, opacity=0.0, mask=mask, max_width=32)
     assert out.shape == (16, 32, 3)
     assert not (out[8, 15] == 100).all() and (out[1, 1] == 100).all()
 
 
 def test_draw_prompts_marks_points_and_wrapping_box():
     disp = np.zeros((50, 100, 3), np.uint8)
-    out = viz.draw_prompts(disp, 0.5, points=[(40, 40)], point_labels=[1], box=[180, 20, 20, 80])
+    out = render.draw_prompts(disp, 0.5, points=[(40, 40)], point_labels=[1], box=[180, 20, 20, 80])
     assert (out[20, 20] != 0).any()         # the point at (20, 20) display pixels
     assert (out[10:40, 95:100] != 0).any()  # wrapping box: part at the right border
     assert (out[10:40, 0:12] != 0).any()    # ... and at the left border
@@ -140,7 +142,7 @@ def test_sphere_figure_is_small_and_hover_shows_classes():
     img = np.random.default_rng(2).integers(0, 255, (256, 512, 3), dtype=np.uint8)
     labels = np.zeros((256, 512), np.int64)
     labels[:, 256:] = 11
-    fig = viz.sphere_figure(img, labels, DS.palette, DS.classes, n_lon=64, n_lat=32)
+    fig = render.sphere_figure(img, labels, DS.palette, DS.classes, n_lon=64, n_lat=32)
     mesh = fig.data[0]
     assert len(mesh.x) == 33 * 64 and len(mesh.i) == 2 * 32 * 64
     assert set(mesh.hovertext) == {"beam", "wall"}
@@ -152,7 +154,7 @@ def test_point_cloud_figure_at_true_distances():
     depth = np.full((32, 64), 3.0)
     depth[:, :10] = np.nan
     labels = np.full((32, 64), 8)
-    fig = viz.point_cloud_figure(depth, labels, DS.palette, DS.classes, max_points=500)
+    fig = render.point_cloud_figure(depth, labels, DS.palette, DS.classes, max_points=500)
     pts = fig.data[0]
     n = len(pts.x)
     assert 100 < n <= 600
@@ -166,7 +168,7 @@ def test_label_png_round_trip(tmp_path):
 
     labels = np.random.default_rng(3).integers(0, 13, (8, 16))
     labels[0, 0] = -1
-    path = viz.save_label_png(str(tmp_path / "l.png"), labels)
+    path = str(save_labels_png(tmp_path / "l.png", labels))
     back = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint8 and back[0, 0] == 255
     np.testing.assert_array_equal(back.astype(np.int64)[labels >= 0], labels[labels >= 0])

@@ -1,0 +1,28 @@
+"""PanoSAMic Studio's logic, without any UI toolkit: imported by `app.py` only.
+
+    checkpoints.py  the picker's choices (and what a client may ask for), models loaded lazily
+    backend.py      StudioBackend: the work behind each event, shared state
+    session.py      one user's panorama at the working size: prompts, candidates, edits, undo
+    store.py        sessions' lifetime: idle timeout, memory budget, export folders
+    cache.py        embeddings (PanoramaState) shared between users by content hash
+    prompts.py      the /prompt JSON, checked strictly
+    uploads.py      reading uploads; the example list
+    render.py       pictures: the ERP view, legend, 3D figures
+    downloads.py    the files, written at the input size on request
+    messages.py     user-facing texts: errors with a fix, status lines
+
+Importing it does not import torch or gradio (the page opens before any model code loads).
+"""
+
+from .backend import StudioBackend, load_predictor
+from .cache import EmbeddingCache, content_key
+from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
+from .messages import edit_status, requirements_text, run_message, user_message
+from .session import WORK_MAX_WIDTH, Session, working_size
+from .store import SessionExpired, SessionStore
+from .uploads import find_examples, input_path, load_inputs, preview_image
+
+__all__ = ["StudioBackend", "load_predictor", "EmbeddingCache", "content_key", "Checkpoints", "ModelKey",
+           "ModelRegistry", "Session", "SessionStore", "SessionExpired", "working_size", "user_message",
+           "requirements_text", "edit_status", "run_message", "find_examples", "input_path", "load_inputs",
+           "preview_image", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES", "WORK_MAX_WIDTH"]

@@ -1,0 +1,234 @@
+"""The checkpoint picker's choices and the models loaded for them.
+
+* `Checkpoints`: released Hub subfolders, the local checkpoint (when the app was started with
+  `--checkpoint <folder>`: "local" and "local/<subfolder>"), the bundled demo model ("demo")
+  and subfolder names typed in. What a client sends is checked here, without touching the
+  file system first: a listed choice, a Hub subfolder name of the configured repo, or a
+  folder inside the local checkpoint. Anything else (absolute paths, "..") is refused.
+* `ModelRegistry`: one `Predictor` per loaded checkpoint, loaded lazily on first use and
+  shared by all users (LRU-bounded); clicks never build another.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..config import RELEASED_SUBFOLDERS, modalities_from_subfolder
+from ..errors import InputError
+
+HUB_REPO = "dfki-av/PanoSAMic"
+DEFAULT_SUBFOLDER = "stanford2d3ds-vith-rgbdn-fold1"
+MODALITY_NAMES = {"image": "RGB image", "depth": "depth", "normals": "normals"}
+
+# The tiny model trained on the project's rendered rooms (assets/demo/README.md): always
+# offered, so the app shows a real segmentation offline; useless on real photographs.
+DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
+
+# A Hub subfolder (or a folder inside the local checkpoint): one or two plain names.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+SUBFOLDER_RE = re.compile(rf"^{_NAME}(/{_NAME})?$")
+
+
+def pretty_subfolder(sub: str) -> str:
+    """'stanford2d3ds-vith-rgbdn-fold1' -> 'Stanford2D3DS · ViT-H · RGB-D-N · fold 1'."""
+    parts = sub.split("-")
+    if len(parts) == 4 and parts[0] == "stanford2d3ds" and parts[3].startswith("fold"):
+        mods = {"rgb": "RGB", "rgbd": "RGB-D", "rgbdn": "RGB-D-N"}.get(parts[2], parts[2])
+        return f"Stanford2D3DS · {parts[1].replace('vit', 'ViT-').upper().replace('VIT', 'ViT')} · {mods} · fold {parts[3][4:]}"
+    return sub
+
+
+def check_subfolder_name(name: str) -> str:
+    """`name` if it is one or two plain folder names (letters, digits, '.', '_', '-'; no '..'),
+    else InputError: what a client may name as a checkpoint."""
+    if not SUBFOLDER_RE.match(name) or ".." in name:
+        raise InputError("Unknown checkpoint: pick one from the list, or type the name of a subfolder of "
+                         f"{HUB_REPO} (letters, digits, '-', '_' and '.').")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """Everything that makes two loaded models differ (the registry's and the cache's key)."""
+
+    checkpoint: str
+    subfolder: Optional[str]
+    sam: Optional[str]
+    device: Optional[str]
+    dtype: Optional[str]
+
+
+def _config_modalities(folder: Path) -> Optional[Tuple[str, ...]]:
+    """Modalities listed in folder/config.json, or None."""
+    cfg = folder / "config.json"
+    try:
+        mods = json.loads(cfg.read_text()).get("modalities") if cfg.is_file() else None
+    except (OSError, ValueError):
+        mods = None
+    return tuple(m for m in ("image", "depth", "normals") if m in mods) if mods else None
+
+
+class Checkpoints:
+    """The choices of the checkpoint picker (see the module docstring)."""
+
+    LOCAL = "local"
+    DEMO = "demo"
+
+    def __init__(self, checkpoint: str, subfolder: Optional[str], sam: Optional[str]):
+        self.checkpoint = str(checkpoint)
+        self.sam = sam
+        local = Path(checkpoint).expanduser()
+        self.local_dir: Optional[Path] = local.resolve() if local.is_dir() else None
+        self.hub_repo = HUB_REPO if self.local_dir is not None else self.checkpoint
+        self.released = dict(RELEASED_SUBFOLDERS)
+        self.known: Dict[str, Tuple[str, ...]] = {}   # value -> modalities learned from a loaded model
+        self.local_values: List[str] = []
+        same_as_local = self.local_dir is not None and self.local_dir == DEMO_DIR
+        self.demo_dir = DEMO_DIR if (DEMO_DIR / "model.safetensors").is_file() and not same_as_local else None
+        if self.local_dir is not None:
+            if (self.local_dir / "model.safetensors").is_file():
+                self.local_values.append(self.LOCAL)
+            for sub in self.local_subfolders():
+                self.local_values.append(f"{self.LOCAL}/{sub}")
+        if self.local_dir is not None and subfolder and f"{self.LOCAL}/{subfolder}" in self.local_values:
+            self.default = f"{self.LOCAL}/{subfolder}"
+        elif self.local_values:
+            self.default = self.local_values[0]
+        else:
+            self.default = subfolder or DEFAULT_SUBFOLDER
+
+    def local_subfolders(self) -> List[str]:
+        """Subfolders (1 or 2 levels deep) of the local checkpoint holding a model.safetensors."""
+        root = self.local_dir
+        assert root is not None
+        found = []
+        for level in (1, 2):
+            pattern = "/".join(["*"] * level) + "/model.safetensors"
+            found.extend(p.parent.relative_to(root).as_posix() for p in root.glob(pattern))
+        return sorted(f for f in found if SUBFOLDER_RE.match(f))
+
+    def listed(self) -> List[str]:
+        """The values the picker offers."""
+        return list(self.local_values) + list(self.released) + ([self.DEMO] if self.demo_dir else [])
+
+    def resolve(self, value: Optional[str]) -> Tuple[str, Optional[str]]:
+        """(checkpoint, subfolder) to load for a picker value; InputError for anything outside
+        the allowed set (decided from the text alone, before any file is looked at)."""
+        value = str(value if value is not None else self.default).strip() or self.default
+        if value == self.DEMO and self.demo_dir is not None:
+            return str(self.demo_dir), None
+        if value == self.LOCAL or value.startswith(self.LOCAL + "/"):
+            if self.local_dir is None:
+                raise InputError("There is no local checkpoint: start the app with --checkpoint <folder>.")
+            if value == self.LOCAL:
+                return str(self.local_dir), None
+            sub = check_subfolder_name(value[len(self.LOCAL) + 1:])
+            folder = (self.local_dir / sub).resolve()
+            if not folder.is_relative_to(self.local_dir):  # a link pointing outside
+                raise InputError("Unknown checkpoint: pick one from the list.")
+            return str(self.local_dir), sub
+        if value == self.default or value in self.released:  # the command line's choice is trusted
+            return self.hub_repo, value
+        return self.hub_repo, check_subfolder_name(value)
+
+    def key(self, value: Optional[str], device: Optional[str], dtype: Optional[str]) -> ModelKey:
+        ckpt, sub = self.resolve(value)
+        sam = None if (value or "").strip() == self.DEMO else self.sam  # the demo brings its own SAM part
+        return ModelKey(ckpt, sub, sam, device, dtype)
+
+    def modalities(self, value: Optional[str]) -> Optional[Tuple[str, ...]]:
+        """The inputs the checkpoint needs, or None when unknown until it is loaded."""
+        value = (value or self.default).strip()
+        if value in self.known:
+            return self.known[value]
+        if value in self.released:
+            return tuple(self.released[value])
+        if value == self.DEMO and self.demo_dir is not None:
+            return _config_modalities(self.demo_dir)
+        if self.local_dir is not None and value in self.local_values:
+            ckpt, sub = self.resolve(value)
+            mods = _config_modalities(Path(ckpt) / (sub or ""))
+            if mods:
+                return mods
+        return modalities_from_subfolder(value)
+
+    def learn(self, value: Optional[str], modalities: Tuple[str, ...]) -> None:
+        """Remembers the inputs a loaded model reported for a picker value."""
+        self.known[(value or self.default).strip()] = tuple(modalities)
+
+    def label(self, value: str) -> str:
+        mods = self.modalities(value)
+        need = " + ".join(MODALITY_NAMES[m] for m in mods) if mods else "inputs read on load"
+        if value == self.LOCAL or value.startswith(self.LOCAL + "/"):
+            assert self.local_dir is not None
+            name = self.local_dir.name + (value[len(self.LOCAL):] if value != self.LOCAL else "")
+            return f"Local: {name} ({need})"
+        if value == self.DEMO:
+            return f"Demo: tiny model trained on rendered rooms, offline ({need})"
+        return f"{pretty_subfolder(value)} ({need})"
+
+    def choices(self, extra: Optional[str] = None) -> List[Tuple[str, str]]:
+        """[(label, value), ...]: local values first, then the released ones, the demo (+ default, extra)."""
+        values = self.listed()
+        if self.default not in values:
+            values.insert(0, self.default)
+        if extra and extra not in values:
+            values.append(extra)
+        return [(self.label(v), v) for v in values]
+
+
+class ModelRegistry:
+    """Loaded models shared by all users, keyed by `ModelKey`; at most `max_models` stay
+    loaded (least recently used goes first). `loader(key)` makes what is kept: in the app a
+    `Predictor` over the loaded network (`StudioBackend.load_predictor`)."""
+
+    def __init__(self, max_models: int = 1, loader: Optional[Callable[[ModelKey], Any]] = None):
+        self.max_models = max(1, int(max_models))
+        if loader is None:
+            raise ValueError("ModelRegistry needs a loader(key)")
+        self.loader = loader
+        self._models: Dict[ModelKey, Any] = {}
+        self._order: List[ModelKey] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def loaded(self, key: ModelKey) -> bool:
+        return key in self._models
+
+    def get(self, key: ModelKey):
+        with self._lock:
+            if key in self._models:
+                self._order.remove(key)
+                self._order.append(key)
+                return self._models[key]
+            # Load first, so that a checkpoint that fails to load does not evict the working one.
+            model = self.loader(key)
+            while len(self._models) >= self.max_models:
+                old = self._order.pop(0)
+                del self._models[old]
+                empty_gpu_cache()
+            self._models[key] = model
+            self._order.append(key)
+            return model
+
+
+def empty_gpu_cache() -> None:
+    """Gives freed CUDA memory back (after evicting a model); a no-op without CUDA."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+__all__ = ["Checkpoints", "ModelKey", "ModelRegistry", "pretty_subfolder", "check_subfolder_name",
+           "empty_gpu_cache", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES", "DEMO_DIR"]

@@ -1,0 +1,151 @@
+"""The downloads of a session, made at the input resolution when the user asks for them.
+
+The session works at a bounded working size; the files are at the size of the uploaded
+panorama. The label map written is the model's own labels at the input size
+(`Predictor.labels_at`, tile by tile) with the user's edits laid over them: where the user
+edited, the working map upsampled (nearest), elsewhere the model's full-resolution
+labels. So the file has the classes the user saw, with edges within one working pixel.
+
+Memory stays bounded for 8192x4096: uint8 maps (32 MB), masks one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+
+from ..exports import class_stats, encode_rle, mask_bbox, point_cloud_glb, save_rgb_png, stats_csv
+from ..io import save_labels_png
+from .session import Session
+
+KINDS = ("labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb")
+_TILE_ROWS = 512
+
+
+def _nearest_index(src: int, dst: int) -> np.ndarray:
+    """Source index of each of `dst` pixels when resizing `src` pixels by nearest neighbour."""
+    return np.minimum(((np.arange(dst) + 0.5) * src / dst).astype(np.int64), src - 1)
+
+
+def upsample_nearest(small: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(h, w) map -> (H, W) by nearest neighbour (pixel centres), in the map's dtype."""
+    rows = _nearest_index(small.shape[0], size[0])
+    cols = _nearest_index(small.shape[1], size[1])
+    return small[rows[:, None], cols[None, :]]
+
+
+def _row_tiles(height: int) -> Iterator[Tuple[int, int]]:
+    for r0 in range(0, height, _TILE_ROWS):
+        yield r0, min(r0 + _TILE_ROWS, height)
+
+
+def final_labels(s: Session, model_labels: np.ndarray) -> np.ndarray:
+    """(H, W) uint8: the model's labels at the input size with the session's edits over them.
+
+    model_labels: `Predictor.labels_at(s.input_size, state=s.state)` (modified in place)."""
+    H, W = s.input_size
+    if model_labels.shape != (H, W):
+        raise ValueError(f"model labels {model_labels.shape} do not match the input size {(H, W)}")
+    if not s.edited.any():
+        return model_labels
+    if s.shape == (H, W):
+        model_labels[s.edited] = s.labels[s.edited]
+        return model_labels
+    rows = _nearest_index(s.shape[0], H)
+    cols = _nearest_index(s.shape[1], W)
+    for r0, r1 in _row_tiles(H):
+        edited = s.edited[rows[r0:r1, None], cols[None, :]]
+        if edited.any():
+            tile = model_labels[r0:r1]
+            tile[edited] = s.labels[rows[r0:r1, None], cols[None, :]][edited]
+    return model_labels
+
+
+def safe_stem(name: str) -> str:
+    """A file-name stem from an uploaded file's name: no folders, no "_rgb"-like suffix,
+    only letters, digits, '-' and '_', at most 64 characters."""
+    base = os.path.splitext(os.path.basename(str(name)))[0] or "panorama"
+    base = re.sub(r"(_rgb|_color|_image)$", "", base, flags=re.IGNORECASE)
+    return re.sub(r"[^0-9A-Za-z_-]", "_", base)[:64] or "panorama"
+
+
+def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
+                    glb_max_points: int = 400_000) -> Dict[str, str]:
+    """Writes the downloads of `s` into `folder`; returns {kind: path} in `KINDS` order.
+
+    kinds: labels (PNG, class indices), colors (PNG), stats_json, stats_csv, coco_rle (JSON:
+    per-class segments and the refined masks), masks_png (16-bit ids of the refined masks,
+    0 = none; only with refined masks) and pointcloud_glb (only with depth).
+    """
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = safe_stem(s.name)
+    path = lambda suffix: str(folder / f"{stem}_{suffix}")  # noqa: E731
+    H, W = s.input_size
+    labels = final_labels(s, model_labels)
+    out: Dict[str, str] = {}
+    out["labels"] = str(save_labels_png(path("labels.png"), labels))
+    out["colors"] = save_rgb_png(path("colors.png"), s.palette[np.minimum(labels, s.num_classes - 1)])
+
+    stats = class_stats(labels, s.classes, s.palette)
+    if s.depth is not None:  # distances from the working-size depth (the session keeps no other)
+        for row, small in zip(stats, class_stats(s.labels, s.classes, s.palette, s.depth)):
+            row["median_distance_m"] = small["median_distance_m"]
+    info = s.summary()
+    info.pop("prompts", None)
+    info.pop("candidates", None)
+    with open(path("stats.json"), "w") as f:
+        json.dump({**info, "stats": stats}, f, indent=1)
+    out["stats_json"] = path("stats.json")
+    with open(path("stats.csv"), "w") as f:
+        f.write(stats_csv(stats))
+    out["stats_csv"] = path("stats.csv")
+
+    with open(path("masks_rle.json"), "w") as f:
+        json.dump(coco(s, labels), f)
+    out["coco_rle"] = path("masks_rle.json")
+    if s.refined:
+        ids = np.zeros((H, W), np.uint16)
+        for i, r in enumerate(s.refined):
+            ids[upsample_nearest(r.mask, (H, W))] = i + 1
+        cv2.imwrite(path("masks.png"), ids)
+        out["masks_png"] = path("masks.png")
+    if s.depth is not None:
+        out["pointcloud_glb"] = point_cloud_glb(path("pointcloud.glb"), s.depth, s.labels, s.palette,
+                                                max_points=glb_max_points, max_depth=None)
+    return {k: out[k] for k in KINDS if k in out}
+
+
+def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:
+    """COCO-style JSON at the input size: per-class semantic segments (COCO-Stuff style,
+    `annotations`) and the user's refined masks (`refined_masks`), all as compressed RLE.
+    labels: the final (H, W) map (`final_labels`); without it, the working map upsampled."""
+    H, W = s.input_size
+    if labels is None:
+        labels = upsample_nearest(s.labels, (H, W))
+    cats = [{"id": i, "name": n, "color": [int(v) for v in s.palette[i]]} for i, n in enumerate(s.classes)]
+    anns = []
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=s.num_classes)[:s.num_classes])
+    for c in present:
+        m = labels == c
+        anns.append({"id": len(anns) + 1, "image_id": 1, "category_id": int(c), "iscrowd": 0,
+                     "area": int(np.count_nonzero(m)), "bbox": mask_bbox(m), "segmentation": encode_rle(m)})
+    refined = []
+    for i, r in enumerate(s.refined):
+        m = upsample_nearest(r.mask, (H, W))
+        refined.append({"id": i + 1, "image_id": 1, "category_id": r.class_index, "iscrowd": 0,
+                        "area": int(np.count_nonzero(m)), "bbox": mask_bbox(m), "segmentation": encode_rle(m),
+                        "predicted_iou": r.score, "source": r.source})
+    return {"info": {"description": "PanoSAMic semantic segmentation", "projection": "equirectangular"},
+            "images": [{"id": 1, "file_name": os.path.basename(s.name), "height": H, "width": W}],
+            "categories": cats, "annotations": anns, "refined_masks": refined}
+
+
+__all__ = ["write_downloads", "final_labels", "upsample_nearest", "coco", "safe_stem", "KINDS"]

@@ -1,0 +1,103 @@
+"""What the app says: exceptions turned into one plain line with a fix, what Run still
+needs, the edit status and the Run summary. Never a stack trace, never a server path."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..errors import PanoSAMicError
+from .checkpoints import MODALITY_NAMES, Checkpoints
+from .session import Session
+
+# An absolute path (POSIX or Windows) in a message: only its last part is shown.
+_PATH_RE = re.compile(r"(?:[A-Za-z]:\\|/)(?:[^\s'\"`:,;()]+[/\\])+([^\s'\"`:,;()/\\]*)")
+
+
+def hide_paths(text: str) -> str:
+    """`text` with every absolute path replaced by its last part (a server's folders are
+    nobody's business; the log keeps the details)."""
+    return _PATH_RE.sub(lambda m: m.group(1) or "…", text)
+
+
+def user_message(exc: BaseException) -> str:
+    """A short explanation and a fix, never a stack trace or a server path."""
+    name = type(exc).__name__
+    text = hide_paths(str(exc) or name)
+    if "OutOfMemory" in name or "out of memory" in text.lower():
+        return ("Not enough GPU memory for this checkpoint. Close other GPU programs, start the app with "
+                "`--dtype bfloat16` (or float16), pick a smaller checkpoint, or run on the CPU with `--device cpu`.")
+    if isinstance(exc, PanoSAMicError):
+        if type(exc).__name__ == "WeightsError":
+            return (f"Could not load the checkpoint: {text} For offline use, start the app with "
+                    "`--checkpoint <folder>` holding model.safetensors and sam.pth (config.json optional); "
+                    "to try the app without weights, pick Demo in the checkpoint list.")
+        return text
+    if isinstance(exc, FileNotFoundError):
+        return f"A file is missing: {text}"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or "connection" in text.lower():
+        return (f"No network: {text[:200]}. Pick Demo, or download the checkpoint elsewhere and start the app "
+                "with `--checkpoint <folder>`.")
+    if isinstance(exc, MemoryError):
+        return "Out of memory: try a smaller panorama."
+    if isinstance(exc, RecursionError):
+        return "That input is nested too deeply: send plain lists of numbers."
+    return f"Unexpected error ({name}). Details are in the server log."
+
+
+def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any, depth: Any,
+                      normals: Any) -> Tuple[str, bool]:
+    """(Markdown: what the selected checkpoint needs and what is missing, whether Run can start).
+
+    Only presence matters: `pano`, `depth` and `normals` are the inputs, or any non-None marker.
+    """
+    mods = checkpoints.modalities(choice)
+    have = {"image": pano is not None, "depth": depth is not None, "normals": normals is not None}
+    if mods is None:
+        need = "This checkpoint's inputs are read when it loads."
+        missing: List[str] = []
+    else:
+        need = "Needs " + ", ".join(f"**{MODALITY_NAMES[m]}**" for m in mods) + "."
+        missing = [m for m in mods if not have[m]]
+    if pano is None:
+        return f"{need} Upload a panorama or pick an example.", False
+    if missing:
+        names = " and ".join(MODALITY_NAMES[m] for m in missing)
+        return f"⚠ {need} Missing: {names}. Upload it, or pick an RGB checkpoint.", False
+    unused = [m for m in ("depth", "normals") if have[m] and mods is not None and m not in mods]
+    note = f" The {' and '.join(unused)} map is not used by this checkpoint." if unused else ""
+    return f"{need} Ready.{note}", True
+
+
+def edit_status(s: Session) -> str:
+    """One line: the prompts, the selected mask and the number of edits."""
+    parts = []
+    if s.points:
+        pos = sum(s.point_labels)
+        parts.append(f"{pos} positive / {len(s.points) - pos} negative point(s)")
+    if s.box is not None:
+        parts.append("box across the seam" if s.box[0] > s.box[2] else "box")
+    if s.pending_corner is not None:
+        parts.append("first box corner set: click the opposite corner")
+    if s.candidates is not None:
+        mc = s.majority_class()
+        share = 100.0 * float(s.selected_mask.mean())
+        parts.append(f"mask #{s.selected + 1} selected (IoU {s.selected_score:.2f}, "
+                     f"{share:.1f}% of the panorama, mostly {s.classes[mc] if mc is not None else '-'})")
+    if not parts:
+        parts.append("Click on the panorama to select a region.")
+    if s.refined:
+        parts.append(f"{len(s.refined)} edit(s)")
+    return " · ".join(parts)
+
+
+def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[str, float]] = None) -> str:
+    """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings)."""
+    timings = s.timings if timings is None else timings
+    stages = " · ".join(f"{k} {v:.2f} s" for k, v in timings.items() if k != "last_prompt")
+    src = "embeddings reused from the cache · " if cached else ""
+    h, w = s.input_size
+    return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}"
+
+
+__all__ = ["user_message", "hide_paths", "requirements_text", "edit_status", "run_message"]

@@ -1,0 +1,491 @@
+"""One user's editing session on one segmented panorama, independent of any UI.
+
+A panorama straight from a 360° camera is 5.7K-8K wide; a session never holds it at that
+size. Everything interactive works at a bounded *working size* (at most `WORK_MAX_WIDTH`
+wide, the input size when smaller), with uint8 class indices:
+
+* the photo and the depth shown (`image`, `depth`), the label map (`labels`) and which of
+  its pixels the user edited (`edited`),
+* prompts for SAM's decoder, kept in **input pixels** (positive/negative points, one box,
+  a half-drawn box) so that they mean the same at any size,
+* the candidate masks of the last prompt (working size) and which one is selected,
+* edits: `assign` writes a mask into the label map with a class, `apply_labels` replaces
+  the map (e.g. after refining with SAM instances),
+* one undo stack across prompts and edits that stores what an edit changed (its bounding
+  box and the previous values), not copies of whole maps.
+
+The downloads are made at the input size by `panosamic.studio.downloads`, from the model's
+labels at that size and the edits upsampled from the working map.
+
+A box is XYXY; x1 > x2 means it wraps across the left/right seam of the panorama.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from ..exports import class_stats, decode_rle, encode_rle
+
+WORK_MAX_WIDTH = 2048   # interaction runs at most this wide (pixels); 1024 rows for a 2:1 panorama
+MAX_UNDO = 64           # undo steps kept per session
+MAX_UNDO_BYTES = 32 << 20  # and at most this many bytes of them (the oldest go first)
+
+
+def working_size(height: int, width: int, max_width: int = WORK_MAX_WIDTH) -> Tuple[int, int]:
+    """(h, w) of the working maps of an (height, width) panorama: itself when narrow enough,
+    else scaled to `max_width` keeping the aspect ratio."""
+    if width <= max_width:
+        return int(height), int(width)
+    return max(1, int(round(height * max_width / width))), int(max_width)
+
+
+def majority_class(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> Optional[int]:
+    """The most frequent class in 0..num_classes-1 of `labels` under a boolean `mask`, or None."""
+    under = np.asarray(labels)[np.asarray(mask, bool)]
+    under = under[under < num_classes]
+    if not under.size:
+        return None
+    return int(np.bincount(under, minlength=num_classes).argmax())
+
+
+@dataclass
+class RefinedMask:
+    """A mask the user wrote into the map, as COCO RLE at the working size (a few KB)."""
+
+    rle: Dict[str, Any]
+    class_index: int
+    score: Optional[float]
+    source: str  # "prompt" or "instances"
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, class_index: int, score: Optional[float], source: str) -> "RefinedMask":
+        return cls(encode_rle(mask), int(class_index), None if score is None else float(score), source)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return decode_rle(self.rle)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rle["counts"]) + 64
+
+
+@dataclass
+class UndoStep:
+    """What one prompt change or edit replaced: the prompts before it and, for a label edit,
+    the previous labels and edited flags inside the bounding box of the change."""
+
+    kind: str                                            # "prompts" or "labels"
+    prompts: tuple
+    region: Optional[Tuple[int, int, int, int]] = None  # r0, r1, c0, c1 (None: no pixel changed)
+    labels: Optional[np.ndarray] = None                  # uint8 crop
+    edited: Optional[np.ndarray] = None                  # packed bits of the bool crop
+    refined_count: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return 256 + sum(a.nbytes for a in (self.labels, self.edited) if a is not None)
+
+
+def _bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
+    rows = np.flatnonzero(mask.any(1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+class Session:
+    """Per-user state for one panorama at the working size (see the module docstring).
+
+    Args:
+        image: (h, w, 3) uint8 photo at the working size.
+        labels: (h, w) class indices at the working size (the model's).
+        classes, palette: class names and (K, 3) uint8 colours.
+        input_size: (H, W) of the uploaded panorama (prompts are in its pixels); default (h, w).
+        depth: (h, w) metres at the working size, or None.
+        state: the `PanoramaState` (cached embeddings), shared with the embedding cache.
+        model_key: what loaded the model (the backend's registry key).
+    """
+
+    def __init__(self, image: np.ndarray, labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
+                 input_size: Optional[Tuple[int, int]] = None, depth: Optional[np.ndarray] = None,
+                 has_normals: bool = False, key: Optional[str] = None, checkpoint: Optional[str] = None,
+                 state: Any = None, model_key: Any = None, max_depth: Optional[float] = None,
+                 name: str = "panorama", timings: Optional[Dict[str, float]] = None):
+        labels = np.asarray(labels)
+        image = np.asarray(image)
+        if image.shape[:2] != labels.shape:
+            raise InputError(f"labels {labels.shape} do not match the image {image.shape[:2]}")
+        if len(classes) > 255:
+            raise InputError("the studio keeps class indices as uint8: at most 255 classes")
+        self.image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+        self.depth = None if depth is None else np.asarray(depth, np.float32)
+        if self.depth is not None and self.depth.shape != labels.shape:
+            raise InputError(f"depth {self.depth.shape} does not match the labels {labels.shape}")
+        self.has_normals = bool(has_normals)
+        self.classes = tuple(classes)
+        self.palette = np.asarray(palette, np.uint8)
+        self.initial_labels = labels.astype(np.uint8)
+        self.initial_labels.flags.writeable = False
+        self.labels = self.initial_labels.copy()
+        self.edited = np.zeros(labels.shape, bool)
+        self.input_size: Tuple[int, int] = tuple(input_size or labels.shape)  # type: ignore[assignment]
+        self.key = key
+        self.checkpoint = checkpoint
+        self.state = state
+        self.model_key = model_key
+        self.max_depth = max_depth
+        self.name = name
+        self.timings = dict(timings or {})
+        # prompts (input pixels)
+        self.points: List[Tuple[float, float]] = []
+        self.point_labels: List[int] = []
+        self.box: Optional[List[float]] = None
+        self.pending_corner: Optional[Tuple[float, float]] = None
+        # candidates of the last prediction (working size)
+        self.candidates: Optional[np.ndarray] = None
+        self.scores: Optional[np.ndarray] = None
+        self.selected: int = 0
+        # edits
+        self.refined: List[RefinedMask] = []
+        self._undo: List[UndoStep] = []
+        self.labels_version = 0          # bumped whenever `labels` changes (what the 3D view shows)
+        # lifetime, owned by the backend's SessionStore
+        self.lock = threading.RLock()    # one event at a time per session
+        self.last_used = time.monotonic()
+        self.closed: Optional[str] = None  # why the session was released, once it is
+        self.export_dir: Optional[Path] = None
+        self.rendered_3d: Optional[tuple] = None  # what the 3D view shows now (labels_version, mode, opacity)
+        self._stats: Optional[Tuple[int, List[Dict]]] = None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(h, w): the working size."""
+        return tuple(self.labels.shape)  # type: ignore[return-value]
+
+    @property
+    def scale(self) -> float:
+        """Working pixels per input pixel (<= 1)."""
+        return self.shape[1] / self.input_size[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this session holds (the shared embeddings included)."""
+        arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates]
+        total = sum(a.nbytes for a in arrays if a is not None)
+        total += sum(u.nbytes for u in self._undo) + sum(r.nbytes for r in self.refined)
+        state_bytes = getattr(self.state, "nbytes", 0)
+        return int(total + (state_bytes or 0))
+
+    def release(self, reason: str) -> None:
+        """Drops every array (the session is evicted or its tab closed); later use says `reason`."""
+        self.closed = reason
+        self.image = self.depth = self.candidates = self.scores = None  # type: ignore[assignment]
+        self.labels = self.initial_labels = self.edited = None  # type: ignore[assignment]
+        self.state = None
+        self.refined, self._undo, self._stats = [], [], None
+
+    def class_index(self, cls: Any) -> int:
+        """Index of a class given as index, numeric string or (case-insensitive) name."""
+        if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+            idx = int(cls)
+        else:
+            text = str(cls).strip()
+            if text.lstrip("-").isdigit():
+                idx = int(text)
+            else:
+                names = [c.lower() for c in self.classes]
+                if text.lower() not in names:
+                    raise InputError(f"unknown class {text[:40]!r}; choose one of: {', '.join(self.classes)}")
+                idx = names.index(text.lower())
+        if not 0 <= idx < self.num_classes:
+            raise InputError(f"class index {idx} is out of range 0..{self.num_classes - 1}")
+        return idx
+
+    # ------------------------------------------------------------------ undo
+    def _push(self, step: UndoStep) -> None:
+        self._undo.append(step)
+        while len(self._undo) > MAX_UNDO or (len(self._undo) > 1 and
+                                             sum(u.nbytes for u in self._undo) > MAX_UNDO_BYTES):
+            del self._undo[0]
+
+    def _push_prompts(self) -> None:
+        self._push(UndoStep("prompts", self._prompt_snapshot()))
+
+    def _push_labels(self, changed: np.ndarray) -> None:
+        """Remembers the labels and edited flags in the bounding box of `changed`."""
+        region = _bbox(changed)
+        step = UndoStep("labels", self._prompt_snapshot(), region, refined_count=len(self.refined))
+        if region is not None:
+            r0, r1, c0, c1 = region
+            step.labels = self.labels[r0:r1, c0:c1].copy()
+            step.edited = np.packbits(self.edited[r0:r1, c0:c1])
+        self._push(step)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def undo_depth(self) -> int:
+        return len(self._undo)
+
+    def undo(self) -> Optional[str]:
+        """Reverts the last prompt change or edit; returns "prompts", "labels" or None (nothing to undo).
+        After undoing, candidates are dropped: re-run the decoder if `has_prompts`."""
+        if not self._undo:
+            return None
+        step = self._undo.pop()
+        if step.kind == "prompts":
+            self._restore_prompts(step.prompts)
+            return "prompts"
+        if step.region is not None:
+            r0, r1, c0, c1 = step.region
+            self.labels[r0:r1, c0:c1] = step.labels
+            n = (r1 - r0) * (c1 - c0)
+            self.edited[r0:r1, c0:c1] = np.unpackbits(step.edited, count=n).astype(bool).reshape(r1 - r0, c1 - c0)
+            self._labels_changed()
+        del self.refined[step.refined_count:]
+        self._restore_prompts(step.prompts)
+        return "labels"
+
+    # ------------------------------------------------------------------ prompts
+    def _check_xy(self, x: Any, y: Any) -> Tuple[float, float]:
+        h, w = self.input_size
+        try:
+            x, y = float(x), float(y)
+        except (TypeError, ValueError):
+            raise InputError("a point must be a pair of numbers [x, y] in input-image pixels") from None
+        if not (np.isfinite(x) and np.isfinite(y)) or not (0 <= x <= w and 0 <= y <= h):
+            raise InputError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} panorama")
+        return min(x, w - 1.0), min(y, h - 1.0)
+
+    def _prompt_snapshot(self) -> tuple:
+        return (list(self.points), list(self.point_labels),
+                None if self.box is None else list(self.box), self.pending_corner)
+
+    def _restore_prompts(self, snap: tuple) -> None:
+        self.points, self.point_labels, self.box, self.pending_corner = (
+            list(snap[0]), list(snap[1]), None if snap[2] is None else list(snap[2]), snap[3])
+        self._drop_candidates()
+
+    def _drop_candidates(self) -> None:
+        self.candidates = None
+        self.scores = None
+        self.selected = 0
+
+    @property
+    def has_prompts(self) -> bool:
+        return bool(self.points) or self.box is not None
+
+    def add_point(self, x: float, y: float, positive: bool = True) -> None:
+        """Adds a positive (foreground) or negative (background) point (input pixels)."""
+        x, y = self._check_xy(x, y)
+        self._push_prompts()
+        self.points.append((x, y))
+        self.point_labels.append(1 if positive else 0)
+        self._drop_candidates()
+
+    def add_box_corner(self, x: float, y: float) -> bool:
+        """First call stores a corner; the second completes the box (first corner's x is x1,
+        so a second corner left of the first makes a box that wraps across the seam).
+        Returns True when a box was completed."""
+        x, y = self._check_xy(x, y)
+        self._push_prompts()
+        if self.pending_corner is None:
+            self.pending_corner = (x, y)
+            return False
+        x0, y0 = self.pending_corner
+        self.pending_corner = None
+        self.box = [x0, min(y0, y), x, max(y0, y)]
+        self._drop_candidates()
+        return True
+
+    def set_prompts(self, points: Sequence[Sequence[float]] = (), labels: Optional[Sequence[int]] = None,
+                    box: Optional[Sequence[float]] = None) -> None:
+        """Replaces all prompts at once (the API's `prompt` endpoint). Labels default to 1."""
+        points = [tuple(p) for p in (points or [])]
+        if any(len(p) != 2 for p in points):
+            raise InputError("points must be a list of [x, y] pairs")
+        if labels is None or len(labels) == 0:
+            labels = [1] * len(points)
+        if len(labels) != len(points):
+            raise InputError(f"{len(points)} points but {len(labels)} labels")
+        if any(v not in (0, 1) or isinstance(v, bool) for v in labels):
+            raise InputError("point labels must be 1 (positive) or 0 (negative)")
+        checked = [self._check_xy(x, y) for x, y in points]
+        new_box = None
+        if box is not None and len(box) > 0:
+            if len(box) != 4:
+                raise InputError("box must be [x1, y1, x2, y2]")
+            x1, y1 = self._check_xy(box[0], box[1])
+            x2, y2 = self._check_xy(box[2], box[3])
+            if y1 == y2 or x1 == x2:
+                raise InputError("the box has no area: give two different corners")
+            new_box = [x1, min(y1, y2), x2, max(y1, y2)]
+        if not checked and new_box is None:
+            raise InputError("give at least one point or a box")
+        self._push_prompts()
+        self.points = checked
+        self.point_labels = [int(v) for v in labels]
+        self.box = new_box
+        self.pending_corner = None
+        self._drop_candidates()
+
+    def clear_prompts(self) -> bool:
+        """Removes points, box and candidates (undoable). Returns False if there was nothing."""
+        if not self.has_prompts and self.pending_corner is None and self.candidates is None:
+            return False
+        self._push_prompts()
+        self.points, self.point_labels, self.box, self.pending_corner = [], [], None, None
+        self._drop_candidates()
+        return True
+
+    def prompt_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for `Predictor.predict` (point_coords, point_labels, box; input pixels)."""
+        kw: Dict[str, Any] = {"point_coords": None, "point_labels": None, "box": None}
+        if self.points:
+            kw["point_coords"] = np.asarray(self.points, np.float32)
+            kw["point_labels"] = np.asarray(self.point_labels, np.int64)
+        if self.box is not None:
+            kw["box"] = np.asarray(self.box, np.float32)
+        return kw
+
+    # ------------------------------------------------------------------ candidates
+    def set_candidates(self, masks: np.ndarray, scores: Sequence[float]) -> int:
+        """Stores the decoder's candidate masks (C, h, w) at the working size and selects the
+        best; returns its index."""
+        masks = np.asarray(masks).astype(bool)
+        if masks.ndim == 2:
+            masks = masks[None]
+        if masks.shape[1:] != self.shape:
+            raise InputError(f"masks {masks.shape[1:]} do not match the working size {self.shape}")
+        self.candidates = masks
+        self.scores = np.asarray(scores, np.float32).reshape(-1)
+        self.selected = int(np.argmax(self.scores)) if len(self.scores) else 0
+        return self.selected
+
+    def select(self, index: int) -> None:
+        if self.candidates is None:
+            raise InputError("there are no candidate masks: click on the panorama first")
+        if not 0 <= int(index) < len(self.candidates):
+            raise InputError(f"candidate {index} does not exist (0..{len(self.candidates) - 1})")
+        self.selected = int(index)
+
+    @property
+    def selected_mask(self) -> Optional[np.ndarray]:
+        return None if self.candidates is None else self.candidates[self.selected]
+
+    @property
+    def selected_score(self) -> Optional[float]:
+        return None if self.scores is None else float(self.scores[self.selected])
+
+    def majority_class(self, mask: Optional[np.ndarray] = None) -> Optional[int]:
+        """The most frequent current class under the mask (default: the selected candidate)."""
+        mask = self.selected_mask if mask is None else np.asarray(mask, bool)
+        if mask is None:
+            return None
+        return majority_class(self.labels, mask, self.num_classes)
+
+    # ------------------------------------------------------------------ edits
+    def _labels_changed(self) -> None:
+        self.labels_version += 1
+        self._stats = None
+
+    def assign(self, cls: Any, mask: Optional[np.ndarray] = None) -> int:
+        """Writes class `cls` into the label map under `mask` (working size; default: the
+        selected candidate), records the mask as a refined mask and clears the prompts.
+        Returns the number of working pixels that changed class. Undo restores all of it."""
+        idx = self.class_index(cls)
+        score = None
+        if mask is None:
+            if self.selected_mask is None:
+                raise InputError("nothing to assign: click on the panorama to get a mask first")
+            mask, score = self.selected_mask, self.selected_score
+        mask = np.asarray(mask, bool)
+        if mask.shape != self.shape:
+            raise InputError(f"mask {mask.shape} does not match the working size {self.shape}")
+        if not mask.any():
+            raise InputError("the mask is empty: nothing to assign")
+        changed = int(np.count_nonzero(mask & (self.labels != idx)))
+        self._push_labels(mask)
+        self.labels[mask] = idx
+        self.edited |= mask
+        self.refined.append(RefinedMask.from_mask(mask, idx, score, "prompt"))
+        self.points, self.point_labels, self.box, self.pending_corner = [], [], None, None
+        self._drop_candidates()
+        self._labels_changed()
+        return changed
+
+    def apply_labels(self, labels: np.ndarray, masks: Sequence[Tuple[np.ndarray, int, Optional[float]]] = (),
+                     source: str = "instances") -> int:
+        """Replaces the label map (undoable), e.g. with `Predictor.refine_semantics` at the
+        working size; `masks` (mask, class, score) are recorded as refined masks. Returns the
+        changed pixel count."""
+        labels = np.asarray(labels)
+        if labels.shape != self.shape:
+            raise InputError(f"labels {labels.shape} do not match the working size {self.shape}")
+        changed = labels != self.labels
+        self._push_labels(changed)
+        self.labels[changed] = labels[changed]
+        self.edited |= changed
+        for m, c, s in masks:
+            self.refined.append(RefinedMask.from_mask(m, c, s, source))
+        self._labels_changed()
+        return int(np.count_nonzero(changed))
+
+    # ------------------------------------------------------------------ outputs
+    def stats(self) -> List[Dict]:
+        """`class_stats` of the working map (cached until the labels change)."""
+        if self._stats is None or self._stats[0] != self.labels_version:
+            self._stats = (self.labels_version, class_stats(self.labels, self.classes, self.palette, self.depth))
+        return self._stats[1]
+
+    def colors(self) -> np.ndarray:
+        """(h, w, 3) uint8 class colours of the working map."""
+        return self.palette[np.minimum(self.labels, self.num_classes - 1)]
+
+    def summary(self) -> Dict[str, Any]:
+        """JSON-able description of the current state (for the API and the stats file).
+        Sizes: `height`/`width` of the input; pixel counts are working pixels."""
+        h, w = self.input_size
+        return {
+            "name": self.name,
+            "height": h,
+            "width": w,
+            "working_size": list(self.shape),
+            "checkpoint": self.checkpoint,
+            "classes": list(self.classes),
+            "has_depth": self.depth is not None,
+            "has_normals": self.has_normals,
+            "max_depth": self.max_depth,
+            "edits": len(self.refined),
+            "changed_pixels": int(np.count_nonzero(self.labels != self.initial_labels)),
+            "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},
+            "prompts": {"points": [list(p) for p in self.points], "labels": list(self.point_labels),
+                        "box": self.box, "pending_corner": self.pending_corner},
+            "candidates": None if self.scores is None else {
+                "predicted_iou": [round(float(s), 4) for s in self.scores],
+                "selected": self.selected,
+                "areas": [int(np.count_nonzero(m)) for m in self.candidates],
+                "majority_class": self.majority_class(),
+            },
+            "undo_depth": self.undo_depth,
+        }
+
+
+__all__ = ["Session", "RefinedMask", "UndoStep", "working_size", "majority_class", "WORK_MAX_WIDTH",
+           "MAX_UNDO", "MAX_UNDO_BYTES"]

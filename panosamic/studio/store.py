@@ -1,0 +1,239 @@
+"""The lifetime of the sessions of all users: one owner for when a session's memory and files go.
+
+A session is released (its arrays dropped, its export folder deleted) when
+
+* its browser tab closes (the app calls `close`),
+* it has been idle longer than `idle_s` (a single sweeper thread checks),
+* the sessions together hold more than `budget_bytes`: the least recently used idle ones go
+  first; their users are told to press Run again,
+* or the app shuts down (`close_all`).
+
+Using a released session raises `SessionExpired` with that message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ..errors import InputError
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = "panosamic-studio-"
+EXPIRED = {
+    "idle": "This session was closed after {idle} of inactivity to free memory: press Run again.",
+    "memory": "This session was closed to make room for other users: press Run again.",
+    "closed": "This session has ended: press Run again.",
+}
+
+
+class SessionExpired(InputError):
+    """The session was released (idle, memory budget, closed tab): the user presses Run again."""
+
+
+def release_free_memory() -> None:
+    """Hands freed heap pages back to the OS (glibc's malloc_trim; tcmalloc's own call), so
+    that the process shrinks after sessions go instead of staying at its peak."""
+    libc_name = ctypes.util.find_library("c")
+    try:
+        process = ctypes.CDLL(None)
+        release = getattr(process, "MallocExtension_ReleaseFreeMemory", None)  # tcmalloc preloaded
+        if release is not None:
+            release()
+            return
+        if libc_name:
+            ctypes.CDLL(libc_name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_folders(parent: Optional[Path] = None) -> int:
+    """Deletes the export folders of studio processes that no longer run (killed, crashed);
+    returns how many went."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = 0
+    for folder in parent.glob(TMP_PREFIX + "*"):
+        try:
+            pid = int(folder.name[len(TMP_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+class SessionStore:
+    """Owns the sessions' lifetime and export folders (see the module docstring).
+
+    Args:
+        budget_bytes: memory for all sessions together (`Session.nbytes`); 0 = no budget.
+        idle_s: a session unused this long is released; 0 = never.
+        root: the folder for export folders (default: a new one in the system temp folder,
+            named after this process, so that a later start can delete it if we are killed).
+    """
+
+    def __init__(self, budget_bytes: int = 4 << 30, idle_s: float = 3600.0, root: Optional[Path] = None):
+        self.budget_bytes = int(budget_bytes)
+        self.idle_s = float(idle_s)
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sessions: "OrderedDict[int, Session]" = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()
+        self._sweeper: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self.released = {"idle": 0, "memory": 0, "closed": 0}
+
+    # ----------------------------------------------------------------- registry
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(s.nbytes for s in self._sessions.values())
+
+    def add(self, s: Session, replaces: Optional[Session] = None) -> None:
+        """Registers a new session (the user's previous one, `replaces`, is released at once)
+        and keeps the total within the budget."""
+        if replaces is not None and replaces is not s:
+            self.close(replaces, "closed")
+        with self._lock:
+            self._sessions[id(s)] = s
+        self._enforce_budget(keep=s)
+
+    @contextmanager
+    def use(self, s: Optional[Session]) -> Iterator[Session]:
+        """`with store.use(s):` one event on a session: it must be alive; events of one
+        session run one at a time; it becomes the most recently used."""
+        if s is None:
+            raise InputError("Press Run first: clicks, prompts and edits work on a segmented panorama.")
+        with s.lock:
+            if s.closed:
+                raise SessionExpired(EXPIRED[s.closed].format(idle=_duration(self.idle_s)))
+            with self._lock:
+                if id(s) in self._sessions:
+                    self._sessions.move_to_end(id(s))
+            s.last_used = time.monotonic()
+            try:
+                yield s
+            finally:
+                s.last_used = time.monotonic()
+
+    def export_dir(self, s: Session) -> Path:
+        """A new, empty export folder for `s`; its previous one is deleted (the UI has
+        already copied those files into its own cache)."""
+        old = s.export_dir
+        s.export_dir = Path(tempfile.mkdtemp(prefix=f"{id(s):x}-", dir=self.root))
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return s.export_dir
+
+    # ----------------------------------------------------------------- release
+    def close(self, s: Session, reason: str = "closed") -> None:
+        """Releases a session's memory and files (its tab closed, or `reason`)."""
+        with self._lock:
+            self._sessions.pop(id(s), None)
+        if s.closed is None:
+            self.released[reason] = self.released.get(reason, 0) + 1
+        if s.export_dir is not None:
+            shutil.rmtree(s.export_dir, ignore_errors=True)
+            s.export_dir = None
+        s.release(reason)
+
+    def _enforce_budget(self, keep: Optional[Session] = None) -> int:
+        """Releases least recently used idle sessions until the total fits; returns how many."""
+        if not self.budget_bytes:
+            return 0
+        victims = []
+        with self._lock:
+            total = sum(s.nbytes for s in self._sessions.values())
+            for s in list(self._sessions.values()):
+                if total <= self.budget_bytes:
+                    break
+                if s is keep or not s.lock.acquire(blocking=False):  # in use: not idle
+                    continue
+                s.lock.release()
+                total -= s.nbytes
+                victims.append(s)
+        for s in victims:
+            log.info("session %x released: memory budget", id(s))
+            self.close(s, "memory")
+        if victims:
+            release_free_memory()
+        return len(victims)
+
+    def sweep(self, now: Optional[float] = None) -> int:
+        """Releases sessions idle for longer than `idle_s`; returns how many."""
+        if not self.idle_s:
+            return 0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [s for s in self._sessions.values() if now - s.last_used > self.idle_s]
+        for s in idle:
+            log.info("session %x released: idle", id(s))
+            self.close(s, "idle")
+        if idle:
+            release_free_memory()
+        return len(idle)
+
+    def start_sweeper(self, interval_s: Optional[float] = None) -> None:
+        """One background thread that sweeps idle sessions (every idle_s / 4, at most a minute)."""
+        if self._sweeper is not None or not self.idle_s:
+            return
+        interval = interval_s or max(1.0, min(60.0, self.idle_s / 4))
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.sweep()
+                except Exception:  # noqa: BLE001  (never let the sweeper die)
+                    log.exception("session sweep failed")
+
+        self._sweeper = threading.Thread(target=loop, name="panosamic-session-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def close_all(self) -> None:
+        """Shutdown: every session released, the export root deleted."""
+        self._stop.set()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for s in sessions:
+            self.close(s, "closed")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def stats(self) -> dict:
+        with self._lock:
+            n = len(self._sessions)
+            total = sum(s.nbytes for s in self._sessions.values())
+        return {"sessions": n, "bytes": total, "budget_bytes": self.budget_bytes, "idle_s": self.idle_s,
+                "released": dict(self.released)}
+
+
+__all__ = ["SessionStore", "SessionExpired", "release_free_memory", "clean_stale_folders", "TMP_PREFIX"]
