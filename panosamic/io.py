@@ -221,15 +221,17 @@ def load_depth(path_or_array, scale: Optional[float] = None) -> np.ndarray:
 
 
 def _ints_to_metres(a: np.ndarray, scale: Optional[float]) -> np.ndarray:
-    d = a.astype(np.float64) * (0.001 if scale is None else scale)
+    # float32 throughout: an 8192x4096 map is 128 MB, and float64 temporaries doubled the time
+    d = a.astype(np.float32)
+    d *= np.float32(0.001 if scale is None else scale)
     if a.dtype == np.uint16:
         d[a == 65535] = 0.0
     return d
 
 
 def _clean_depth(d: np.ndarray) -> np.ndarray:
-    d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
-    return d.astype(np.float32)
+    d = np.asarray(d, dtype=np.float32)
+    return np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0))
 
 
 def load_normals(path) -> np.ndarray:

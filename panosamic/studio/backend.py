@@ -16,9 +16,7 @@ Importing this module does not import torch (the page opens before any model cod
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -46,6 +44,13 @@ def load_predictor(key: ModelKey):
 
     return Predictor(load_model(key.checkpoint, subfolder=key.subfolder, sam=key.sam),
                      device=key.device, dtype=key.dtype)
+
+
+def _file_bytes(upload: Any) -> Optional[np.ndarray]:
+    from .uploads import input_path
+
+    path = input_path(upload)
+    return None if path is None else np.fromfile(path, dtype=np.uint8)
 
 
 def _resize_area(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -127,8 +132,11 @@ class StudioBackend:
                   "normals": normals if "normals" in required else None}
         if "depth" in required and depth is None or "normals" in required and normals is None:
             raise _missing([MODALITY_NAMES[m] for m in required if inputs[m] is None])
-        ckey = content_key(inputs["image"], inputs["depth"], inputs["normals"], max_depth=max_depth,
-                           checkpoint=repr(key))
+        # the key hashes the uploaded files (a few MB), not the decoded arrays (up to 330 MB at 8K)
+        files = {"image": pano, "depth": depth_file if inputs["depth"] is not None else None,
+                 "normals": normals_file if inputs["normals"] is not None else None}
+        ckey = content_key(*(_file_bytes(files[m]) for m in ("image", "depth", "normals")), max_depth=max_depth,
+                           depth_scale=depth_scale, checkpoint=repr(key))
         state = self.cache.get(ckey)
         cached = state is not None
         if cached:

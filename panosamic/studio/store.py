@@ -162,6 +162,7 @@ class SessionStore:
             self._sessions.pop(id(s), None)
         if s.closed is None:
             self.released[reason] = self.released.get(reason, 0) + 1
+            log.info("session %x released: %s", id(s), reason)
         if s.export_dir is not None:
             shutil.rmtree(s.export_dir, ignore_errors=True)
             s.export_dir = None
@@ -183,7 +184,6 @@ class SessionStore:
                 total -= s.nbytes
                 victims.append(s)
         for s in victims:
-            log.info("session %x released: memory budget", id(s))
             self.close(s, "memory")
         if victims:
             release_free_memory()
@@ -197,7 +197,6 @@ class SessionStore:
         with self._lock:
             idle = [s for s in self._sessions.values() if now - s.last_used > self.idle_s]
         for s in idle:
-            log.info("session %x released: idle", id(s))
             self.close(s, "idle")
         if idle:
             release_free_memory()

@@ -1,0 +1,264 @@
+"""Benchmark of the running app as users drive it: camera-size panoramas and many users.
+
+    python -m devtools.bench_app [--sizes 1024,4096,8192] [--clients 20] [--out bench_app.json]
+
+Starts `python app.py --checkpoint assets/demo` (the bundled demo model, offline) on a free
+loopback port and drives it through `gradio_client`, as a Space's users and API clients do:
+
+* per size (the office example enlarged to W x W/2): Run (total, model stages, and the
+  overhead = total - model stages), clicks (prompt round trips, p50/p90), assign, undo,
+  export (full resolution), peak RSS of the app during the Run, and the memory kept per idle
+  session (RSS growth over several sessions of that panorama, per session);
+* `--clients` concurrent users on the 1024x512 examples, each Run then clicks, assigns and
+  undoes while the others run: per-endpoint p50/p95 and errors;
+* after the users leave (sessions closed by the idle timeout): RSS against its start, and the
+  export files left; after SIGTERM, whether the export folder is gone.
+
+Prints one JSON object (progress notes on stderr). Bounded: loopback only, a fixed number of
+requests, every wait has a time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from .app_process import ROOT, running_app
+
+MODEL_STAGES = ("load", "preprocess", "encode", "fuse", "decode")
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _proc_status(pid: int) -> Dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, MiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out
+
+
+def _reset_peak(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def _pct(values: List[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 4) if values else float("nan")
+
+
+def make_panoramas(out: Path, widths: List[int]) -> Dict[int, List[str]]:
+    """The office example enlarged to each width (JPEG 90 as cameras write, depth/normals PNG)."""
+    import cv2
+
+    src = ROOT / "assets" / "examples"
+    rgb = cv2.imread(str(src / "office_rgb.jpg"))
+    depth = cv2.imread(str(src / "office_depth.png"), cv2.IMREAD_UNCHANGED)
+    normals = cv2.imread(str(src / "office_normals.png"))
+    paths = {}
+    for w in widths:
+        h = w // 2
+        d = out / f"w{w}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = [str(d / "office_rgb.jpg"), str(d / "office_depth.png"), str(d / "office_normals.png")]
+        cv2.imwrite(p[0], cv2.resize(rgb, (w, h), interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(p[1], cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST))
+        cv2.imwrite(p[2], cv2.resize(normals, (w, h), interpolation=cv2.INTER_NEAREST))
+        paths[w] = p
+    return paths
+
+
+def _segment(c, p):
+    from gradio_client import handle_file
+
+    return c.predict(handle_file(p[0]), handle_file(p[1]), handle_file(p[2]), "local", 0, 10,
+                     api_name="/segment")
+
+
+def _timed(fn, *a, **k):
+    t0 = time.perf_counter()
+    out = fn(*a, **k)
+    return time.perf_counter() - t0, out
+
+
+def bench_size(url: str, pid: int, paths: List[str], width: int, clicks: int, sessions: int) -> Dict:
+    from gradio_client import Client
+
+    rng = random.Random(width)
+    h = width // 2
+    _reset_peak(pid)
+    c = Client(url, verbose=False)
+    seg_s, out = _timed(_segment, c, paths)
+    info = out[5]
+    model_s = sum(v for k, v in info["timings_s"].items() if k in MODEL_STAGES)
+    peak = _proc_status(pid)["VmHWM"]
+    click_s = []
+    for _ in range(clicks):
+        pt = [rng.uniform(0, width - 1), rng.uniform(h * 0.2, h * 0.8)]
+        dt, _ = _timed(c.predict, json.dumps({"points": [pt], "labels": [1]}), api_name="/prompt")
+        click_s.append(dt)
+    assign_s, undo_s = [], []
+    for i in range(3):
+        c.predict(json.dumps({"points": [[width * (0.2 + 0.2 * i), h * 0.6]]}), api_name="/prompt")
+        assign_s.append(_timed(c.predict, "", None, api_name="/assign")[0])
+    for _ in range(3):
+        undo_s.append(_timed(c.predict, api_name="/undo")[0])
+    c.predict(json.dumps({"points": [[width * 0.3, h * 0.6]]}), api_name="/prompt")
+    c.predict("", None, api_name="/assign")
+    export_s, (files, _) = _timed(c.predict, api_name="/export")
+    # memory kept per idle session: more users with this panorama (embeddings from the cache)
+    rss0 = _proc_status(pid)["VmRSS"]
+    extra = []
+    for _ in range(sessions):
+        e = Client(url, verbose=False)
+        _segment(e, paths)
+        e.predict(json.dumps({"points": [[width * 0.4, h * 0.5]]}), api_name="/prompt")
+        e.predict("", None, api_name="/assign")
+        extra.append(e)
+    rss1 = _proc_status(pid)["VmRSS"]
+    return {
+        "width": width, "height": h,
+        "segment_s": round(seg_s, 3), "model_stages_s": round(model_s, 3),
+        "segment_overhead_s": round(seg_s - model_s, 3),
+        "click_p50_s": _pct(click_s, 50), "click_p90_s": _pct(click_s, 90),
+        "assign_p50_s": _pct(assign_s, 50), "undo_p50_s": _pct(undo_s, 50), "export_s": round(export_s, 3),
+        "export_files": len(files),
+        "peak_rss_during_segment_mb": round(peak, 1),
+        "kept_per_idle_session_mb": round((rss1 - rss0) / max(1, sessions), 1),
+    }
+
+
+def bench_concurrent(url: str, examples: List[List[str]], n_clients: int, clicks: int) -> Dict:
+    from gradio_client import Client
+
+    times: Dict[str, List[float]] = {"segment": [], "prompt": [], "assign": [], "undo": []}
+    errors: Dict[str, int] = {k: 0 for k in times}
+    lock = threading.Lock()
+
+    def record(name, fn, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            out = fn(*a, **k)
+        except Exception as e:  # noqa: BLE001  (counted, not fatal)
+            with lock:
+                errors[name] += 1
+            _note(f"  {name} error: {str(e)[:120]}")
+            return None
+        with lock:
+            times[name].append(time.perf_counter() - t0)
+        return out
+
+    def user(i: int) -> None:
+        rng = random.Random(i)
+        c = Client(url, verbose=False)
+        ex = examples[i % len(examples)]
+        if record("segment", _segment, c, ex) is None:
+            return
+        for _ in range(clicks):
+            pt = [rng.uniform(0, 1023), rng.uniform(100, 400)]
+            record("prompt", c.predict, json.dumps({"points": [pt]}), api_name="/prompt")
+        record("assign", c.predict, "", None, api_name="/assign")
+        record("undo", c.predict, api_name="/undo")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n_clients) as pool:
+        list(pool.map(user, range(n_clients)))
+    return {"clients": n_clients, "wall_s": round(time.perf_counter() - t0, 2),
+            "endpoints": {k: {"n": len(v), "p50_s": _pct(v, 50), "p95_s": _pct(v, 95), "errors": errors[k]}
+                          for k, v in times.items()}}
+
+
+def _export_root(pid: int) -> List[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"panosamic-studio-{pid}-*"))
+
+
+def _files_under(folders: List[Path]) -> int:
+    return sum(1 for d in folders for p in d.rglob("*") if p.is_file())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1024,4096,8192", help="panorama widths (height = width / 2)")
+    ap.add_argument("--clients", type=int, default=20, help="concurrent users for the load part (0 = skip)")
+    ap.add_argument("--clicks", type=int, default=15, help="clicks per size (and per concurrent user: a third)")
+    ap.add_argument("--sessions", type=int, default=3, help="extra sessions per size for the memory kept")
+    ap.add_argument("--idle-s", type=float, default=20.0, help="the app's session idle timeout for this run")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    widths = [int(w) for w in args.sizes.split(",") if w]
+    work = Path(tempfile.mkdtemp(prefix="panosamic-bench-app-"))
+    panoramas = make_panoramas(work, widths)
+    examples = [[str(ROOT / "assets" / "examples" / f"{n}_{k}") for k in ("rgb.jpg", "depth.png", "normals.png")]
+                for n in ("office", "conference", "lounge", "corridor", "storage", "seam")]
+    result: Dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                    "checkpoint": "assets/demo", "sizes": [], "concurrent": None, "after_users_leave": None}
+    idle_min = args.idle_s / 60
+    with running_app(["--checkpoint", str(ROOT / "assets" / "demo"), "--session-idle-min", str(idle_min)],
+                     work / "app.log", timeout=120) as app:
+        pid = app["proc"].pid
+        result["startup_s"] = round(app["startup_s"], 2)
+        result["rss_at_start_mb"] = round(_proc_status(pid)["VmRSS"], 1)
+        for w in widths:
+            _note(f"size {w}x{w // 2} ...")
+            result["sizes"].append(bench_size(app["url"], pid, panoramas[w], w, args.clicks, args.sessions))
+            _note(json.dumps(result["sizes"][-1]))
+        # wait for those sessions to go, then measure the load part from a settled process
+        expected = len(widths) * (1 + args.sessions)
+        _wait_for_releases(app["log"], expected, args.idle_s * 4 + 30)
+        rss_before = _proc_status(pid)["VmRSS"]
+        if args.clients:
+            _note(f"{args.clients} concurrent users ...")
+            result["concurrent"] = bench_concurrent(app["url"], examples, args.clients, max(1, args.clicks // 3))
+            result["concurrent"]["rss_before_mb"] = round(rss_before, 1)
+            result["concurrent"]["rss_peak_mb"] = round(_proc_status(pid)["VmHWM"], 1)
+        _wait_for_releases(app["log"], expected + args.clients, args.idle_s * 4 + 30)
+        left = _files_under(_export_root(pid))
+        rss_after = _proc_status(pid)["VmRSS"]
+        result["after_users_leave"] = {"rss_before_users_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
+                                       "rss_delta_mb": round(rss_after - rss_before, 1), "export_files_left": left}
+        roots = _export_root(pid)
+    result["after_shutdown"] = {"export_folders_left": sum(1 for r in roots if r.exists())}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def _wait_for_releases(log: Path, count: int, timeout: float) -> int:
+    """Waits (bounded) until the app's log says `count` sessions were released (closed tabs,
+    idle timeout); returns how many it said."""
+    t0 = time.perf_counter()
+    seen = 0
+    while time.perf_counter() - t0 < timeout:
+        seen = Path(log).read_text(errors="replace").count(" released: ")
+        if seen >= count:
+            break
+        time.sleep(1.0)
+    else:
+        _note(f"only {seen} of {count} sessions were released within {timeout:.0f} s")
+    time.sleep(1.0)  # memory is trimmed right after the sweep
+    return seen
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
