@@ -207,11 +207,11 @@ def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, 
     layout = get_layout(dataset, root)
     test_areas = layout.split(fold, "test")
     facts = _checkpoint_facts(model)
+    modalities = tuple(facts["modalities"])
+    samples = layout.samples(test_areas, modalities)
     if facts["num_classes"] != layout.dataset.num_classes:
         raise InputError(f"the checkpoint predicts {facts['num_classes']} classes ({facts['dataset']}), "
                          f"{layout.dataset_title} has {layout.dataset.num_classes}: evaluate it on its own dataset")
-    modalities = tuple(facts["modalities"])
-    samples = layout.samples(test_areas, modalities)
     missing_areas = [a for a in test_areas if a not in {s.area for s in samples}]
     if missing_areas:
         log(f"panosamic: warning: no folder for {', '.join(missing_areas[:6])}"
