@@ -79,8 +79,8 @@ def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None):
         else:
             start_local(num_cpus=num_cpus)
         started = True
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Data logs its plan and progress at INFO/WARNING; the CLI shows its own progress bar.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     try:
         yield ray
     finally:
