@@ -1,7 +1,9 @@
-"""Command line: `python -m panosamic {predict,info,list-checkpoints,bench}`.
+"""Command line: `python -m panosamic {predict,evaluate,info,list-checkpoints,bench}`.
 
     python -m panosamic predict rooms/ --checkpoint dfki-av/PanoSAMic \
         --subfolder stanford2d3ds-vith-rgbdn-fold1 --out results/
+    python -m panosamic evaluate --dataset stanford2d3ds --root data/s2d3ds --fold 1 \
+        --checkpoint dfki-av/PanoSAMic --subfolder stanford2d3ds-vith-rgbdn-fold1 --out eval/
     python -m panosamic info --checkpoint path/to/model_dir
     python -m panosamic list-checkpoints
     python -m panosamic bench --preset vit_b --modalities image
@@ -10,7 +12,10 @@
 indices), `<stem>_color.png` (palette colours) and `<stem>_stats.json` (per-class pixel and
 sphere shares) into --out, plus one `summary.csv` over all inputs. A panorama that fails
 (unreadable, not 2:1, a modality the checkpoint needs is missing) is reported on stderr and
-the batch goes on. Exit codes: 0 all succeeded, 1 some failed, 2 usage error.
+the batch goes on. `--engine ray` spreads `predict` and `evaluate` over Ray actors
+(panosamic.ray_engine) and writes the same files. `evaluate` is panosamic.evaluation.
+Exit codes: 0 all succeeded, 1 some failed (or a dataset folder in the wrong layout),
+2 usage error (also: a fold the dataset lacks, Ray not installed).
 """
 
 from __future__ import annotations
@@ -177,6 +182,21 @@ def _check_device(name: Optional[str]) -> Optional[str]:
     return name
 
 
+def _check_engine(args) -> None:
+    """--engine ray: Ray must be importable (else a usage error that says how to install it)."""
+    if getattr(args, "engine", "local") != "ray":
+        for flag in ("ray_address", "ray_actors", "num_gpus_per_actor"):
+            if getattr(args, flag, None) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} needs --engine ray")
+        return
+    from .ray_engine import RayUnavailableError, require_ray
+
+    try:
+        require_ray()
+    except RayUnavailableError as e:
+        raise UsageError(str(e)) from None
+
+
 def _load_predictor(args):
     from .weights import from_pretrained
 
@@ -265,6 +285,7 @@ def cmd_predict(args) -> int:
         raise UsageError("--depth-scale must be positive (metres per PNG unit, 0.001 for millimetres)")
 
     _check_device(args.device)
+    _check_engine(args)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
@@ -282,6 +303,8 @@ def cmd_predict(args) -> int:
         _say(f"panosamic: skipped {skipped} companion file(s) (_depth, _normals, _labels, ...)")
     for message in problems:
         _say(f"panosamic: warning: {message}")
+    if args.engine == "ray":
+        return _predict_on_ray(args, paths, stems, depth_flags, normals_flags, out, summary_path)
 
     t_load = time.perf_counter()
     try:
@@ -303,7 +326,6 @@ def cmd_predict(args) -> int:
 
     ds = predictor.dataset
     rows: List[Dict[str, Any]] = []
-    failures = 0
     bar = tqdm(total=len(paths), desc="panoramas", unit="pano", file=sys.stderr,
                disable=True if args.no_progress else None, dynamic_ncols=True)
 
@@ -311,39 +333,89 @@ def cmd_predict(args) -> int:
         bar.set_postfix_str(name, refresh=True)
 
     for path, stem, dflag, nflag in zip(paths, stems, depth_flags, normals_flags):
-        row: Dict[str, Any] = {"input": str(path), "stem": stem}
         try:
-            result = _process_one(predictor, path, dflag, nflag, args, stem, out, progress=stage)
+            row, message = _predict_row(predictor, path, stem, dflag, nflag, args, out, progress=stage)
         except KeyboardInterrupt:
             bar.close()
             _say("panosamic: interrupted")
             _write_summary(summary_path, rows, ds.classes)
             return 130
-        except (PanoSAMicError, OSError) as e:
-            failures += 1
-            if args.debug:
-                traceback.print_exc()
-            _say(f"panosamic: error: {path}: {_first_line(e)}", bar)
-            row.update(status="error", error=_first_line(e).replace("\n", " "))
-        except Exception as e:  # noqa: BLE001  a bug: show where, keep the batch going
-            failures += 1
-            _say(f"panosamic: internal error on {path} (please report this):\n{traceback.format_exc()}", bar)
-            row.update(status="error", error=f"internal error: {type(e).__name__}: {e}".replace("\n", " "))
-        else:
-            stats = result["stats"]
-            top = max(stats, key=lambda s: s["sphere_share"])
-            row.update(status="ok", error="", width=result["width"], height=result["height"],
-                       depth=result["depth"] or "", normals=result["normals"] or "",
-                       seconds=round(result["seconds"], 3), dominant_class=top["name"],
-                       **{f"sphere_share_{s['name']}": round(s["sphere_share"], 6) for s in stats})
+        if message:
+            _say(message, bar)
         rows.append(row)
         bar.update(1)
     bar.close()
-    _write_summary(summary_path, rows, ds.classes)
+    return _finish_predict(summary_path, rows, ds.classes)
+
+
+def _finish_predict(summary_path: Path, rows: List[Dict[str, Any]], classes: Sequence[str]) -> int:
+    _write_summary(summary_path, rows, classes)
+    failures = sum(1 for r in rows if r.get("status") != "ok")
     ok = len(rows) - failures
     _say(f"panosamic: {ok} of {len(rows)} panorama(s) segmented"
          + (f", {failures} failed (see above)" if failures else "") + f"; summary: {summary_path}")
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _predict_row(predictor, path: Path, stem: str, dflag: Optional[Path], nflag: Optional[Path], args,
+                 out: Path, progress=None) -> Tuple[Dict[str, Any], Optional[str]]:
+    """One panorama of `predict`, for the local and the Ray engine alike: writes its files and
+    returns (summary.csv row, message to print or None). A failure becomes an error row."""
+    row: Dict[str, Any] = {"input": str(path), "stem": stem}
+    try:
+        result = _process_one(predictor, path, dflag, nflag, args, stem, out, progress=progress)
+    except (PanoSAMicError, OSError) as e:
+        message = f"panosamic: error: {path}: {_first_line(e)}"
+        if getattr(args, "debug", False):
+            message = traceback.format_exc() + message
+        row.update(status="error", error=_first_line(e).replace("\n", " "))
+        return row, message
+    except Exception as e:  # noqa: BLE001  a bug: show where, keep the batch going
+        row.update(status="error", error=f"internal error: {type(e).__name__}: {e}".replace("\n", " "))
+        return row, f"panosamic: internal error on {path} (please report this):\n{traceback.format_exc()}"
+    stats = result["stats"]
+    top = max(stats, key=lambda s: s["sphere_share"])
+    row.update(status="ok", error="", width=result["width"], height=result["height"],
+               depth=result["depth"] or "", normals=result["normals"] or "",
+               seconds=round(result["seconds"], 3), dominant_class=top["name"],
+               **{f"sphere_share_{s['name']}": round(s["sphere_share"], 6) for s in stats})
+    return row, None
+
+
+def _predict_on_ray(args, paths, stems, depth_flags, normals_flags, out: Path, summary_path: Path) -> int:
+    """`predict --engine ray`: the same files and summary as the local engine, computed by Ray actors."""
+    from . import ray_engine
+
+    ray_engine.require_ray()
+    info = checkpoint_info(args.checkpoint, args.subfolder, args.sam, args.config)  # fail early, before Ray
+    _say(f"panosamic: {info['architecture']}; {len(paths)} panorama(s) -> {out} on Ray")
+    jobs = [{"path": p, "stem": s, "depth": d, "normals": n}
+            for p, s, d, n in zip(paths, stems, depth_flags, normals_flags)]
+    model = {"checkpoint": args.checkpoint, "subfolder": args.subfolder, "sam": args.sam, "config": args.config,
+             "device": args.device, "dtype": args.dtype}
+    options = {"depth_scale": args.depth_scale, "checkpoint": args.checkpoint, "subfolder": args.subfolder,
+               "debug": args.debug}
+    from tqdm.auto import tqdm
+
+    found: Dict[int, Dict[str, Any]] = {}
+    bar = tqdm(total=len(jobs), desc="panoramas", unit="pano", file=sys.stderr,
+               disable=True if args.no_progress else None, dynamic_ncols=True)
+    try:
+        for index, row, message in ray_engine.predict_on_ray(
+                jobs, model, args.max_depth, options, out, address=args.ray_address, num_actors=args.ray_actors,
+                num_gpus_per_actor=args.num_gpus_per_actor, num_cpus_per_actor=args.num_cpus_per_actor,
+                log=lambda m: _say(m, bar)):
+            if message:
+                _say(message, bar)
+            found[index] = row
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        _say("panosamic: interrupted")
+        _write_summary(summary_path, [found[i] for i in sorted(found)], info["classes"])
+        return 130
+    bar.close()
+    return _finish_predict(summary_path, [found[i] for i in sorted(found)], info["classes"])
 
 
 def _write_summary(path: Path, rows: List[Dict[str, Any]], classes: Sequence[str]) -> None:
@@ -355,6 +427,35 @@ def _write_summary(path: Path, rows: List[Dict[str, Any]], classes: Sequence[str
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args) -> int:
+    """Thin wrapper over :func:`panosamic.evaluation.evaluate_dataset`."""
+    from .evaluation import FoldError, evaluate_dataset, format_report
+
+    _check_device(args.device)
+    _check_engine(args)
+    if args.max_depth is not None and not (args.max_depth > 0):
+        raise UsageError("--max-depth must be a positive number of metres")
+    model = {"checkpoint": args.checkpoint, "subfolder": args.subfolder, "sam": args.sam, "config": args.config,
+             "device": args.device if args.device != "auto" else None, "dtype": args.dtype}
+    ray_options = {"address": args.ray_address, "num_actors": args.ray_actors,
+                   "num_gpus_per_actor": args.num_gpus_per_actor, "num_cpus_per_actor": args.num_cpus_per_actor}
+    try:
+        result = evaluate_dataset(args.dataset, args.root, args.fold, model, args.out, max_depth=args.max_depth,
+                                  save_labels=args.save_labels, engine=args.engine, ray_options=ray_options,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+    except FoldError as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        _say("panosamic: interrupted; run the same command again to resume")
+        return 130
+    print(format_report(result))
+    _say(f"panosamic: wrote {Path(args.out) / 'metrics.json'} and per_sample.csv")
+    return EXIT_FAILED if result["num_failed"] else EXIT_OK
 
 
 # --- info / list-checkpoints ---------------------------------------------------------------------
@@ -468,6 +569,20 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                                                    "(default: config.json beside the checkpoint, else inferred)")
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine", "where the model runs: this process, or actors on a Ray cluster")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default) or ray: Ray Data actors, one model each (needs pip install 'ray[data]')")
+    g.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (auto, ray://head:10001); "
+                                                          "default: start Ray on this machine")
+    g.add_argument("--ray-actors", type=int, metavar="N",
+                   help="number of model actors (default: one per GPU, else one per --num-cpus-per-actor CPUs)")
+    g.add_argument("--num-gpus-per-actor", type=float, metavar="G",
+                   help="GPUs per actor (default 1 when the cluster has GPUs, else 0; 0.5 puts two on a GPU)")
+    g.add_argument("--num-cpus-per-actor", type=float, default=1, metavar="C",
+                   help="CPUs per actor (default 1; also its torch threads on CPU actors)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m panosamic",
                      description="PanoSAMic: semantic segmentation of 360° equirectangular panoramas.",
@@ -499,7 +614,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
+    _add_engine_args(p)
     p.set_defaults(func=cmd_predict)
+
+    from .evaluation.layouts import LAYOUTS
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset's held-out fold (mIoU, mAcc, ...)",
+                       description="Evaluate on the test split of a fold of a dataset in the PanoSAMic authors' "
+                                   "processed layout; writes metrics.json, per_sample.csv (and labels/ with "
+                                   "--save-labels) into --out. Rerunning the same command resumes.")
+    p.add_argument("--dataset", required=True, choices=sorted(LAYOUTS), help="which dataset layout --root holds")
+    p.add_argument("--root", required=True, metavar="DIR", help="the processed dataset folder")
+    p.add_argument("--fold", required=True, type=int, metavar="N",
+                   help="Stanford2D3DS 1-3 (cross-validation); Matterport3D/Structured3D 1 (validation) or 2 (test)")
+    _add_model_args(p)
+    p.add_argument("--max-depth", type=float, default=None, metavar="T",
+                   help="depth encoding range in metres (default: the fold's training split's 99.5%% inlier "
+                        "depth, as the checkpoints were trained; cached)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--save-labels", action="store_true", help="also write labels/<area>/<sample>.png")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="inference precision (default float32; float16 on CUDA only)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a checkpoint (architecture, inputs, classes)")
     _add_model_args(p)

@@ -14,6 +14,13 @@ Definitions
       is how the papers report mIoU.
     * pixel accuracy: ``trace(C) / sum(C)``; mean (class) accuracy: mean over
       the classes present in the ground truth of ``C[k,k] / sum_p C[k,p]``.
+    * Over a split (the papers' numbers): per class, intersection ``I = C[k,k]``,
+      target ``T = sum_p C[k,p]`` and prediction ``P = sum_g C[g,k]`` are summed
+      over all images (:func:`class_counts`), then :func:`scores_from_counts`:
+      IoU ``I / (T + P - I)``, accuracy ``I / T`` (NaN where the denominator
+      is 0), mIoU and mean accuracy as NaN-aware means, pixel accuracy
+      ``sum(I) / sum(T)``. Seam consistency over a split sums the label
+      changes of :func:`seam_counts` before dividing.
     * Weighting: with ``weighted=True`` each pixel counts with its solid angle
       (:func:`panosamic.geometry.pixel_areas`, proportional to cos(latitude)),
       so the numbers are shares of the *sphere*, not of the ERP image that
@@ -22,7 +29,7 @@ Definitions
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -31,7 +38,8 @@ from .errors import InputError
 
 __all__ = [
     "confusion_matrix", "iou_from_confusion", "per_class_iou", "mean_iou", "pixel_accuracy",
-    "mean_accuracy", "seam_consistency", "evaluate",
+    "mean_accuracy", "seam_consistency", "seam_counts", "seam_ratio", "class_counts", "scores_from_counts",
+    "evaluate",
 ]
 
 
@@ -107,6 +115,32 @@ def mean_accuracy(pred, gt, num_classes: int, weighted: bool = False, ignore_ind
     return float(np.mean(np.diag(cm)[present] / rows[present])) if present.any() else float("nan")
 
 
+def seam_counts(labels) -> Tuple[int, int, int, int]:
+    """Label changes across the seam and between other neighbouring columns of an ``(H, W)`` map.
+
+    Returns ``(seam_changes, seam_pairs, interior_changes, interior_pairs)``:
+    ``seam_changes`` counts rows where ``labels[:, W-1] != labels[:, 0]`` (H
+    pairs), ``interior_changes`` the pairs ``labels[:, x] != labels[:, x+1]``
+    for x = 0..W-2 (H*(W-1) pairs). Sums of these over images give the
+    seam consistency of a whole split (:func:`seam_ratio`).
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or lab.shape[1] < 3:
+        raise InputError(f"seam_consistency needs an (H, W) label map with W >= 3, got shape {lab.shape}")
+    h, w = lab.shape
+    return (int(np.count_nonzero(lab[:, -1] != lab[:, 0])), h,
+            int(np.count_nonzero(lab[:, 1:] != lab[:, :-1])), h * (w - 1))
+
+
+def seam_ratio(seam_changes: float, seam_pairs: float, interior_changes: float, interior_pairs: float) -> float:
+    """``(seam_changes / seam_pairs) / (interior_changes / interior_pairs)``, see :func:`seam_consistency`."""
+    seam = seam_changes / seam_pairs if seam_pairs else 0.0
+    interior = interior_changes / interior_pairs if interior_pairs else 0.0
+    if interior == 0.0:
+        return 1.0 if seam == 0.0 else float("inf")
+    return seam / interior
+
+
 def seam_consistency(labels) -> float:
     """How consistent an ERP label map is across its left/right seam, relative to elsewhere.
 
@@ -118,14 +152,36 @@ def seam_consistency(labels) -> float:
     If ``interior == 0`` (vertical bands only ever change at the seam, or a
     constant map): 1.0 when ``seam == 0`` too, else ``inf``.
     """
-    lab = np.asarray(labels)
-    if lab.ndim != 2 or lab.shape[1] < 3:
-        raise InputError(f"seam_consistency needs an (H, W) label map with W >= 3, got shape {lab.shape}")
-    seam = float(np.mean(lab[:, -1] != lab[:, 0]))
-    interior = float(np.mean(lab[:, 1:] != lab[:, :-1]))
-    if interior == 0.0:
-        return 1.0 if seam == 0.0 else float("inf")
-    return seam / interior
+    return seam_ratio(*seam_counts(labels))
+
+
+def class_counts(cm) -> Dict[str, np.ndarray]:
+    """Per-class ``intersection`` (diagonal), ``target`` (ground-truth total) and ``prediction``
+    (predicted total), each ``(K,)`` float64, from a confusion matrix. These add up over images."""
+    cm = np.asarray(cm, dtype=np.float64)
+    return {"intersection": np.diag(cm).copy(), "target": cm.sum(axis=1), "prediction": cm.sum(axis=0)}
+
+
+def scores_from_counts(intersection, target, prediction) -> Dict[str, Any]:
+    """Split-level scores from per-class counts summed over images (see the module docstring).
+
+    Returns ``per_class_iou`` and ``per_class_accuracy`` ``(K,)`` (NaN where undefined),
+    ``miou`` and ``macc`` (NaN-aware means; NaN if all are NaN) and ``pixel_accuracy``.
+    """
+    i = np.asarray(intersection, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    p = np.asarray(prediction, dtype=np.float64)
+    union = t + p - i
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, i / np.where(union > 0, union, 1), np.nan)
+        acc = np.where(t > 0, i / np.where(t > 0, t, 1), np.nan)
+
+    def nanmean(a: np.ndarray) -> float:
+        return float(np.nanmean(a)) if np.any(~np.isnan(a)) else float("nan")
+
+    total = float(t.sum())
+    return {"per_class_iou": iou, "per_class_accuracy": acc, "miou": nanmean(iou), "macc": nanmean(acc),
+            "pixel_accuracy": float(i.sum() / total) if total > 0 else float("nan")}
 
 
 def evaluate(pred, gt, num_classes: int, weighted: bool = False, ignore_index: int = -1,

@@ -1,0 +1,183 @@
+"""`python -m panosamic evaluate` on a small Stanford2D3DS dataset in the authors' processed layout.
+
+The dataset is written from the bundled examples (tests/eval_utils.py); the expected numbers
+come from the test's own decoding of those files and its own numpy accumulation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import panosamic
+from eval_utils import DEMO, TEST_KEYS, build_stanford, run_main, truth
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_stanford(tmp_path_factory.mktemp("s2d3ds"))
+
+
+def training_t(root: Path) -> float:
+    """99.5 % inlier depth of fold 1's training areas, by the definition: 0.1 m bins over
+    0..128 m, left edge of the first bin where the cumulative count reaches 99.5 %."""
+    depths = [truth(s)["depth"][truth(s)["valid"]] for a in ("area_1", "area_2", "area_3", "area_4", "area_6")
+              if (root / a).is_dir() for s in sorted((root / a).iterdir())]
+    hist, edges = np.histogram(np.concatenate(depths), bins=1280, range=(0, 128))
+    cum = np.cumsum(hist)
+    return round(float(edges[np.nonzero(cum >= 0.995 * cum[-1])[0][0]]), 1)
+
+
+def expected_metrics(root: Path, out: Path) -> dict:
+    """Intersection / ground truth / prediction summed over the test split, then IoU, NaN-means."""
+    k = 13
+    sums = {key: np.zeros(k) for key in ("i", "t", "p", "wi", "wt", "wp")}
+    for key in TEST_KEYS:
+        gt = truth(root / key)["labels"]
+        pred = np.asarray(Image.open(out / "labels" / f"{key}.png")).astype(np.int64)
+        valid = gt >= 0
+        h = gt.shape[0]
+        weight = np.repeat(np.cos((0.5 - (np.arange(h) + 0.5) / h) * np.pi)[:, None], gt.shape[1], axis=1)
+        for c in range(k):
+            hit, g, p = (pred == c) & (gt == c) & valid, (gt == c) & valid, (pred == c) & valid
+            for prefix, wt in (("", 1.0), ("w", weight)):
+                sums[prefix + "i"][c] += np.sum(hit * wt)
+                sums[prefix + "t"][c] += np.sum(g * wt)
+                sums[prefix + "p"][c] += np.sum(p * wt)
+    out_m = {}
+    for prefix, suffix in (("", ""), ("w", "_weighted")):
+        i, t, p = sums[prefix + "i"], sums[prefix + "t"], sums[prefix + "p"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou, acc = i / (t + p - i), i / t
+        out_m["miou" + suffix] = np.nanmean(iou)
+        out_m["macc" + suffix] = np.nanmean(acc)
+        out_m["pixel_accuracy" + suffix] = i.sum() / t.sum()
+        out_m["iou" + suffix] = iou
+    return out_m
+
+
+def check_against_independent(root: Path, out: Path, t: float) -> dict:
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["max_depth"] == t
+    assert m["num_samples"] == 3 and m["num_failed"] == 0
+    # The saved predictions are what the model gives on the test's own decoding with this T.
+    predictor = panosamic.from_pretrained(str(DEMO), device="cpu", max_depth=t)
+    for key in TEST_KEYS:
+        s = truth(root / key)
+        predictor.set_panorama(s["image"], depth=s["depth"], normals=s["normals"])
+        saved = np.asarray(Image.open(out / "labels" / f"{key}.png"))
+        np.testing.assert_array_equal(saved, predictor.labels)
+    exp = expected_metrics(root, out)
+    for name in ("miou", "macc", "pixel_accuracy", "miou_weighted", "macc_weighted", "pixel_accuracy_weighted"):
+        assert m[name] == pytest.approx(exp[name], rel=1e-9), name
+    iou = [np.nan if v is None else v for v in m["per_class_iou"].values()]
+    np.testing.assert_allclose(iou, exp["iou"], rtol=1e-9)
+    assert list(m["per_class_iou"]) == list(panosamic.datasets.STANFORD2D3DS.classes)
+    return m
+
+
+def test_evaluate_matches_an_independent_computation_with_t_from_the_training_split(dataset, tmp_path):
+    out = tmp_path / "eval"
+    code, stdout, err = run_main("evaluate", "--dataset", "stanford2d3ds", "--root", dataset, "--fold", 1,
+                                 "--checkpoint", DEMO, "--out", out, "--save-labels", "--no-progress")
+    assert code == 0, err
+    t = training_t(dataset)
+    m = check_against_independent(dataset, out, t)
+    assert "training" in m["max_depth_source"] and (dataset / "panosamic_max_depth.json").is_file()
+    assert f"mIoU {100 * m['miou']:5.1f}" in stdout
+    # void pixels (unknown instances, the <UNK> instance) are counted nowhere
+    rows = list(csv.DictReader(open(out / "per_sample.csv", newline="")))
+    assert [r["sample"] for r in rows] == TEST_KEYS
+    for r in rows:
+        labelled = int((truth(dataset / r["sample"])["labels"] >= 0).sum())
+        assert sum(int(r[f"t_{c}"]) for c in panosamic.datasets.STANFORD2D3DS.classes) == labelled
+        assert labelled < int(r["width"]) * int(r["height"])
+
+
+def test_evaluate_with_t_given(dataset, tmp_path):
+    out = tmp_path / "eval"
+    code, _, err = run_main("evaluate", "--dataset", "stanford2d3ds", "--root", dataset, "--fold", 1,
+                            "--checkpoint", DEMO, "--out", out, "--save-labels", "--no-progress",
+                            "--max-depth", 4.0)
+    assert code == 0, err
+    m = check_against_independent(dataset, out, 4.0)
+    assert m["max_depth_source"].startswith("given")
+
+
+def test_evaluate_resumes_and_gives_the_same_metrics(dataset, tmp_path):
+    out = tmp_path / "eval"
+    args = ("evaluate", "--dataset", "stanford2d3ds", "--root", dataset, "--fold", 1, "--checkpoint", DEMO,
+            "--out", out, "--no-progress", "--max-depth", 6.0)
+    assert run_main(*args)[0] == 0
+    first = json.loads((out / "metrics.json").read_text())
+    # drop the last sample's row, as if the run had been interrupted before it
+    lines = (out / "per_sample.csv").read_text().splitlines(keepends=True)
+    (out / "per_sample.csv").write_text("".join(lines[:-1]) + lines[-1][:40])
+    code, _, err = run_main(*args)
+    assert code == 0, err
+    assert "resuming: 2 of 3" in err
+    second = json.loads((out / "metrics.json").read_text())
+    for key in ("miou", "macc", "pixel_accuracy", "per_class_iou", "miou_weighted", "seam_consistency_pred",
+                "num_samples"):
+        assert second[key] == first[key], key
+    # another T in the same folder is refused rather than mixed in
+    code, _, err = run_main(*args[:-1], 7.0)
+    assert code == 1 and "max_depth" in err and "--overwrite" in err
+
+
+def test_wrong_layout_names_the_missing_file_and_the_structure(dataset, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(dataset, root)
+    (root / "area_5a" / "office" / "depth_mask.webp").unlink()
+    code, _, err = run_main("evaluate", "--dataset", "stanford2d3ds", "--root", root, "--fold", 1,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o", "--max-depth", 5)
+    assert code == 1
+    assert "area_5a/office/depth_mask.webp" in err
+    assert "ROOT/<area>/<sample>/{rgb.webp, depth.png, depth_mask.webp, normals.webp, instances.webp}" in err
+    assert "Traceback" not in err
+
+    shutil.rmtree(root / "assets")
+    code, _, err = run_main("evaluate", "--dataset", "stanford2d3ds", "--root", root, "--fold", 1,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o")
+    assert code == 1 and "assets/semantic_labels.json" in err
+
+    code, _, err = run_main("evaluate", "--dataset", "matterport3d", "--root", dataset, "--fold", 1,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o")
+    assert code == 1 and "semantics.png" in err  # a Stanford folder is not a Matterport3D layout
+
+
+def test_t_needs_the_training_split(dataset, tmp_path):
+    root = tmp_path / "test_only"
+    shutil.copytree(dataset, root, ignore=shutil.ignore_patterns("area_1", "area_6", "panosamic_max_depth.json"))
+    code, _, err = run_main("evaluate", "--dataset", "stanford2d3ds", "--root", root, "--fold", 1,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o")
+    assert code == 1 and "--max-depth" in err and "training split" in err
+
+
+def test_a_fold_that_does_not_exist(dataset, tmp_path):
+    code, _, err = run_main("evaluate", "--dataset", "stanford2d3ds", "--root", dataset, "--fold", 4,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o")
+    assert code == 2
+    assert "no fold 4" in err and "1, 2, 3" in err and "area_5a" in err
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_ray_not_installed(monkeypatch, dataset, tmp_path, command):
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    if command == "predict":
+        args = ("predict", panosamic.io.example_paths("office")["image"], "--checkpoint", DEMO)
+    else:
+        args = ("evaluate", "--dataset", "stanford2d3ds", "--root", dataset, "--fold", 1, "--checkpoint", DEMO)
+    code, _, err = run_main(*args, "--out", tmp_path / "o", "--engine", "ray")
+    assert code == 2
+    assert "pip install 'ray[data]'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
