@@ -17,43 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import Dataset, dataset_for_num_classes
+from .device import DTYPES, default_device, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from .errors import InputError
+from .inputs import check_panorama
 from .model import PanoSAMic
 
 ArrayLike = Union[np.ndarray, "torch.Tensor", Any]
 ProgressFn = Callable[[str], None]
 
 MASK_THRESHOLD = 0.0  # SAM's: mask logits above it are foreground
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def default_device() -> torch.device:
-    """cuda > mps > cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """A torch device that exists here: None or "auto" picks cuda > mps > cpu; a named one
-    that this machine or torch build lacks is an InputError that says what to use instead."""
-    if device is None or str(device) == "auto":
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"device {device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device}: CUDA is not available on this machine/torch build; use cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError(f"device {device}: MPS is not available here; use cpu or auto")
-    return dev
 
 
 def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
@@ -116,7 +88,7 @@ class Predictor:
         if not (max_depth > 0 and np.isfinite(max_depth)):
             raise InputError(f"max_depth must be a positive number of metres, got {max_depth}")
         self.device = resolve_device(device)
-        self.dtype = self._resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
         self.max_depth = float(max_depth)
         self.encoder_chunk_size = encoder_chunk_size if encoder_chunk_size is not None else (
@@ -127,19 +99,6 @@ class Predictor:
         self.reset_panorama()
 
     # --- configuration -------------------------------------------------------------------------
-    def _resolve_dtype(self, dtype: Optional[Union[str, torch.dtype]]) -> torch.dtype:
-        if dtype is None:
-            return torch.float32
-        if isinstance(dtype, torch.dtype):
-            resolved = dtype
-        elif str(dtype).lower() in DTYPES:
-            resolved = DTYPES[str(dtype).lower()]
-        else:
-            raise InputError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-        if resolved == torch.float16 and self.device.type != "cuda":
-            raise InputError("float16 runs on CUDA only; use float32 or bfloat16 on this device")
-        return resolved
-
     def _autocast(self):
         if self.dtype == torch.float32 or self.device.type not in ("cuda", "cpu"):
             return nullcontext()
@@ -239,53 +198,20 @@ class Predictor:
 
     def _prepare(self, image: ArrayLike, depth: Optional[ArrayLike],
                  normals: Optional[ArrayLike]) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Validates inputs and returns the (M, 3, S/2, S) float32 stack in 0..255."""
-        img = _as_array(image, "image")
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=-1)
-        if img.ndim != 3 or img.shape[-1] not in (3, 4):
-            raise InputError(f"image must be (H, W, 3) RGB, got shape {img.shape}")
-        img = img[..., :3]
-        H, W = img.shape[:2]
-        if W != 2 * H:
-            raise InputError(
-                f"the panorama is {W}x{H}; an equirectangular panorama is twice as wide as high "
-                f"(e.g. {2 * H}x{H}). Crop or resize it to 2:1."
-            )
-        if H < 8:
-            raise InputError(f"the panorama is only {W}x{H} pixels; give at least 16x8")
-        _check_finite(img, "image")
-        given = {"depth": depth is not None, "normals": normals is not None}
-        missing = [m for m in self.required_modalities if m != "image" and not given[m]]
-        if missing:
-            hint = {"depth": "depth=(H, W) array in metres", "normals": "normals=(H, W, 3) RGB-encoded normals"}
-            raise InputError(
-                f"this checkpoint needs {' and '.join(missing)} as well as the RGB image: pass "
-                + " and ".join(hint[m] for m in missing)
-                + (" (no normals? panosamic.geometry.normals_from_depth estimates them from depth)"
-                   if "normals" in missing and given["depth"] else "")
-                + ", or use a checkpoint trained on fewer modalities"
-            )
-        layers = {"image": img.astype(np.float32)}
-        if "depth" in self.required_modalities:
-            d = _as_array(depth, "depth")
-            if d.ndim == 3 and d.shape[-1] in (1, 3):
-                d = d[..., 0]
-            if d.shape != (H, W):
-                raise InputError(f"depth is {d.shape[1] if d.ndim > 1 else '?'}x{d.shape[0]} but the image is "
-                                 f"{W}x{H}: give a depth map of the same size (metres)")
-            layers["depth"] = encode_depth(d, self.max_depth)
-        if "normals" in self.required_modalities:
-            n = _as_array(normals, "normals").astype(np.float32)
-            if n.shape != (H, W, 3):
-                raise InputError(f"normals must be (H, W, 3) = ({H}, {W}, 3) like the image, got {n.shape}")
-            _check_finite(n, "normals")
+        """Validates inputs (`panosamic.inputs.check_panorama`) and returns the (M, 3, S/2, S)
+        float32 stack in 0..255 and the input (H, W)."""
+        pano = check_panorama(image, depth, normals, self.required_modalities)
+        layers = {"image": pano.image.astype(np.float32)}
+        if pano.depth is not None:
+            layers["depth"] = encode_depth(pano.depth, self.max_depth)
+        if pano.normals is not None:
+            n = pano.normals
             if n.min() < 0:  # unit vectors, not an RGB-encoded image
                 n = 127.5 * (np.clip(n, -1.0, 1.0) + 1.0)
             layers["normals"] = n
         stack = torch.from_numpy(np.stack([layers[m] for m in self.required_modalities])).permute(0, 3, 1, 2)
         stack = _resize(stack.float(), self.model.erp_size)
-        return stack.contiguous(), (H, W)
+        return stack.contiguous(), pano.size
 
     # --- semantic outputs ----------------------------------------------------------------------
     def get_image_embedding(self, view: int = 0, modality: str = "image") -> torch.Tensor:
@@ -468,23 +394,6 @@ class Predictor:
         from .instances import refine_semantics
 
         return refine_semantics(self.labels if labels is None else labels, instances)
-
-
-def _as_array(x: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x)
-    except Exception as e:  # e.g. a file object or a string path
-        raise InputError(f"{name} must be an array, got {type(x).__name__} ({e})") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise InputError(f"{name} must be a numeric array (load files with panosamic.io first), got {arr.dtype}")
-    return arr
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(f"{name} contains NaN or infinite values")
 
 
 def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
