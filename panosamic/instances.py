@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._sam import amg
+from .geometry import unroll_half, x_to_view
 
 # A mask that touches the left/right edge of the view it was decoded on is probably cut
 # by that view's seam; the other view sees the same object whole.
@@ -74,7 +75,7 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
                     pts = points[start:start + points_per_batch]
                     pv = pts.copy()
                     if v == 1:
-                        pv[:, 0] = (pv[:, 0] + Wm / 2) % Wm
+                        pv[:, 0] = x_to_view(pv[:, 0], Wm, 1)
                     coords = torch.as_tensor(pv, device=predictor.device)[:, None, :]
                     labels = torch.ones(len(pv), 1, dtype=torch.int64, device=predictor.device)
                     low, iou = model.decode_prompts(embedding, (coords, labels), None, None, True)
@@ -104,11 +105,10 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
     iou = torch.cat(iou_all).cpu().numpy()
     stab = torch.cat(stab_all).cpu().numpy()
     # Into the panorama's frame: view-1 low-res logits are rolled back by half their width.
-    low_w = low.shape[-1]
     views_arr = np.array([d["view"] for d in meta])
     if (views_arr == 1).any():
         idx = torch.as_tensor(np.nonzero(views_arr == 1)[0], device=low.device)
-        low[idx] = torch.roll(low[idx], -(low_w // 2), dims=-1)
+        low[idx] = unroll_half(low[idx])
 
     small = model.postprocess(low[:, None], cmp_size)[:, 0] > 0  # (N, h, w) panorama frame
     order = _rank(iou, [d["touches_seam"] for d in meta])

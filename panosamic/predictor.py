@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .datasets import Dataset, dataset_for_num_classes
 from .device import DTYPES, default_device, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from .errors import InputError
+from .geometry import roll_half, unroll_half, x_to_view
 from .inputs import check_panorama
 from .model import PanoSAMic
 
@@ -284,7 +285,7 @@ class Predictor:
         if v == 1:
             if pts_m is not None:
                 pts_m = pts_m.copy()
-                pts_m[:, 0] = (pts_m[:, 0] + Wm / 2) % Wm
+                pts_m[:, 0] = x_to_view(pts_m[:, 0], Wm, 1)
             if box_m is not None:
                 box_m = _box_in_view1(box_m, Wm)
         elif box_m is not None and box_m[0] > box_m[2]:
@@ -307,12 +308,12 @@ class Predictor:
                                      "as returned by predict, got " + str(tuple(mk.shape)))
                 mk = mk.reshape(1, 1, *low_size)
                 if v == 1:
-                    mk = torch.roll(mk, low_size[1] // 2, dims=-1)
+                    mk = roll_half(mk)
             low, iou = self.model.decode_prompts(self.get_image_embedding(v), pt, bx, mk, multimask_output)
             low = low.float()
             masks = self.model.postprocess(low, (H, W), view=v)[0]
             if v == 1:
-                low = torch.roll(low, -(low_size[1] // 2), dims=-1)
+                low = unroll_half(low)
         self.last_view = v
         masks_np = masks.cpu().numpy()
         if not return_logits:
@@ -376,9 +377,9 @@ class Predictor:
             return float(min(min(x, W - x) for x in xs_view))
 
         m0 = margin(xs)
-        m1 = margin([(x + W / 2) % W for x in xs])
+        m1 = margin([x_to_view(x, W, 1) for x in xs])
         # In view 1 a box must stay a plain box (not wrap) to be usable.
-        if box is not None and (box[0] + W / 2) % W > (box[2] + W / 2) % W:
+        if box is not None and x_to_view(box[0], W, 1) > x_to_view(box[2], W, 1):
             return 0
         return 1 if m1 > m0 else 0
 
@@ -407,8 +408,8 @@ def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 def _box_in_view1(box: np.ndarray, W: float) -> np.ndarray:
     """A box in view 0 coordinates -> view 1 (x' = (x + W/2) mod W), keeping it contiguous."""
-    x1 = (box[0] + W / 2) % W
-    x2 = (box[2] + W / 2) % W
+    x1 = x_to_view(box[0], W, 1)
+    x2 = x_to_view(box[2], W, 1)
     if x2 == 0 and box[2] > 0:
         x2 = W  # the right edge, not the left one
     if x1 > x2:
