@@ -15,6 +15,7 @@ import torch
 
 from ._sam import amg
 from .geometry import unroll_half, x_to_view
+from .metrics import majority_class
 
 # A mask that touches the left/right edge of the view it was decoded on is probably cut
 # by that view's seam; the other view sees the same object whole.
@@ -121,12 +122,11 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
             area = int(seg.sum())
             if area == 0 or area < min_area:
                 continue
-            ys, xs = np.nonzero(seg)
             x, y = meta[i]["point"]
             instances.append({
                 "segmentation": seg,
                 "area": area,
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                "bbox": mask_bbox(seg),
                 "predicted_iou": float(iou[i]),
                 "stability_score": float(stab[i]),
                 "point_coords": [[float(x) * W / Wm, float(y) * H / Hm]],
@@ -134,6 +134,16 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
                 "modality": meta[i]["modality"],
             })
     return instances
+
+
+def mask_bbox(mask) -> List[int]:
+    """COCO box [x, y, width, height] in pixels of an (H, W) bool mask (numpy or torch), through
+    `segment_anything.utils.amg.batched_mask_to_box`; [0, 0, 0, 0] for an empty mask."""
+    m = torch.as_tensor(np.asarray(mask, dtype=bool) if not isinstance(mask, torch.Tensor) else mask.bool())
+    if not m.any():
+        return [0, 0, 0, 0]
+    x1, y1, x2, y2 = (int(v) for v in amg.batched_mask_to_box(m[None])[0])
+    return [x1, y1, x2 - x1 + 1, y2 - y1 + 1]  # amg's x2, y2 are the last pixels, inclusive
 
 
 def _rank(scores: np.ndarray, touches_seam: Sequence[bool]) -> np.ndarray:
@@ -168,21 +178,18 @@ def refine_semantics(labels: np.ndarray, instances: Sequence[Dict[str, Any]]) ->
         instances: dicts with a "segmentation" (H, W) bool mask.
     Returns:
         (H, W) refined labels, same dtype; pixels outside every instance keep their class.
+        Negative (unlabelled) pixels do not vote (`panosamic.metrics.majority_class`).
     """
     labels = np.asarray(labels)
     refined = labels.copy()
-    if not len(instances):
-        return refined
-    num = int(labels.max()) + 1
     for inst in sorted(instances, key=lambda d: int(np.count_nonzero(d["segmentation"])), reverse=True):
         seg = np.asarray(inst["segmentation"], dtype=bool)
         if seg.shape != labels.shape:
             raise ValueError(f"instance mask {seg.shape} does not match labels {labels.shape}")
-        if not seg.any():
-            continue
-        majority = np.bincount(labels[seg].ravel(), minlength=num).argmax()
-        refined[seg] = majority
+        majority = majority_class(labels, seg)
+        if majority is not None:  # None: an empty mask, or no labelled pixel under it
+            refined[seg] = majority
     return refined
 
 
-__all__ = ["generate_instances", "refine_semantics"]
+__all__ = ["generate_instances", "refine_semantics", "mask_bbox"]

@@ -235,12 +235,18 @@ def test_generate_instances_and_refine(ref):
         assert inst["segmentation"].shape == (H, W) and inst["segmentation"].dtype == bool
         assert inst["area"] == inst["segmentation"].sum() > 0
         assert inst["view"] in (0, 1) and inst["modality"] in predictor.required_modalities
+        ys, xs = np.nonzero(inst["segmentation"])
+        assert inst["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    labels = predictor.labels
     refined = predictor.refine_semantics(instances)
+    # The smallest instance is painted last: it takes the most frequent original class under it.
     smallest = min(instances, key=lambda d: d["area"])
-    region = refined[smallest["segmentation"]]
-    assert (region == region[0]).all()
+    classes, counts = np.unique(labels[smallest["segmentation"]], return_counts=True)
+    assert (refined[smallest["segmentation"]] == classes[np.argmax(counts)]).all()
     covered = np.any([d["segmentation"] for d in instances], axis=0)
-    np.testing.assert_array_equal(refined[~covered], predictor.labels[~covered])
+    np.testing.assert_array_equal(refined[~covered], labels[~covered])
+    # Refinement changes the map: some covered pixels take their instance's class.
+    assert (refined[covered] != labels[covered]).any()
 
 
 def test_refine_semantics_majority_and_nesting():
