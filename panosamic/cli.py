@@ -30,7 +30,8 @@ import numpy as np
 
 from .errors import InputError, PanoSAMicError
 from .inputs import check_panorama
-from .io import DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, save_image, save_labels_png
+from .io import (DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, panorama_stem,
+                 save_image, save_labels_png)
 from .viz import class_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -111,12 +112,8 @@ def expand_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str], int]:
 
 def output_stem(path: Path) -> str:
     """`room_rgb.png` (or `room_image.png`) -> `room`, `room.jpg` -> `room` (outputs sit beside
-    `room_depth.png`)."""
-    stem = path.stem
-    for suffix in ("_rgb", "_image"):
-        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return stem
+    `room_depth.png`): `panosamic.io.panorama_stem`."""
+    return panorama_stem(path)
 
 
 def _unique_stems(paths: Sequence[Path]) -> List[str]:

@@ -40,7 +40,7 @@ from .errors import InputError  # noqa: E402
 __all__ = [
     "MAX_WIDTH", "MAX_HEIGHT", "MAX_PIXELS", "check_panorama_size", "load_image", "load_depth",
     "load_normals", "load_labels", "save_labels_png", "save_depth_png", "save_normals_png",
-    "save_image", "find_companions", "EXAMPLES_DIR", "list_examples", "example_paths", "write_example",
+    "save_image", "panorama_stem", "find_companions", "EXAMPLES_DIR", "list_examples", "example_paths", "write_example",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -376,11 +376,22 @@ def save_image(path: PathLike, rgb, quality: int = 92) -> Path:
 
 
 # --------------------------------------------------------------------------- companions
-def _stem(path: Path) -> str:
-    stem = path.stem
+def panorama_stem(path: PathLike, safe: bool = False) -> str:
+    """The name a panorama's companions and outputs share: the file stem without a trailing
+    ``_rgb``, ``_image`` or ``_color`` (any case), e.g. ``room_rgb.jpg`` -> ``room``.
+
+    The one rule for companion lookup (:func:`find_companions`), the CLI's output names and
+    the app's downloads. ``safe=True`` also makes it a portable file name: characters other
+    than letters, digits, ``-`` and ``_`` become ``_``, at most 64 characters, ``panorama``
+    when nothing is left.
+    """
+    stem = Path(os.fspath(path)).stem
     for suffix in _RGB_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            return stem[: -len(suffix)]
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if safe:
+        stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:64] or "panorama"
     return stem
 
 
@@ -393,7 +404,7 @@ def find_companions(path: PathLike) -> Dict[str, Optional[Path]]:
     "normals": Path|None}``.
     """
     p = Path(path)
-    base = _stem(p)
+    base = panorama_stem(p)
     folder = p.parent
     depth = next((folder / f"{base}_depth{ext}" for ext in DEPTH_EXTS if (folder / f"{base}_depth{ext}").is_file()), None)
     normals = folder / f"{base}_normals.png"
