@@ -20,6 +20,7 @@ from .datasets import Dataset, dataset_for_num_classes
 from .device import DTYPES, default_device, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from .errors import InputError
 from .geometry import roll_half, unroll_half, x_to_view
+from .hub import HUB_REPO_ID
 from .inputs import check_panorama
 from .model import PanoSAMic
 
@@ -98,6 +99,25 @@ class Predictor:
         self.encoder_calls = 0  # how many times the ViT ran: prompts never add to it
         self.last_view: Optional[int] = None
         self.reset_panorama()
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: Any = HUB_REPO_ID, subfolder: Optional[str] = None,
+                        sam: Any = None, config: Any = None, device: Optional[Union[str, torch.device]] = None,
+                        dtype: Optional[Union[str, torch.dtype]] = None, max_depth: float = 10.0,
+                        revision: Optional[str] = None, token: Union[str, bool, None] = None,
+                        **kwargs: Any) -> "Predictor":
+        """A Predictor for released or local weights, as `SamPredictor(sam_model_registry[...](...))`
+        in one call: `panosamic.weights.load_model` (float32 weights, on the CPU) then `cls(model,
+        device, max_depth, dtype, **kwargs)`. See `panosamic.from_pretrained` for the arguments.
+
+        Example::
+
+            predictor = Predictor.from_pretrained(subfolder="stanford2d3ds-vith-rgbd-fold1", device="cuda")
+        """
+        from .weights import load_model
+
+        model = load_model(checkpoint, subfolder=subfolder, sam=sam, config=config, revision=revision, token=token)
+        return cls(model, device=device, max_depth=max_depth, dtype=dtype, **kwargs)
 
     # --- configuration -------------------------------------------------------------------------
     def _autocast(self):

@@ -382,7 +382,8 @@ def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str]
                     device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                     max_depth: float = 10.0, revision: Optional[str] = None,
                     token: Union[str, bool, None] = None):
-    """A ready `Predictor` for released or local PanoSAMic weights (see `load_model` for the arguments).
+    """A ready `Predictor` for released or local PanoSAMic weights (see `load_model` for the arguments);
+    the same as the classmethod `Predictor.from_pretrained`.
 
     `device` (None = best available) and `dtype` (autocast precision, e.g. "bfloat16") are the
     Predictor's; the weights are loaded in float32.
@@ -396,5 +397,5 @@ def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str]
     """
     from .predictor import Predictor
 
-    model = load_model(checkpoint, subfolder=subfolder, sam=sam, config=config, revision=revision, token=token)
-    return Predictor(model, device=device, max_depth=max_depth, dtype=dtype)
+    return Predictor.from_pretrained(checkpoint, subfolder=subfolder, sam=sam, config=config, device=device,
+                                     dtype=dtype, max_depth=max_depth, revision=revision, token=token)
