@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import panosamic
-from panosamic import io, metrics, scenes
+from devtools import scenes
+from panosamic import io, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
