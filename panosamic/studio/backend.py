@@ -25,7 +25,8 @@ from ..errors import InputError
 from .cache import EmbeddingCache, content_key
 from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
 from .prompts import parse_prompt
-from .session import Session, majority_class, working_size
+from ..metrics import majority_class
+from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders
 from .uploads import find_examples, load_inputs
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from ..exports import class_stats, encode_rle, mask_bbox, point_cloud_glb, save_rgb_png, stats_csv
-from ..io import save_labels_png
+from ..io import panorama_stem, save_labels_png
 from .session import Session
 
 KINDS = ("labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb")
@@ -66,14 +65,6 @@ def final_labels(s: Session, model_labels: np.ndarray) -> np.ndarray:
     return model_labels
 
 
-def safe_stem(name: str) -> str:
-    """A file-name stem from an uploaded file's name: no folders, no "_rgb"-like suffix,
-    only letters, digits, '-' and '_', at most 64 characters."""
-    base = os.path.splitext(os.path.basename(str(name)))[0] or "panorama"
-    base = re.sub(r"(_rgb|_color|_image)$", "", base, flags=re.IGNORECASE)
-    return re.sub(r"[^0-9A-Za-z_-]", "_", base)[:64] or "panorama"
-
-
 def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
                     glb_max_points: int = 400_000) -> Dict[str, str]:
     """Writes the downloads of `s` into `folder`; returns {kind: path} in `KINDS` order.
@@ -86,7 +77,7 @@ def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = safe_stem(s.name)
+    stem = panorama_stem(s.name, safe=True)
     path = lambda suffix: str(folder / f"{stem}_{suffix}")  # noqa: E731
     H, W = s.input_size
     labels = final_labels(s, model_labels)
@@ -148,4 +139,4 @@ def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:
             "categories": cats, "annotations": anns, "refined_masks": refined}
 
 
-__all__ = ["write_downloads", "final_labels", "upsample_nearest", "coco", "safe_stem", "KINDS"]
+__all__ = ["write_downloads", "final_labels", "upsample_nearest", "coco", "KINDS"]

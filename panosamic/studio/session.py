@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..exports import class_stats, decode_rle, encode_rle
+from ..metrics import majority_class
 
 WORK_MAX_WIDTH = 2048   # interaction runs at most this wide (pixels); 1024 rows for a 2:1 panorama
 MAX_UNDO = 64           # undo steps kept per session
@@ -44,15 +45,6 @@ def working_size(height: int, width: int, max_width: int = WORK_MAX_WIDTH) -> Tu
     if width <= max_width:
         return int(height), int(width)
     return max(1, int(round(height * max_width / width))), int(max_width)
-
-
-def majority_class(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> Optional[int]:
-    """The most frequent class in 0..num_classes-1 of `labels` under a boolean `mask`, or None."""
-    under = np.asarray(labels)[np.asarray(mask, bool)]
-    under = under[under < num_classes]
-    if not under.size:
-        return None
-    return int(np.bincount(under, minlength=num_classes).argmax())
 
 
 @dataclass
@@ -487,5 +479,5 @@ class Session:
         }
 
 
-__all__ = ["Session", "RefinedMask", "UndoStep", "working_size", "majority_class", "WORK_MAX_WIDTH",
+__all__ = ["Session", "RefinedMask", "UndoStep", "working_size", "WORK_MAX_WIDTH",
            "MAX_UNDO", "MAX_UNDO_BYTES"]
