@@ -40,12 +40,15 @@ def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
 
 
 def _encode_depth_channel(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
-    """`encode_depth` as one (H, W) float32 channel."""
+    """`encode_depth` as one (H, W) float32 channel, computed in place (one 8K temporary, not five)."""
     d = np.asarray(depth_m, dtype=np.float32)
     valid = np.isfinite(d) & (d > 0)
-    d = np.where(valid, d, 0.0).astype(np.float32)
-    enc = np.float32(255.0) * (np.float32(1.0) - np.clip(d, 0.0, max_depth) / np.float32(max_depth))
-    return (enc * valid).astype(np.float32)
+    enc = np.clip(d, np.float32(0.0), np.float32(max_depth))
+    enc /= np.float32(max_depth)
+    np.subtract(np.float32(1.0), enc, out=enc)
+    enc *= np.float32(255.0)
+    enc[~valid] = 0.0
+    return enc
 
 
 @dataclass
@@ -293,24 +296,39 @@ class Predictor:
         return self._labels
 
     def labels_at(self, size: Optional[Tuple[int, int]] = None, state: Optional[PanoramaState] = None,
-                  tile_rows: int = 256) -> np.ndarray:
+                  tile_rows: int = 512) -> np.ndarray:
         """(h, w) uint8 class indices (int64 beyond 255 classes) at `size` (default: the input size).
 
-        Computed `tile_rows` output rows at a time from the model-size logits, so an 8K label
-        map needs no (K, H, W) float array; equal to `logits_at(size).argmax(0)` but for ties.
+        Equal to `logits_at(size).argmax(0)` but for exact ties, without a (K, h, w) float array:
+        the last bilinear step blends four model-size logit vectors per pixel, and where those
+        four have the same argmax the blend has it too; only the other pixels (along class
+        edges, a few percent) are interpolated, `tile_rows` output rows at a time.
         state: another panorama's `PanoramaState` (default: the current one).
         """
         state = self._require_state() if state is None else state
         size = tuple(state.input_size if size is None else size)
         with torch.inference_mode():
-            erp = self.model.postprocess(state.semantic_logits.to(self.device), self.model.erp_size)[0]
-            dtype = np.uint8 if erp.shape[0] <= 256 else np.int64
-            if tuple(erp.shape[-2:]) == size:
-                return erp.argmax(0).cpu().numpy().astype(dtype)
-            out = np.empty(size, dtype)
-            for r0 in range(0, size[0], tile_rows):
-                r1 = min(r0 + tile_rows, size[0])
-                out[r0:r1] = _bilinear_rows(erp, size, r0, r1).argmax(0).cpu().numpy()
+            erp = self.model.postprocess(state.semantic_logits.to(self.device), self.model.erp_size)[0].float().cpu()
+        coarse = erp.argmax(0)
+        dtype = np.uint8 if erp.shape[0] <= 256 else np.int64
+        if tuple(erp.shape[-2:]) == size:
+            return coarse.numpy().astype(dtype)
+        (y0, y1, wy), (x0, x1, wx) = (_bilinear_taps(erp.shape[-2], size[0]), _bilinear_taps(erp.shape[-1], size[1]))
+        # the columns once (h x W), then whole rows per tile: row gathers are plain copies
+        left, right = coarse[:, x0].to(torch.int16), coarse[:, x1].to(torch.int16)
+        out = np.empty(size, dtype)
+        for r0 in range(0, size[0], tile_rows):
+            rows = slice(r0, min(r0 + tile_rows, size[0]))
+            tile = left[y0[rows]]
+            edge = (tile != right[y0[rows]]) | (tile != left[y1[rows]]) | (tile != right[y1[rows]])
+            i, j = edge.nonzero(as_tuple=True)
+            if len(i):
+                v, u = wy[rows][i], wx[j]
+                a, b = y0[rows][i], y1[rows][i]
+                blend = ((erp[:, a, x0[j]] * (1 - u) + erp[:, a, x1[j]] * u) * (1 - v)
+                         + (erp[:, b, x0[j]] * (1 - u) + erp[:, b, x1[j]] * u) * v)
+                tile[i, j] = blend.argmax(0).to(tile.dtype)
+            out[rows] = tile.numpy()
         return out
 
     # --- prompts -------------------------------------------------------------------------------
@@ -496,17 +514,13 @@ def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(stack, size, mode="bilinear", align_corners=False)
 
 
-def _bilinear_rows(x: torch.Tensor, size: Tuple[int, int], r0: int, r1: int) -> torch.Tensor:
-    """Rows r0:r1 of `F.interpolate(x[None], size, mode="bilinear", align_corners=False)[0]`
-    for x (C, h, w), without computing the other rows: the row weights by hand, the
-    columns by interpolate on the (C, r1 - r0, w) strip (at equal height it only resamples x)."""
-    h = x.shape[-2]
-    sy = ((torch.arange(r0, r1, dtype=torch.float32, device=x.device) + 0.5) * (h / size[0]) - 0.5).clamp(min=0)
-    y0 = sy.floor().long().clamp(max=h - 1)
-    y1 = (y0 + 1).clamp(max=h - 1)
-    wy = (sy - y0.float())[:, None]
-    rows = x[:, y0] * (1 - wy) + x[:, y1] * wy
-    return F.interpolate(rows[None], (r1 - r0, size[1]), mode="bilinear", align_corners=False)[0]
+def _bilinear_taps(src: int, dst: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of `dst` output pixels of a bilinear resize from `src` (align_corners=False,
+    as `F.interpolate`): the two source indices and the weight of the second."""
+    pos = ((torch.arange(dst, dtype=torch.float32) + 0.5) * (src / dst) - 0.5).clamp(min=0)
+    lo = pos.floor().long().clamp(max=src - 1)
+    hi = (lo + 1).clamp(max=src - 1)
+    return lo, hi, pos - lo.float()
 
 
 def _box_in_view1(box: np.ndarray, W: float) -> np.ndarray:

@@ -156,6 +156,7 @@ class Session:
         self.closed: Optional[str] = None  # why the session was released, once it is
         self.export_dir: Optional[Path] = None
         self.rendered_3d: Optional[tuple] = None  # what the 3D view shows now (labels_version, mode, opacity)
+        self.view_base: Optional[tuple] = None    # ((labels_version, opacity), photo blended with labels)
         self._stats: Optional[Tuple[int, List[Dict]]] = None
 
     # ------------------------------------------------------------------ basics
@@ -176,7 +177,8 @@ class Session:
     @property
     def nbytes(self) -> int:
         """Memory this session holds (the shared embeddings included)."""
-        arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates]
+        arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates,
+                  self.view_base[1] if self.view_base else None]
         total = sum(a.nbytes for a in arrays if a is not None)
         total += sum(u.nbytes for u in self._undo) + sum(r.nbytes for r in self.refined)
         state_bytes = getattr(self.state, "nbytes", 0)
@@ -188,7 +190,7 @@ class Session:
         self.image = self.depth = self.candidates = self.scores = None  # type: ignore[assignment]
         self.labels = self.initial_labels = self.edited = None  # type: ignore[assignment]
         self.state = None
-        self.refined, self._undo, self._stats = [], [], None
+        self.refined, self._undo, self._stats, self.view_base = [], [], None, None
 
     def class_index(self, cls: Any) -> int:
         """Index of a class given as index, numeric string or (case-insensitive) name."""
