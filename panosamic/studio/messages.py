@@ -92,12 +92,14 @@ def edit_status(s: Session) -> str:
 
 
 def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[str, float]] = None) -> str:
-    """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings)."""
+    """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings),
+    then the session's notes about its inputs (one paragraph each)."""
     timings = s.timings if timings is None else timings
     stages = " · ".join(f"{k} {v:.2f} s" for k, v in timings.items() if k != "last_prompt")
     src = "embeddings reused from the cache · " if cached else ""
     h, w = s.input_size
-    return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}"
+    notes = "".join(f"\n\n⚠ {n}" for n in getattr(s, "notes", ()))
+    return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}{notes}"
 
 
 __all__ = ["user_message", "hide_paths", "requirements_text", "edit_status", "run_message"]
