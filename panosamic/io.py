@@ -86,7 +86,7 @@ def _path(path: PathLike, what: str) -> Path:
 # --------------------------------------------------------------------------- headers
 #: Image formats read from files (by content, not by extension). Anything else is refused
 #: before any decoder runs, so OpenCV never decodes a format whose header was not checked.
-PIL_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
+PIL_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # JPEG also opens MPO (phone cameras)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _EXR_MAGIC = b"\x76\x2f\x31\x01"
 _NPY_MAGIC = b"\x93NUMPY"
@@ -165,6 +165,7 @@ def _png_header(head: bytes, what: str, name: str) -> FileHeader:
 def _pil_header(p: Path, what: str, name: str) -> FileHeader:
     from PIL import Image
 
+    Image.init()  # registers WebP and TIFF too, so that `formats=` can name them
     try:
         with Image.open(p, formats=PIL_FORMATS) as im:  # lazy: reads the header only
             width, height = im.size
@@ -248,6 +249,7 @@ def _npy_header(f, what: str, name: str) -> FileHeader:
     if len(dims) not in (2, 3):
         raise InputError(f"{what} {name} has shape {tuple(shape)}; expected (H, W) or (H, W, C)")
     channels = dims[2] if len(dims) == 3 else 1
+    check_panorama_size(dims[0], dims[1], f"{what} {name}")  # before the size of the data means anything
     f.seek(0, os.SEEK_END)
     if f.tell() - offset < int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
         raise InputError(f"{what} {name} is truncated: its header promises shape {tuple(shape)} of "

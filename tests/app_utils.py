@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # `import app` from the tests
     sys.path.insert(0, str(ROOT))
 
 from devtools.app_process import running_app  # noqa: E402,F401  (the tests' way to start the app)
+from devtools.hostile_inputs import png_bomb  # noqa: E402,F401
 CHECKPOINT_FILES = ("config.json", "sam.pth", "model.safetensors")
 
 
@@ -38,31 +39,6 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def png_bomb(width: int, height: int, bit_depth: int = 16, colour_type: int = 0) -> bytes:
-    """A genuine PNG of width x height zero pixels (grey by default, 16-bit), compressed about
-    1000:1: 30000x15000 at 16 bits is 900 MB of pixels in an 877 KB file. Built in well under a
-    second by repeating one fully flushed deflate block."""
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
-    row = b"\0" * (1 + width * channels * bit_depth // 8)  # filter byte 0, then the samples
-    rows = max(1, min(height, (1 << 20) // len(row)))  # about 1 MB per block
-    comp = zlib.compressobj(9)
-    block = comp.compress(row * rows) + comp.flush(zlib.Z_FULL_FLUSH)
-    again = comp.compress(row * rows) + comp.flush(zlib.Z_FULL_FLUSH)  # without the zlib header
-    full, rest = divmod(height, rows)
-    stream = block + again * (full - 1)
-    if rest:
-        stream += comp.compress(row * rest) + comp.flush(zlib.Z_FULL_FLUSH)
-    total = height * len(row)
-    adler = ((total % 65521) << 16) | 1  # the Adler-32 of `total` zero bytes
-    stream += b"\x03\x00" + adler.to_bytes(4, "big")  # an empty final block, then the checksum
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
 
 
 def make_session(depth: bool = True):
