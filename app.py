@@ -37,6 +37,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import gradio as gr
 
 from panosamic.errors import PanoSAMicError
+from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
 from panosamic.studio.uploads import input_path, preview_image
@@ -133,6 +134,12 @@ def panorama_input(**kwargs) -> gr.Image:
     preprocess = image.preprocess
 
     def checked(payload):
+        path = getattr(payload, "path", None)
+        if path:  # the header first: Gradio's own preprocess decodes the whole picture
+            try:
+                read_header(path, "image")
+            except PanoSAMicError as exc:
+                raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
         try:
             return preprocess(payload)
         except Exception:  # noqa: BLE001
