@@ -283,3 +283,20 @@ def _normals_png(folder: Path) -> Path:
     path = folder / "room_normals.png"
     cv2.imwrite(str(path), np.full((128, 256, 3), 128, np.uint8))
     return path
+
+
+def test_a_job_cut_short_says_so():
+    import asyncio
+    import concurrent.futures
+
+    import gradio as gr
+
+    import app as studio_app
+
+    for exc in (asyncio.CancelledError(), concurrent.futures.CancelledError(), KeyboardInterrupt()):
+        def handler(exc=exc):
+            raise exc
+
+        with pytest.raises(gr.Error) as err:
+            studio_app.friendly(handler)()
+        assert "stopped before it finished" in err.value.message and "Cancelled" not in err.value.message
