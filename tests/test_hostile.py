@@ -248,12 +248,12 @@ def test_app_refuses_hostile_input_and_keeps_the_session(app, hostile):
         slot = {"panorama": 0, "depth": 1, "normals": 2}[f.role]
         args = [good[0], d_ok, n_ok]
         args[slot] = handle_file(str(f.path))
-        message = refused(lambda: segment(*args), f.expect)
+        message = refused(lambda args=args: segment(*args), f.expect)
         assert f.path.name in message, (kind, message)
     for value in HOSTILE_CHECKPOINTS:
-        refused(lambda: segment(good[0], d_ok, n_ok, value), "checkpoint")
+        refused(lambda value=value: segment(good[0], d_ok, n_ok, value), "checkpoint")
     for name, text in HOSTILE_PROMPTS.items():
-        refused(lambda: c.predict(text, api_name="/prompt"), "")
+        refused(lambda text=text: c.predict(text, api_name="/prompt"), "")
     # the same session still answers a prompt and a full Run
     out = c.predict(json.dumps({"points": [[60, 70]], "labels": [1]}), api_name="/prompt")
     assert len(out[5]["candidates"]["predicted_iou"]) == 3
