@@ -224,7 +224,6 @@ def test_app_refuses_hostile_input_and_keeps_the_session(app, hostile):
 
     c = Client(app["url"], verbose=False, download_files=str(app["root"] / "downloads"))
     files, pano = hostile["files"], hostile["pano"]
-    normals = files["depth_all_zero"].path  # any 16-bit map of the right size is not what we test here
     good = (handle_file(str(pano)), None, None, "local")
 
     def segment(p, d, n, ckpt="local"):
