@@ -20,7 +20,9 @@ in the panosamic.studio package. Models load lazily on the first Run, so the pag
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
+import concurrent.futures
 import functools
 import logging
 import os
@@ -35,6 +37,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import gradio as gr
 
 from panosamic.errors import PanoSAMicError
+from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
 from panosamic.studio.uploads import input_path, preview_image
@@ -101,7 +104,8 @@ def on_gpu(fn, duration: int = 60):
 
 
 def friendly(fn):
-    """Turns every exception of a handler into a gr.Error with a user-facing message."""
+    """Turns every exception of a handler into a gr.Error with a user-facing message (a job
+    cut short included)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -109,6 +113,11 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt) as exc:
+            # A job cut short (a cancelled task, a GPU worker stopped, the server shutting down):
+            # asyncio's CancelledError is a BaseException, so `except Exception` would let it out bare.
+            log.warning("handler %s was cut short (%s)", fn.__name__, type(exc).__name__)
+            raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, PanoSAMicError):
                 log.exception("handler %s failed", fn.__name__)
@@ -125,6 +134,12 @@ def panorama_input(**kwargs) -> gr.Image:
     preprocess = image.preprocess
 
     def checked(payload):
+        path = getattr(payload, "path", None)
+        if path:  # the header first: Gradio's own preprocess decodes the whole picture
+            try:
+                read_header(path, "image")
+            except PanoSAMicError as exc:
+                raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
         try:
             return preprocess(payload)
         except Exception:  # noqa: BLE001

@@ -21,6 +21,11 @@ import os
 import re
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+#: The most points one SAM prompt may carry (the Predictor and the app's /prompt both refuse
+#: more). SAM is trained with a handful of clicks; every point is a token of the prompt
+#: decoder, and 100,000 of them would try to allocate about 160 GB.
+MAX_PROMPT_POINTS = 64
+
 MODALITIES: Tuple[str, ...] = ("image", "depth", "normals")
 
 # Released Hub subfolders of dfki-av/PanoSAMic (all ViT-H, Stanford2D3DS, 13 classes) and the

@@ -69,6 +69,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = [
     "erp_to_lonlat", "lonlat_to_erp", "lonlat_to_ray", "ray_to_lonlat", "erp_rays",
     "depth_to_points", "normals_from_depth", "encode_normals", "decode_normals",
@@ -149,7 +151,7 @@ def depth_to_points(depth, valid: Optional[np.ndarray] = None) -> np.ndarray:
     """
     depth = np.asarray(depth, dtype=np.float64)
     if depth.ndim != 2:
-        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
+        raise InputError(f"depth must be (H, W), got shape {depth.shape}")
     ok = np.isfinite(depth) & (depth > 0)
     if valid is not None:
         ok &= np.asarray(valid, dtype=bool)
@@ -214,7 +216,7 @@ def encode_normals(normals, valid: Optional[np.ndarray] = None) -> np.ndarray:
     """
     n = np.asarray(normals, dtype=np.float64)
     if n.shape[-1] != 3:
-        raise ValueError(f"normals must have 3 components in the last axis, got shape {n.shape}")
+        raise InputError(f"normals must have 3 components in the last axis, got shape {n.shape}")
     rgb = np.clip(np.rint(127.5 * (n + 1.0)), 0, 255).astype(np.uint8)
     bad = np.linalg.norm(n, axis=-1) < 1e-6
     if valid is not None:
@@ -231,7 +233,7 @@ def decode_normals(rgb) -> np.ndarray:
     """
     rgb = np.asarray(rgb)
     if rgb.shape[-1] != 3:
-        raise ValueError(f"normal image must have 3 channels, got shape {rgb.shape}")
+        raise InputError(f"normal image must have 3 channels, got shape {rgb.shape}")
     n = rgb.astype(np.float64) / 127.5 - 1.0
     norm = np.linalg.norm(n, axis=-1, keepdims=True)
     return np.where(norm > 0.05, n / np.maximum(norm, 1e-12), 0.0)
@@ -263,7 +265,7 @@ def class_shares(labels, num_classes: int, weighted: bool = True) -> np.ndarray:
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
+        raise InputError(f"labels must be (H, W), got shape {labels.shape}")
     lab = labels.astype(np.int64)
     valid = (lab >= 0) & (lab < num_classes)
     w = pixel_areas(*labels.shape) if weighted else np.ones(labels.shape)
@@ -314,7 +316,7 @@ def x_to_view(x, width: int, view: int):
     if view == 0:
         return x
     if view != 1:
-        raise ValueError(f"view must be 0 or 1, got {view}")
+        raise InputError(f"view must be 0 or 1, got {view}")
     return (x + width // 2) % width
 
 
@@ -323,7 +325,7 @@ def x_from_view(x, width: int, view: int):
     if view == 0:
         return x
     if view != 1:
-        raise ValueError(f"view must be 0 or 1, got {view}")
+        raise InputError(f"view must be 0 or 1, got {view}")
     return (x - width // 2) % width
 
 
@@ -356,7 +358,7 @@ def resize_erp(array, height: int, width: int, nearest: bool = False) -> np.ndar
 
     a = np.asarray(array)
     if a.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {a.shape}")
+        raise InputError(f"expected an (H, W) or (H, W, C) image, got shape {a.shape}")
     h, w = a.shape[:2]
     if (h, w) == (height, width):
         return a.copy()

@@ -36,7 +36,8 @@ class Panorama(NamedTuple):
 def as_array(x: Any, name: str) -> np.ndarray:
     """`x` (numpy array, torch tensor, nested lists) as a numeric numpy array, else InputError."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()  # numpy has no bfloat16
     try:
         arr = np.asarray(x)
     except Exception as e:  # e.g. a file object or a string path

@@ -27,6 +27,8 @@ import os
 # Must be set before OpenCV is first imported for .exr support.
 os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
 
+import struct  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Dict, List, Optional, Union  # noqa: E402
 
@@ -37,7 +39,8 @@ from . import geometry  # noqa: E402
 from .errors import InputError  # noqa: E402
 
 __all__ = [
-    "MAX_WIDTH", "MAX_HEIGHT", "MAX_PIXELS", "check_panorama_size", "load_image", "load_depth",
+    "MAX_WIDTH", "MAX_HEIGHT", "MAX_PIXELS", "check_panorama_size", "FileHeader", "read_header",
+    "load_image", "load_depth", "depth_validity", "depth_note",
     "load_normals", "load_labels", "save_labels_png", "save_depth_png", "save_normals_png",
     "save_image", "panorama_stem", "find_companions", "EXAMPLES_DIR", "list_examples", "example_paths",
 ]
@@ -68,72 +71,257 @@ def check_panorama_size(height: int, width: int, what: str = "panorama") -> None
 
 
 def _path(path: PathLike, what: str) -> Path:
+    """The file behind `path`; messages name only its base name (never the folders above it)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"{what}: expected a file path or an array, got {type(path).__name__}")
     p = Path(path)
     if not p.exists():
-        raise InputError(f"{what} file not found: {p}; check the path")
+        raise InputError(f"{what} file not found: {p.name}; check the path")
     if p.is_dir():
-        raise InputError(f"{what} path is a folder, not a file: {p}; give the file itself")
+        raise InputError(f"{what} path is a folder, not a file: {p.name}; give the file itself")
     return p
 
 
+# --------------------------------------------------------------------------- headers
+#: Image formats read from files (by content, not by extension). Anything else is refused
+#: before any decoder runs, so OpenCV never decodes a format whose header was not checked.
+PIL_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # JPEG also opens MPO (phone cameras)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_EXR_MAGIC = b"\x76\x2f\x31\x01"
+_NPY_MAGIC = b"\x93NUMPY"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # colour type -> samples per decoded pixel
+_HINTS = {"image": "JPEG or PNG", "depth map": "a 16-bit PNG in millimetres, .npy or .exr in metres",
+          "normal map": "an RGB PNG", "label map": "a single-channel PNG"}
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """What a file's header says, read without decoding any pixel.
+
+    format: "PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "EXR" or "NPY".
+    width, height: pixels (a .npy's first two axes after dropping length-1 axes).
+    channels: samples per pixel (1 grey, 3 RGB, 4 RGBA; a .npy's third axis, else 1).
+    bits: bits per sample (1..16 for images, 16/32 for EXR, the item size for .npy).
+    dtype: the sample type of a .npy ("uint16", "float32", ...), else None.
+    """
+
+    format: str
+    width: int
+    height: int
+    channels: int
+    bits: int
+    dtype: Optional[str] = None
+
+
+def _unreadable(what: str, name: str, detail: str = "") -> InputError:
+    return InputError(f"could not read {what} {name}: {detail or 'not an image file PanoSAMic reads'} "
+                      f"(is it truncated or another format?); use {_HINTS.get(what, 'PNG')}")
+
+
+def read_header(path: PathLike, what: str = "image", check_size: bool = True) -> FileHeader:
+    """The dimensions, channels and bit depth of an image, ``.exr`` or ``.npy`` file from its
+    header alone (a few hundred bytes: a decompression bomb costs nothing here).
+
+    Raises :class:`InputError` for a missing or unreadable file, a format other than PNG, JPEG,
+    WebP, TIFF, BMP, OpenEXR (single part) or ``.npy`` (numbers only, no pickles), more than 4
+    channels, and (with ``check_size``) more than ``MAX_WIDTH x MAX_HEIGHT`` pixels. Messages
+    name the file by its base name. ``what`` names the file's role ("image", "depth map", ...).
+    """
+    p = _path(path, what)
+    name = p.name
+    try:
+        with open(p, "rb") as f:
+            head = f.read(32)
+            if head.startswith(_NPY_MAGIC):
+                f.seek(0)
+                h = _npy_header(f, what, name)
+            elif head.startswith(_EXR_MAGIC):
+                h = _exr_header(head + f.read(1 << 16), what, name)
+            elif head.startswith(_PNG_MAGIC):
+                h = _png_header(head, what, name)
+            else:
+                h = _pil_header(p, what, name)
+    except OSError:
+        raise InputError(f"could not open {what} {name}; check that it is a readable file") from None
+    if check_size:
+        check_panorama_size(h.height, h.width, f"{what} {name}")
+    elif h.width <= 0 or h.height <= 0:
+        raise InputError(f"{what} {name} is empty ({h.width}x{h.height} pixels); give a non-empty image")
+    if not 1 <= h.channels <= 4:
+        raise InputError(f"{what} {name} has {h.channels} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    return h
+
+
+def _png_header(head: bytes, what: str, name: str) -> FileHeader:
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        raise _unreadable(what, name, "a damaged PNG")
+    width, height, bits, colour = struct.unpack(">IIBB", head[16:26])
+    if colour not in _PNG_CHANNELS or bits not in (1, 2, 4, 8, 16):
+        raise _unreadable(what, name, f"a PNG with an invalid header (bit depth {bits}, colour type {colour})")
+    return FileHeader("PNG", width, height, _PNG_CHANNELS[colour], 8 if colour == 3 else bits)
+
+
+def _pil_header(p: Path, what: str, name: str) -> FileHeader:
+    from PIL import Image
+
+    Image.init()  # registers WebP and TIFF too, so that `formats=` can name them
+    try:
+        with Image.open(p, formats=PIL_FORMATS) as im:  # lazy: reads the header only
+            width, height = im.size
+            mode, fmt = im.mode, im.format
+            bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 1 if mode == "1" else 8
+            channels = len(im.getbands()) if mode != "P" else 3
+            if fmt == "TIFF":  # PIL reports a 16-bit RGB TIFF as RGB; the tags say what is stored
+                tags = getattr(im, "tag_v2", {})
+                per_sample = tags.get(258, (bits,))
+                bits = max(per_sample) if isinstance(per_sample, tuple) else int(per_sample)
+                channels = int(tags.get(277, channels))
+    except Image.DecompressionBombError:
+        # PIL refuses more than 2 x Image.MAX_IMAGE_PIXELS: far more than our own limit
+        raise InputError(f"{what} {name} is larger than the limit of {MAX_WIDTH}x{MAX_HEIGHT} pixels; "
+                         "downscale it first (the model works at 1024x512 anyway)") from None
+    except Exception:  # noqa: BLE001 - whatever the header parser trips on is the file's fault
+        expected = {".exr": "not a valid OpenEXR file", ".npy": "not a numpy .npy array (save it with numpy.save)"}
+        raise _unreadable(what, name, expected.get(p.suffix.lower(), "")) from None
+    return FileHeader(str(fmt), width, height, channels, bits)
+
+
+def _exr_header(data: bytes, what: str, name: str) -> FileHeader:
+    """The data window and channels of a single-part scanline/tiled OpenEXR header."""
+    try:
+        version = struct.unpack("<I", data[4:8])[0]
+        if version & 0xFF != 2 or version & (0x800 | 0x1000):  # deep data or multi-part
+            raise InputError(f"{what} {name} is a multi-part or deep OpenEXR; save a single-part EXR "
+                             "(or a .npy in metres)")
+        pos, window, types = 8, None, []
+        while True:
+            end = data.index(b"\0", pos)
+            attr = data[pos:end]
+            if not attr:
+                break
+            tend = data.index(b"\0", end + 1)
+            kind = data[end + 1:tend]
+            size = struct.unpack("<i", data[tend + 1:tend + 5])[0]
+            value = data[tend + 5:tend + 5 + size]
+            if size < 0 or len(value) != size:
+                raise ValueError("attribute runs past the header")
+            pos = tend + 5 + size
+            if attr == b"dataWindow" and kind == b"box2i":
+                window = struct.unpack("<4i", value)
+            elif attr == b"channels" and kind == b"chlist":
+                cpos = 0
+                while value[cpos:cpos + 1] not in (b"\0", b""):
+                    cend = value.index(b"\0", cpos)
+                    types.append(struct.unpack("<i", value[cend + 1:cend + 5])[0])
+                    cpos = cend + 17
+    except InputError:
+        raise
+    except (ValueError, struct.error):
+        raise _unreadable(what, name, "a damaged OpenEXR header") from None
+    if window is None or not types:
+        raise _unreadable(what, name, "an OpenEXR header without a data window or channels")
+    x0, y0, x1, y1 = window
+    bits = max({1: 16}.get(t, 32) for t in types)
+    return FileHeader("EXR", x1 - x0 + 1, y1 - y0 + 1, len(types), bits)
+
+
+def _npy_header(f, what: str, name: str) -> FileHeader:
+    """Shape and dtype of a .npy from its header (numpy's own parser, no pickles)."""
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = npformat.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = npformat.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"version {version}")
+        offset = f.tell()
+    except Exception:  # noqa: BLE001 - a damaged or foreign header
+        raise InputError(f"could not read {what} {name} as a numpy .npy array (damaged header); "
+                         "save it with numpy.save") from None
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise InputError(f"{what} {name} holds {dtype} values; give an array of plain numbers "
+                         "(integers or floats: no objects, strings or pickles)")
+    dims = [int(n) for n in shape if n != 1] if len(shape) not in (2, 3) else [int(n) for n in shape]
+    if len(dims) not in (2, 3):
+        raise InputError(f"{what} {name} has shape {tuple(shape)}; expected (H, W) or (H, W, C)")
+    channels = dims[2] if len(dims) == 3 else 1
+    check_panorama_size(dims[0], dims[1], f"{what} {name}")  # before the size of the data means anything
+    f.seek(0, os.SEEK_END)
+    if f.tell() - offset < int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise InputError(f"{what} {name} is truncated: its header promises shape {tuple(shape)} of "
+                         f"{dtype}; save it again with numpy.save")
+    return FileHeader("NPY", dims[1], dims[0], channels, 8 * dtype.itemsize, str(dtype))
+
+
 def _imread(p: Path, flags: int, what: str) -> np.ndarray:
-    """cv2.imread that also works with non-ASCII paths; raises InputError when undecodable."""
+    """cv2.imdecode of a file whose header was checked (works with non-ASCII paths too)."""
     data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, flags) if data.size else None
+    try:
+        img = cv2.imdecode(data, flags) if data.size else None
+    except Exception:  # noqa: BLE001 - cv2.error and friends: the file's fault
+        img = None
     if img is None:
-        raise InputError(f"could not read {what} {p}: not an image OpenCV can decode "
-                         f"(is it truncated or another format?); use PNG" + (" or EXR" if what == "depth" else ""))
+        raise _unreadable(what, p.name, "its pixels cannot be decoded")
     return img
 
 
 def _load_npy(p: Path, what: str) -> np.ndarray:
-    """np.load without pickles; raises InputError when the file is not a .npy array."""
+    """np.load without pickles, after `read_header` checked its shape and dtype."""
     try:
         return np.load(p, allow_pickle=False)
-    except Exception as err:  # noqa: BLE001 - any failure is the user's file
-        raise InputError(f"could not read {what} {p} as a numpy .npy array ({err}); save it with numpy.save") from None
+    except Exception:  # noqa: BLE001 - any failure is the user's file
+        raise InputError(f"could not read {what} {p.name} as a numpy .npy array; save it with numpy.save") from None
 
 
-def _as_2d(a: np.ndarray, what: str, p) -> np.ndarray:
+def _numeric(a: np.ndarray, src: str) -> np.ndarray:
+    """`a` if it holds plain numbers (bool, integers, floats), else InputError."""
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{src} has dtype {a.dtype}; expected numbers (integers or floats)")
+    return a
+
+
+def _as_2d(a: np.ndarray, what: str, src: str) -> np.ndarray:
     if a.ndim == 3:
         if a.shape[2] == 1 or np.all(a == a[..., :1]):
             return a[..., 0]
-        return a[..., 0] if what == "depth" else a
+        return a[..., 0] if what == "depth map" else a
     if a.ndim != 2:
-        raise InputError(f"{what} {p} has shape {a.shape}; expected a single-channel (H, W) map")
+        raise InputError(f"{src} has shape {a.shape}; expected a single-channel (H, W) map")
     return a
 
 
 # --------------------------------------------------------------------------- readers
 def load_image(path, check_size: bool = True) -> np.ndarray:
-    """Read a panorama: a path (any PIL format), a PIL image or an array -> uint8 ``(H, W, 3)`` RGB.
+    """Read a panorama: a path (PNG, JPEG, WebP, TIFF, BMP), a PIL image or an array -> uint8
+    ``(H, W, 3)`` RGB.
 
     Alpha is dropped, grey is replicated to three channels, 16-bit and float
     (0..1) images are converted to 8 bit. With ``check_size`` images larger
-    than 8192x4096 are refused (before decoding, for files).
+    than 8192x4096 are refused (from the header, before decoding, for files).
+    Any file that cannot be read is an :class:`InputError` naming the file's base name.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(path, np.ndarray):
-        arr = path
+        arr = _numeric(path, "image array")
         src = "image array"
     elif isinstance(path, Image.Image):
         arr, src = _pil_to_array(path), "image"
     else:
-        p = _path(path, "image")
-        src = str(p)
+        header = read_header(path, "image", check_size=check_size)
+        p = Path(path)
+        src = f"image {p.name}"
+        if header.format in ("NPY", "EXR"):
+            raise _unreadable("image", p.name, f"a {header.format} file, not a picture")
         try:
-            with Image.open(p) as im:
-                if check_size:
-                    check_panorama_size(im.height, im.width, f"image {p.name}")
+            with Image.open(p, formats=PIL_FORMATS) as im:
                 arr = _pil_to_array(im)
-        except UnidentifiedImageError:
-            raise InputError(f"could not read image {p}: not an image file PIL recognises; "
-                             f"use JPEG or PNG") from None
-        except (OSError, SyntaxError, ValueError) as err:
-            if isinstance(err, InputError):
-                raise
-            raise InputError(f"could not read image {p}: {err}; re-save it as PNG or JPEG") from None
+        except Exception:  # noqa: BLE001 - truncated data, decoder errors, a bomb: the file's fault
+            raise InputError(f"could not read image {p.name}: its pixels cannot be decoded (damaged or "
+                             f"truncated?); re-save it as PNG or JPEG") from None
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -168,20 +356,59 @@ def _pil_to_array(im) -> np.ndarray:
     return np.asarray(im)
 
 
-def load_depth(path_or_array, scale: Optional[float] = None) -> np.ndarray:
+def depth_validity(depth_m) -> Dict[str, int]:
+    """Counts of a depth map's pixels (metres, before invalid values are zeroed):
+    ``{"pixels", "valid", "missing" (exactly 0: no measurement), "nan", "inf", "negative"}``.
+    Valid means finite and > 0."""
+    d = np.asarray(depth_m)
+    nan = np.isnan(d)
+    inf = np.isinf(d)
+    counts = {"pixels": int(d.size), "nan": int(nan.sum()), "inf": int(inf.sum()),
+              "negative": int(np.count_nonzero(d < 0)), "missing": int(np.count_nonzero(d == 0))}
+    counts["valid"] = counts["pixels"] - counts["nan"] - counts["inf"] - counts["negative"] - counts["missing"]
+    return counts
+
+
+def depth_note(counts: Dict[str, int]) -> Optional[str]:
+    """A one-line note for a user about a depth map's invalid pixels (from `depth_validity`),
+    or None when nothing is worth saying: there were no NaN, infinite or negative values and
+    at least half of the pixels hold a measurement."""
+    bad = counts["nan"] + counts["inf"] + counts["negative"]
+    total = max(counts["pixels"], 1)
+    if bad == 0 and counts["valid"] >= total / 2:
+        return None
+    parts = [f"{counts[k]:,} {label}" for k, label in (("nan", "NaN"), ("inf", "infinite"), ("negative", "negative"),
+                                                        ("missing", "zero (no measurement)")) if counts[k]]
+    share = 100.0 * (total - counts["valid"]) / total
+    return (f"Depth: {share:.1f} % of the pixels have no usable depth ({', '.join(parts)}); "
+            "they are treated as unknown depth.")
+
+
+def load_depth(path_or_array, scale: Optional[float] = None, report: Optional[Dict[str, int]] = None) -> np.ndarray:
     """Read a depth map -> float32 ``(H, W)`` metres, ``0`` where there is no measurement.
 
     * 16-bit PNG/TIFF: ``metres = value * scale``, default ``scale = 0.001``
       (millimetres); ``0`` and ``65535`` are missing. (Stanford2D3DS: ``scale=1/512``.)
-    * ``.npy``: metres (times ``scale`` if given).
+      8-bit images are refused from the header unless ``scale`` is given.
+    * ``.npy``: metres (times ``scale`` if given); shape and dtype are checked from the header.
     * ``.exr``: metres (first channel) (times ``scale`` if given).
     * an array: integer arrays as 16-bit PNG values (default mm), float arrays
       in metres (times ``scale`` if given).
 
-    Non-finite and non-positive values become 0 (invalid).
+    NaN, infinite, negative and zero values become 0 (invalid). A map with no valid pixel
+    at all is an :class:`InputError`. ``report``: a dict that receives the counts of
+    `depth_validity` (see `depth_note` for a user-facing line).
     """
+    if scale is not None:
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise InputError(f"depth scale must be a number of metres per stored unit, got {scale!r}") from None
+        if not (np.isfinite(scale) and scale > 0):
+            raise InputError(f"depth scale must be a positive finite number of metres per stored unit, got {scale}")
     if isinstance(path_or_array, np.ndarray):
-        a = path_or_array
+        a = _numeric(path_or_array, "depth array")
+        src = "depth array"
         if a.ndim == 3 and a.shape[2] >= 1:
             a = a[..., 0]
         if a.ndim != 2:
@@ -190,32 +417,42 @@ def load_depth(path_or_array, scale: Optional[float] = None) -> np.ndarray:
             d = _ints_to_metres(a, scale)
         else:
             d = a.astype(np.float64) * (1.0 if scale is None else scale)
-        return _clean_depth(d)
-    p = _path(path_or_array, "depth")
-    ext = p.suffix.lower()
-    if ext == ".npy":
-        a = np.squeeze(_load_npy(p, "depth"))
-        if a.ndim != 2:
-            raise InputError(f"depth {p} has shape {a.shape}; expected an (H, W) array in metres")
-        d = a.astype(np.float64) * (1.0 if scale is None else scale)
-    elif ext == ".exr":
-        if not cv2.haveImageReader(str(p)):
-            raise InputError(f"cannot read {p.name}: this OpenCV build has no OpenEXR support (or the file is "
-                             f"not a valid EXR); save the depth as a .npy in metres or a 16-bit PNG in millimetres")
-        a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "depth")
-        a = a[..., 0] if a.ndim == 3 else a
-        d = a.astype(np.float64) * (1.0 if scale is None else scale)
     else:
-        a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "depth")
-        a = _as_2d(a, "depth", p)
-        if a.dtype == np.uint8 and scale is None:
-            raise InputError(f"depth {p} is an 8-bit image; depth PNGs must be 16-bit in millimetres "
-                             f"(or pass scale= metres per unit if you know it)")
-        if np.issubdtype(a.dtype, np.integer):
-            d = _ints_to_metres(a, scale)
-        else:
+        header = read_header(path_or_array, "depth map")
+        p = Path(path_or_array)
+        src = f"depth map {p.name}"
+        if header.format == "NPY":
+            if header.channels != 1:
+                raise InputError(f"{src} has {header.channels} channels; expected an (H, W) array in metres")
+            a = _load_npy(p, "depth map").reshape(header.height, header.width)
             d = a.astype(np.float64) * (1.0 if scale is None else scale)
-    check_panorama_size(d.shape[0], d.shape[1], f"depth {p.name}")
+        elif header.format == "EXR":
+            if not cv2.haveImageReader(str(p)):
+                raise InputError(f"cannot read {p.name}: this OpenCV build has no OpenEXR support (or the file "
+                                 f"is not a valid EXR); save the depth as a .npy in metres or a 16-bit PNG in "
+                                 f"millimetres")
+            a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "depth map")
+            a = a[..., 0] if a.ndim == 3 else a
+            d = a.astype(np.float64) * (1.0 if scale is None else scale)
+        else:
+            if header.bits <= 8 and scale is None:
+                raise InputError(f"{src} is an 8-bit image; depth PNGs must be 16-bit in millimetres "
+                                 f"(or pass scale= metres per unit if you know it)")
+            a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "depth map")
+            a = _as_2d(a, "depth map", src)
+            if np.issubdtype(a.dtype, np.integer):
+                d = _ints_to_metres(a, scale)
+            else:
+                d = a.astype(np.float64) * (1.0 if scale is None else scale)
+        check_panorama_size(d.shape[0], d.shape[1], src)
+    counts = depth_validity(d)
+    if report is not None:
+        report.update(counts)
+    if counts["valid"] == 0:
+        detail = ", ".join(f"{counts[k]:,} {k}" for k in ("nan", "inf", "negative", "missing") if counts[k])
+        raise InputError(f"the depth map has no valid pixel ({src}: {detail} of {counts['pixels']:,}): depth "
+                         "must be positive metres (.npy/.exr) or millimetres (16-bit PNG). Fix the file or "
+                         "leave the depth out")
     return _clean_depth(d)
 
 
@@ -229,7 +466,8 @@ def _ints_to_metres(a: np.ndarray, scale: Optional[float]) -> np.ndarray:
 
 
 def _clean_depth(d: np.ndarray) -> np.ndarray:
-    d = np.asarray(d, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # metres beyond float32 are invalid anyway
+        d = np.asarray(d, dtype=np.float32)
     return np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0))
 
 
@@ -237,19 +475,24 @@ def load_normals(path) -> np.ndarray:
     """Read a normal map -> uint8 ``(H, W, 3)`` RGB encoded as ``127.5 * (n + 1)``.
 
     Accepts an 8/16-bit RGB image file, a ``.npy`` of unit vectors ``(H, W, 3)``
-    in ``[-1, 1]``, or an array (uint8 RGB, or float unit vectors).
+    in ``[-1, 1]``, or an array (uint8 RGB, or float unit vectors). Files are checked
+    from their header (size, 3 or 4 channels) before they are decoded.
     """
     if isinstance(path, np.ndarray):
-        a, src = path, "normals array"
+        a, src = _numeric(path, "normals array"), "normals array"
     else:
-        p = _path(path, "normals")
-        src = str(p)
-        if p.suffix.lower() == ".npy":
-            a = _load_npy(p, "normals")
+        header = read_header(path, "normal map")
+        p = Path(path)
+        src = f"normal map {p.name}"
+        if header.channels < 3:
+            raise InputError(f"{src} is not a 3-channel RGB image ({header.channels} channel(s)); "
+                             f"normal maps encode (x, y, z) as RGB = 127.5 * (n + 1)")
+        if header.format == "NPY":
+            a = _load_npy(p, "normal map").reshape(header.height, header.width, header.channels)
         else:
-            a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "normals")
+            a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "normal map")
             if a.ndim != 3 or a.shape[2] < 3:
-                raise InputError(f"normals {p} is not a 3-channel RGB image (shape {a.shape}); "
+                raise InputError(f"{src} is not a 3-channel RGB image (shape {a.shape}); "
                                  f"normal maps encode (x, y, z) as RGB = 127.5 * (n + 1)")
             a = a[..., 2::-1]  # BGR(A) -> RGB
     a = np.asarray(a)
@@ -258,6 +501,8 @@ def load_normals(path) -> np.ndarray:
     if a.dtype == np.uint16:
         a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).any():
+            raise InputError(f"{src} holds no finite value; float normals must be unit vectors in [-1, 1]")
         if np.nanmin(a) < -1.01 or np.nanmax(a) > 1.01:
             raise InputError(f"{src}: float normals must be unit vectors in [-1, 1]; got values up to "
                              f"{np.nanmax(np.abs(a)):.3g}")
@@ -273,17 +518,20 @@ def load_labels(path, palette: Optional[np.ndarray] = None) -> np.ndarray:
 
     Single-channel 8/16-bit PNG (or ``.npy``). A colour image is accepted only
     with ``palette`` ((K, 3) RGB, e.g. ``STANFORD2D3DS.palette``): each colour
-    maps to its index, unknown colours to 255.
+    maps to its index, unknown colours to 255. Files are checked from their header first.
     """
     if isinstance(path, np.ndarray):
-        a, src = path, "labels array"
+        a, src = _numeric(path, "labels array"), "labels array"
     else:
-        p = _path(path, "labels")
-        src = str(p)
-        if p.suffix.lower() == ".npy":
-            a = _load_npy(p, "labels")
+        header = read_header(path, "label map")
+        p = Path(path)
+        src = f"label map {p.name}"
+        if header.format == "NPY":
+            if header.channels != 1:
+                raise InputError(f"{src} has {header.channels} channels; expected an (H, W) label map")
+            a = _load_npy(p, "label map").reshape(header.height, header.width)
         else:
-            a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "labels")
+            a = _imread(p, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH, "label map")
             if a.ndim == 3:
                 a = a[..., 2::-1] if a.shape[2] >= 3 else a
     a = np.asarray(a)

@@ -53,6 +53,17 @@ def _weights_for(shape, weighted: bool, weights: Optional[np.ndarray]) -> Option
     return None
 
 
+def _labels(a: Any, what: str) -> np.ndarray:
+    """A label map as an array of whole numbers (integers, or floats holding integers), else InputError."""
+    try:
+        arr = np.asarray(a)
+    except Exception:  # noqa: BLE001 - ragged lists and other non-arrays
+        raise InputError(f"the {what} must be an array of class indices") from None
+    if arr.dtype.kind not in "biuf" or arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError(f"the {what} must hold class indices (integers), got dtype {arr.dtype}")
+    return arr
+
+
 def confusion_matrix(pred, gt, num_classes: int, ignore_index: int = -1, weights=None,
                      weighted: bool = False) -> np.ndarray:
     """``(K, K)`` float64 confusion matrix, rows = ground truth, columns = prediction.
@@ -62,8 +73,10 @@ def confusion_matrix(pred, gt, num_classes: int, ignore_index: int = -1, weights
     ERP solid angles instead. Ground truth equal to ``ignore_index``, 255 or out of
     range is ignored.
     """
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
+    pred = _labels(pred, "prediction")
+    gt = _labels(gt, "ground truth")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or not 0 < num_classes <= 65536:
+        raise InputError(f"num_classes must be a whole number from 1 to 65536, got {str(num_classes)[:20]}")
     if pred.shape != gt.shape:
         raise InputError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}; "
                          f"resize the prediction to the ground truth (nearest) first")

@@ -16,18 +16,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import MAX_PROMPT_POINTS
 from .datasets import Dataset, dataset_for_num_classes
 from .device import DTYPES, default_device, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from .errors import InputError
 from .geometry import roll_half, unroll_half, x_to_view
 from .hub import HUB_REPO_ID
-from .inputs import check_panorama
+from .inputs import as_array, check_panorama
 from .model import PanoSAMic
 
 ArrayLike = Union[np.ndarray, "torch.Tensor", Any]
 ProgressFn = Callable[[str], None]
 
 MASK_THRESHOLD = 0.0  # SAM's: mask logits above it are foreground
+#: The most points `Predictor.predict` takes in one prompt (more is an InputError).
+MAX_POINTS = MAX_PROMPT_POINTS
 
 
 def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
@@ -101,8 +104,7 @@ class Predictor:
                  encoder_chunk_size: Optional[int] = None) -> None:
         if not isinstance(model, PanoSAMic):
             raise TypeError(f"Predictor needs a PanoSAMic model (panosamic.build_model), got {type(model).__name__}")
-        if not (max_depth > 0 and np.isfinite(max_depth)):
-            raise InputError(f"max_depth must be a positive number of metres, got {max_depth}")
+        max_depth = _metres(max_depth)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
@@ -249,9 +251,7 @@ class Predictor:
         size = self.model.erp_size
         layers = {"image": _channels_to_model_size(pano.image, size)}
         if pano.depth is not None:
-            T = self.max_depth if max_depth is None else float(max_depth)
-            if not (T > 0 and np.isfinite(T)):
-                raise InputError(f"max_depth must be a positive number of metres, got {max_depth}")
+            T = self.max_depth if max_depth is None else _metres(max_depth)
             encoded = _encode_depth_channel(pano.depth, T)
             layers["depth"] = _channels_to_model_size(encoded[..., None], size).expand(3, -1, -1)
         if pano.normals is not None:
@@ -284,8 +284,9 @@ class Predictor:
     def logits_at(self, size: Tuple[int, int]) -> np.ndarray:
         """(K, h, w) float32 semantic logits resized to `size` = (h, w)."""
         state = self._require_state()
+        size = _size(size, "size")
         with torch.inference_mode():
-            up = self.model.postprocess(state.semantic_logits.to(self.device), tuple(size))
+            up = self.model.postprocess(state.semantic_logits.to(self.device), size)
         return up[0].float().cpu().numpy()
 
     @property
@@ -306,7 +307,7 @@ class Predictor:
         state: another panorama's `PanoramaState` (default: the current one).
         """
         state = self._require_state() if state is None else state
-        size = tuple(state.input_size if size is None else size)
+        size = tuple(state.input_size) if size is None else _size(size, "size")
         with torch.inference_mode():
             erp = self.model.postprocess(state.semantic_logits.to(self.device), self.model.erp_size)[0].float().cpu()
         coarse = erp.argmax(0)
@@ -340,7 +341,7 @@ class Predictor:
         """Masks for point/box prompts, decoded by SAM on the cached image embedding.
 
         Args:
-            point_coords: (N, 2) x, y in input-image pixels.
+            point_coords: (N, 2) x, y in input-image pixels, N <= `MAX_POINTS` (64).
             point_labels: (N,) 1 foreground, 0 background.
             box: (4,) x1, y1, x2, y2 in input pixels; x1 > x2 is a box that wraps across
                 the left/right seam (it goes from x1 to the right edge and on from x = 0 to x2).
@@ -365,6 +366,11 @@ class Predictor:
         state = self._require_state() if state is None else state
         H, W = state.input_size
         Hm, Wm = self.model.erp_size
+        if not (isinstance(view, str) and view == "auto"
+                or isinstance(view, (int, np.integer)) and not isinstance(view, bool) and view in (0, 1)):
+            raise InputError(f"view must be 0, 1 or 'auto', got {str(view)[:40]}")
+        if output_size is not None:
+            output_size = _size(output_size, "output_size")
         points, labels = self._check_points(point_coords, point_labels, W, H)
         box_xyxy = self._check_box(box, W, H)
         if points is None and box_xyxy is None and mask_input is None:
@@ -396,7 +402,7 @@ class Predictor:
             bx = torch.as_tensor(box_m, dtype=torch.float32, device=dev)[None] if box_m is not None else None
             mk = None
             if mask_input is not None:
-                mk = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=dev)
+                mk = torch.as_tensor(as_array(mask_input, "mask_input").astype(np.float32), device=dev)
                 if mk.shape[-2:] != low_size or mk.numel() != low_size[0] * low_size[1]:
                     raise InputError(f"mask_input must be (1, {low_size[0]}, {low_size[1]}) low-res logits "
                                      "as returned by predict, got " + str(tuple(mk.shape)))
@@ -421,10 +427,19 @@ class Predictor:
             if labels is not None:
                 raise InputError("point_labels given without point_coords")
             return None, None
-        pts = np.asarray(coords, dtype=np.float32).reshape(-1, 2) if np.size(coords) else np.zeros((0, 2), np.float32)
+        pts = as_array(coords, "point_coords").astype(np.float32)
+        if pts.size % 2:
+            raise InputError(f"point_coords must be (N, 2) x, y pairs in input pixels, got shape {pts.shape}")
+        pts = pts.reshape(-1, 2)
+        if len(pts) > MAX_POINTS:
+            raise InputError(f"at most {MAX_POINTS} points per prompt (got {len(pts)}): SAM needs only a few; "
+                             "use a box or a mask for large regions")
         if labels is None:
             raise InputError("point_coords need point_labels: 1 for foreground, 0 for background")
-        lab = np.asarray(labels).reshape(-1)
+        try:
+            lab = as_array(labels, "point_labels").reshape(-1)
+        except InputError:
+            raise InputError("point labels must be numbers: 1 (foreground) or 0 (background)") from None
         if len(lab) != len(pts) or len(pts) == 0:
             raise InputError(f"got {len(pts)} points and {len(lab)} labels: give one label (1 or 0) per point")
         if not np.isin(lab, (0, 1)).all():
@@ -442,7 +457,10 @@ class Predictor:
     def _check_box(box, W: int, H: int):
         if box is None:
             return None
-        b = np.asarray(box, dtype=np.float32).reshape(-1)
+        try:
+            b = as_array(box, "box").astype(np.float32).reshape(-1)
+        except InputError:
+            b = np.zeros(0, np.float32)
         if b.shape != (4,) or not np.isfinite(b).all():
             raise InputError("box must be 4 numbers x1, y1, x2, y2 in input-image pixels")
         x1, y1, x2, y2 = b
@@ -490,6 +508,29 @@ class Predictor:
         from .instances import refine_semantics
 
         return refine_semantics(self.labels if labels is None else labels, instances)
+
+
+def _metres(value: Any) -> float:
+    """max_depth as a positive finite float, else InputError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (v > 0 and np.isfinite(v)):
+        raise InputError(f"max_depth must be a positive number of metres, got {str(value)[:20]}")
+    return v
+
+
+def _size(value: Any, name: str) -> Tuple[int, int]:
+    """(h, w) of positive whole numbers up to 16384, else InputError."""
+    try:
+        h, w = (int(v) for v in value)
+        ok = all(float(v) == int(v) for v in value) and 0 < h <= 16384 and 0 < w <= 16384
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name} must be (height, width) in pixels, each 1..16384, got {str(value)[:40]}")
+    return h, w
 
 
 def _channels_to_model_size(arr: np.ndarray, size: Tuple[int, int], unit_vectors: bool = False) -> torch.Tensor:

@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # `import app` from the tests
     sys.path.insert(0, str(ROOT))
 
 from devtools.app_process import running_app  # noqa: E402,F401  (the tests' way to start the app)
+from devtools.hostile_inputs import png_bomb  # noqa: E402,F401
 CHECKPOINT_FILES = ("config.json", "sam.pth", "model.safetensors")
 
 

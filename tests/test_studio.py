@@ -130,7 +130,7 @@ def test_load_inputs_checks_the_uploads(tmp_path):
         studio.load_inputs(None, None, None, None)
     notes = tmp_path / "notes.png"
     notes.write_text("hello")
-    with pytest.raises(InputError, match="notes.png is not an image"):
+    with pytest.raises(InputError, match=r"could not read image notes\.png: not an image file"):
         studio.load_inputs(str(notes), None, None, None)
     square = tmp_path / "square.png"
     cv2.imwrite(str(square), np.zeros((100, 100, 3), np.uint8))

@@ -16,6 +16,7 @@ Importing this module does not import torch (the page opens before any model cod
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -30,6 +31,8 @@ from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders
 from .uploads import find_examples, load_inputs
 
+log = logging.getLogger(__name__)
+
 #: progress(fraction in [0, 1], desc=text): a UI's progress bar; the default does nothing.
 Progress = Callable[..., Any]
 
@@ -43,6 +46,7 @@ def load_predictor(key: ModelKey):
     from ..predictor import Predictor
     from ..weights import load_model
 
+    log.info("loading checkpoint %s (subfolder %s)", key.checkpoint, key.subfolder or "-")
     return Predictor(load_model(key.checkpoint, subfolder=key.subfolder, sam=key.sam),
                      device=key.device, dtype=key.dtype)
 
@@ -114,7 +118,8 @@ class StudioBackend:
         max_depth = _positive(max_depth, "Max depth T", default=10.0)
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
         key = self.checkpoints.key(choice, self.device, self.dtype)  # refuses what is not allowed first
-        image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale)
+        notes: List[str] = []
+        image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes)
         mods = self.checkpoints.modalities(choice)
         if mods is not None:
             given = {"image": image, "depth": depth, "normals": normals}
@@ -157,7 +162,7 @@ class StudioBackend:
                     predictor.dataset.classes, predictor.dataset.palette, input_size=image.shape[:2],
                     depth=None if depth is None else _resize_depth(depth, size), has_normals=normals is not None,
                     key=ckey, checkpoint=f"{key.checkpoint.rsplit('/', 1)[-1]}:{key.subfolder or ''}",
-                    state=state, model_key=key, max_depth=max_depth, name=name, timings=timings)
+                    state=state, model_key=key, max_depth=max_depth, name=name, timings=timings, notes=notes)
         s.timings["working_maps"] = time.perf_counter() - t0
         del image, depth, normals, inputs  # the input-size arrays go now
         self.store.add(s, replaces=previous, client=client)

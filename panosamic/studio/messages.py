@@ -3,6 +3,8 @@ needs, the edit status and the Run summary. Never a stack trace, never a server 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,6 +16,10 @@ from .session import Session
 _PATH_RE = re.compile(r"(?:[A-Za-z]:\\|/)(?:[^\s'\"`:,;()]+[/\\])+([^\s'\"`:,;()/\\]*)")
 
 
+JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, or the server is restarting). "
+                 "Nothing of it was kept: press the button again.")
+
+
 def hide_paths(text: str) -> str:
     """`text` with every absolute path replaced by its last part (a server's folders are
     nobody's business; the log keeps the details)."""
@@ -23,6 +29,8 @@ def hide_paths(text: str) -> str:
 def user_message(exc: BaseException) -> str:
     """A short explanation and a fix, never a stack trace or a server path."""
     name = type(exc).__name__
+    if isinstance(exc, (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt)):
+        return JOB_CUT_SHORT
     text = hide_paths(str(exc) or name)
     if "OutOfMemory" in name or "out of memory" in text.lower():
         return ("Not enough GPU memory for this checkpoint. Close other GPU programs, start the app with "
@@ -92,12 +100,14 @@ def edit_status(s: Session) -> str:
 
 
 def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[str, float]] = None) -> str:
-    """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings)."""
+    """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings),
+    then the session's notes about its inputs (one paragraph each)."""
     timings = s.timings if timings is None else timings
     stages = " · ".join(f"{k} {v:.2f} s" for k, v in timings.items() if k != "last_prompt")
     src = "embeddings reused from the cache · " if cached else ""
     h, w = s.input_size
-    return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}"
+    notes = "".join(f"\n\n⚠ {n}" for n in getattr(s, "notes", ()))
+    return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "requirements_text", "edit_status", "run_message"]
+__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "edit_status", "run_message"]

@@ -15,9 +15,10 @@ import json
 import math
 from typing import Any, List, Optional, Tuple
 
+from ..config import MAX_PROMPT_POINTS
 from ..errors import InputError
 
-MAX_POINTS = 64        # points per request (and kept per session)
+MAX_POINTS = MAX_PROMPT_POINTS  # points per request (and kept per session)
 MAX_JSON_CHARS = 20_000
 KEYS = ("points", "labels", "box", "append", "points_lonlat", "box_lonlat")
 EXAMPLE = '{"points": [[100, 50]], "labels": [1], "box": [x1, y1, x2, y2]}'

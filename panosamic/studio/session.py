@@ -111,7 +111,8 @@ class Session:
                  input_size: Optional[Tuple[int, int]] = None, depth: Optional[np.ndarray] = None,
                  has_normals: bool = False, key: Optional[str] = None, checkpoint: Optional[str] = None,
                  state: Any = None, model_key: Any = None, max_depth: Optional[float] = None,
-                 name: str = "panorama", timings: Optional[Dict[str, float]] = None):
+                 name: str = "panorama", timings: Optional[Dict[str, float]] = None,
+                 notes: Optional[Sequence[str]] = None):
         labels = np.asarray(labels)
         image = np.asarray(image)
         if image.shape[:2] != labels.shape:
@@ -130,6 +131,8 @@ class Session:
         self.labels = self.initial_labels.copy()
         self.edited = np.zeros(labels.shape, bool)
         self.input_size: Tuple[int, int] = tuple(input_size or labels.shape)  # type: ignore[assignment]
+        #: lines for the user about the inputs (e.g. how much of the depth map was invalid)
+        self.notes: List[str] = list(notes or [])
         self.key = key
         self.checkpoint = checkpoint
         self.state = state
@@ -478,6 +481,7 @@ class Session:
                 "majority_class": self.majority_class(),
             },
             "undo_depth": self.undo_depth,
+            "notes": list(self.notes),
         }
 
 

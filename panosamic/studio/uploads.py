@@ -29,33 +29,33 @@ def input_path(file: Any) -> Optional[str]:
     return str(getattr(file, "path", None) or getattr(file, "name", None) or file)
 
 
-def load_inputs(pano: Any, depth_file: Any, normals_file: Any, depth_scale: Optional[float]):
+def load_inputs(pano: Any, depth_file: Any, normals_file: Any, depth_scale: Optional[float],
+                notes: Optional[List[str]] = None):
     """(image uint8 (H, W, 3), depth (H, W) float32 metres or None, normals uint8 (H, W, 3) or
-    None, file name); InputError when unusable (not an image, too large, not 2:1, other sizes).
-    `depth_scale`: metres per stored depth unit, 0/None = the file type's default."""
-    from PIL import Image
-
+    None, file name); InputError when unusable (not an image, too large, not 2:1, other sizes,
+    a depth map without any valid pixel). `depth_scale`: metres per stored depth unit, 0/None =
+    the file type's default. `notes`: a list that receives lines for the user (e.g. how much of
+    the depth map was invalid)."""
     from .. import io as pio
 
     path = input_path(pano)
     if not path:
         raise InputError("Upload a panorama (or click an example) first.")
     name = os.path.basename(path)
-    try:
-        with Image.open(path) as im:  # the header only: the size is checked before decoding
-            w, h = im.size
-    except Exception:  # noqa: BLE001
-        raise InputError(f"{name} is not an image that can be read: upload a JPEG or PNG panorama.") from None
-    pio.check_panorama_size(h, w, f"the panorama {name}")
-    check_aspect(h, w, f"The panorama {name}")
+    header = pio.read_header(path, "image")  # size, channels and format before any decoding
+    check_aspect(header.height, header.width, f"The panorama {name}")
     image = pio.load_image(path)
     depth = normals = None
     dpath = input_path(depth_file)
     if dpath:
-        depth = pio.load_depth(dpath, scale=(float(depth_scale) if depth_scale else None))
+        counts: dict = {}
+        depth = pio.load_depth(dpath, scale=(float(depth_scale) if depth_scale else None), report=counts)
         if depth.shape[:2] != image.shape[:2]:
             raise InputError(f"The depth map is {depth.shape[1]}x{depth.shape[0]} but the panorama is "
                              f"{image.shape[1]}x{image.shape[0]}: use the depth map of this panorama.")
+        note = pio.depth_note(counts)
+        if note and notes is not None:
+            notes.append(note)
     npath = input_path(normals_file)
     if npath:
         normals = pio.load_normals(npath)
