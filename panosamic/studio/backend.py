@@ -121,6 +121,8 @@ class StudioBackend:
                 raise _missing(missing)
         timings: Dict[str, float] = {}
         if not self.registry.loaded(key):
+            # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
+            self.checkpoints.check_available(choice)
             progress(0.05, desc="Downloading / loading the checkpoint (first use)")
         t0 = time.perf_counter()
         predictor = self.registry.get(key)
