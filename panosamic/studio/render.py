@@ -137,14 +137,19 @@ def draw_prompts(display: np.ndarray, scale: float, points: Sequence[Sequence[fl
         cx, cy = (int(round(float(v) * scale)) for v in pending_corner)
         cv2.drawMarker(out, (cx, cy), BOX_COLOR, cv2.MARKER_CROSS, 3 * r, t + 1, cv2.LINE_AA)
     for (x, y), lab in zip(points, point_labels):
-        c = (int(round(float(x) * scale)), int(round(float(y) * scale)))
+        c0 = (int(round(float(x) * scale)), int(round(float(y) * scale)))
         color = POS_COLOR if int(lab) == 1 else NEG_COLOR
-        cv2.circle(out, c, r + t, (255, 255, 255), -1, cv2.LINE_AA)
-        cv2.circle(out, c, r, color, -1, cv2.LINE_AA)
-        # + / - glyph
-        cv2.line(out, (c[0] - r // 2, c[1]), (c[0] + r // 2, c[1]), (255, 255, 255), max(1, t), cv2.LINE_AA)
-        if int(lab) == 1:
-            cv2.line(out, (c[0], c[1] - r // 2), (c[0], c[1] + r // 2), (255, 255, 255), max(1, t), cv2.LINE_AA)
+        # a marker on the seam is drawn on both borders (the 360° viewer shows it whole)
+        for shift in (0, -w, w):
+            c = (c0[0] + shift, c0[1])
+            if c[0] + r + t < 0 or c[0] - r - t >= w:
+                continue
+            cv2.circle(out, c, r + t, (255, 255, 255), -1, cv2.LINE_AA)
+            cv2.circle(out, c, r, color, -1, cv2.LINE_AA)
+            # + / - glyph
+            cv2.line(out, (c[0] - r // 2, c[1]), (c[0] + r // 2, c[1]), (255, 255, 255), max(1, t), cv2.LINE_AA)
+            if int(lab) == 1:
+                cv2.line(out, (c[0], c[1] - r // 2), (c[0], c[1] + r // 2), (255, 255, 255), max(1, t), cv2.LINE_AA)
     return out
 
 
