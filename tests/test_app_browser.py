@@ -105,9 +105,12 @@ def _save_small_png(src: Path, dest: Path) -> None:
 
 def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp_path):
     # PANOSAMIC_TEST_CHECKPOINT: another local checkpoint folder (e.g. released weights, for a
-    # README screenshot with a meaningful map); default: the tiny reference model.
+    # README screenshot with a meaningful map); default: the bundled demo model (trained, so a
+    # click on the seam gives a meaningful mask), else the tiny reference model.
     custom = os.environ.get("PANOSAMIC_TEST_CHECKPOINT")
-    ckpt = Path(custom) if custom else make_checkpoint_dir(reference_dir, tmp_path / "checkpoint")
+    demo = ROOT / "assets" / "demo"
+    ckpt = (Path(custom) if custom else demo if (demo / "model.safetensors").is_file()
+            else make_checkpoint_dir(reference_dir, tmp_path / "checkpoint"))
     examples = _example_dir(tmp_path / "examples")
     with running_app(["--checkpoint", str(ckpt), "--examples", str(examples)], tmp_path / "app.log") as app:
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
