@@ -253,11 +253,11 @@ class Studio:
                 ui.edit_status: ""}
 
     def segment(self, panorama, depth, normals, checkpoint, depth_scale, max_depth, opacity,
-                session, progress=gr.Progress(track_tqdm=True)):
+                session, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings."""
         t_start = time.perf_counter()
         s, cached = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
-                                         previous=session)
+                                         previous=session, client=getattr(request, "session_hash", None))
         progress(0.92, desc="Rendering")
         t1 = time.perf_counter()
         out = self.bundle(s, opacity, clear_downloads=True)
@@ -327,6 +327,10 @@ class Studio:
         s = self.backend.touch(s)
         out = self.bundle(s, opacity)
         return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}
+
+    def tab_closed(self, request: gr.Request):
+        """The browser tab (or API client) went away: its session's memory and files go now."""
+        self.backend.store.close_client(getattr(request, "session_hash", None))
 
     def export_files(self, s):
         """Writes the downloads at the input size; returns (files, session summary with statistics)."""
@@ -498,6 +502,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         refine.click(friendly(on_gpu(studio.refine_instances, 120)), [pps, session, *style], outputs,
                      api_name="refine_instances", **heavy)
         export.click(friendly(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
+        demo.unload(studio.tab_closed)
         opacity.change(friendly(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo
 

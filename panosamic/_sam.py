@@ -46,38 +46,3 @@ MaskDecoder = modeling.MaskDecoder
 TwoWayTransformer = modeling.TwoWayTransformer
 LayerNorm2d = importlib.import_module("segment_anything.modeling.common").LayerNorm2d
 
-
-def batched_nms(boxes, scores, idxs, iou_threshold: float):
-    """torchvision's `batched_nms` where it works, else an equivalent pure-torch version.
-
-    boxes (N, 4) XYXY, scores (N,), idxs (N,) category per box. Returns kept indices
-    sorted by decreasing score.
-    """
-    try:
-        from torchvision.ops.boxes import batched_nms as tv_batched_nms
-
-        return tv_batched_nms(boxes, scores, idxs, iou_threshold)
-    except Exception:  # torchvision missing, or its compiled ops do not match this torch
-        pass
-    import torch
-
-    if boxes.numel() == 0:
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    # Offset boxes per category so that boxes of different categories never overlap.
-    offsets = idxs.to(boxes) * (boxes.max() + 1)
-    b = boxes + offsets[:, None]
-    order = scores.argsort(descending=True)
-    b = b[order]
-    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1e-12)
-    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    for i in range(len(order)):
-        if keep[i]:
-            suppress = iou[i] > iou_threshold
-            suppress[: i + 1] = False
-            keep &= ~suppress
-    return order[keep]

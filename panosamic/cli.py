@@ -34,7 +34,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, PanoSAMicError
-from .io import DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, save_image, save_labels_png
+from .inputs import check_panorama
+from .io import (DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, panorama_stem,
+                 save_image, save_labels_png)
 from .exports import class_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -115,12 +117,8 @@ def expand_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str], int]:
 
 def output_stem(path: Path) -> str:
     """`room_rgb.png` (or `room_image.png`) -> `room`, `room.jpg` -> `room` (outputs sit beside
-    `room_depth.png`)."""
-    stem = path.stem
-    for suffix in ("_rgb", "_image"):
-        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return stem
+    `room_depth.png`): `panosamic.io.panorama_stem`."""
+    return panorama_stem(path)
 
 
 def _unique_stems(paths: Sequence[Path]) -> List[str]:
@@ -173,7 +171,7 @@ def _check_device(name: Optional[str]) -> Optional[str]:
     """None for auto; else the name, if torch knows it and it is available here."""
     if name in (None, "auto"):
         return None
-    from .predictor import resolve_device
+    from .device import resolve_device
 
     try:
         resolve_device(name)
@@ -214,11 +212,9 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise InputError(f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)}); "
                          "give panorama images (RGB, 2:1 equirectangular)")
-    image = load_image(path)
-    if image.ndim != 3 or image.shape[1] != 2 * image.shape[0]:
-        h, w = image.shape[:2]
-        raise InputError(f"the panorama is {w}x{h}; an equirectangular panorama is twice as wide as high "
-                         f"(e.g. {2 * h}x{h}). Crop or resize it to 2:1.")
+    # The image alone first, so that "not 2:1" comes before "no depth found"; the Predictor
+    # checks the maps against the checkpoint with the same function.
+    image = check_panorama(load_image(path)).image
     companions = None
     inputs: Dict[str, Any] = {}
     used: Dict[str, Optional[str]] = {"depth": None, "normals": None}

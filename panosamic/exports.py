@@ -130,7 +130,7 @@ def encode_rle(mask: np.ndarray) -> Dict:
     (column-major runs starting with zeros, compressed to a string)."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8, order="K")))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 

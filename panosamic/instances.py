@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from ._sam import amg
+from .geometry import unroll_half, x_to_view
+from .metrics import majority_class
 
 # A mask that touches the left/right edge of the view it was decoded on is probably cut
 # by that view's seam; the other view sees the same object whole.
@@ -81,7 +83,7 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
                     pts = points[start:start + points_per_batch]
                     pv = pts.copy()
                     if v == 1:
-                        pv[:, 0] = (pv[:, 0] + Wm / 2) % Wm
+                        pv[:, 0] = x_to_view(pv[:, 0], Wm, 1)
                     coords = torch.as_tensor(pv, device=predictor.device)[:, None, :]
                     labels = torch.ones(len(pv), 1, dtype=torch.int64, device=predictor.device)
                     low, iou = model.decode_prompts(embedding, (coords, labels), None, None, True)
@@ -111,11 +113,10 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
     iou = torch.cat(iou_all).cpu().numpy()
     stab = torch.cat(stab_all).cpu().numpy()
     # Into the panorama's frame: view-1 low-res logits are rolled back by half their width.
-    low_w = low.shape[-1]
     views_arr = np.array([d["view"] for d in meta])
     if (views_arr == 1).any():
         idx = torch.as_tensor(np.nonzero(views_arr == 1)[0], device=low.device)
-        low[idx] = torch.roll(low[idx], -(low_w // 2), dims=-1)
+        low[idx] = unroll_half(low[idx])
 
     small = model.postprocess(low[:, None], cmp_size)[:, 0] > 0  # (N, h, w) panorama frame
     order = _rank(iou, [d["touches_seam"] for d in meta])
@@ -128,12 +129,11 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
             area = int(seg.sum())
             if area == 0 or area < min_area:
                 continue
-            ys, xs = np.nonzero(seg)
             x, y = meta[i]["point"]
             instances.append({
                 "segmentation": seg,
                 "area": area,
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                "bbox": mask_bbox(seg),
                 "predicted_iou": float(iou[i]),
                 "stability_score": float(stab[i]),
                 "point_coords": [[float(x) * W / Wm, float(y) * H / Hm]],
@@ -141,6 +141,16 @@ def generate_instances(predictor, points_per_side: int = 16, points_per_batch: i
                 "modality": meta[i]["modality"],
             })
     return instances
+
+
+def mask_bbox(mask) -> List[int]:
+    """COCO box [x, y, width, height] in pixels of an (H, W) bool mask (numpy or torch), through
+    `segment_anything.utils.amg.batched_mask_to_box`; [0, 0, 0, 0] for an empty mask."""
+    m = torch.as_tensor(np.asarray(mask, dtype=bool) if not isinstance(mask, torch.Tensor) else mask.bool())
+    if not m.any():
+        return [0, 0, 0, 0]
+    x1, y1, x2, y2 = (int(v) for v in amg.batched_mask_to_box(m[None])[0])
+    return [x1, y1, x2 - x1 + 1, y2 - y1 + 1]  # amg's x2, y2 are the last pixels, inclusive
 
 
 def _rank(scores: np.ndarray, touches_seam: Sequence[bool]) -> np.ndarray:
@@ -175,21 +185,18 @@ def refine_semantics(labels: np.ndarray, instances: Sequence[Dict[str, Any]]) ->
         instances: dicts with a "segmentation" (H, W) bool mask.
     Returns:
         (H, W) refined labels, same dtype; pixels outside every instance keep their class.
+        Negative (unlabelled) pixels do not vote (`panosamic.metrics.majority_class`).
     """
     labels = np.asarray(labels)
     refined = labels.copy()
-    if not len(instances):
-        return refined
-    num = int(labels.max()) + 1
     for inst in sorted(instances, key=lambda d: int(np.count_nonzero(d["segmentation"])), reverse=True):
         seg = np.asarray(inst["segmentation"], dtype=bool)
         if seg.shape != labels.shape:
             raise ValueError(f"instance mask {seg.shape} does not match labels {labels.shape}")
-        if not seg.any():
-            continue
-        majority = np.bincount(labels[seg].ravel(), minlength=num).argmax()
-        refined[seg] = majority
+        majority = majority_class(labels, seg)
+        if majority is not None:  # None: an empty mask, or no labelled pixel under it
+            refined[seg] = majority
     return refined
 
 
-__all__ = ["generate_instances", "refine_semantics"]
+__all__ = ["generate_instances", "refine_semantics", "mask_bbox"]

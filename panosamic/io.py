@@ -27,7 +27,6 @@ import os
 # Must be set before OpenCV is first imported for .exr support.
 os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Dict, List, Optional, Union  # noqa: E402
 
@@ -40,7 +39,7 @@ from .errors import InputError  # noqa: E402
 __all__ = [
     "MAX_WIDTH", "MAX_HEIGHT", "MAX_PIXELS", "check_panorama_size", "load_image", "load_depth",
     "load_normals", "load_labels", "save_labels_png", "save_depth_png", "save_normals_png",
-    "save_image", "find_companions", "EXAMPLES_DIR", "list_examples", "example_paths", "write_example",
+    "save_image", "panorama_stem", "find_companions", "EXAMPLES_DIR", "list_examples", "example_paths",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -327,14 +326,17 @@ def _imwrite(path: PathLike, img: np.ndarray, params=()) -> Path:
     return p
 
 
-def save_labels_png(path: PathLike, labels) -> Path:
+def save_labels_png(path: PathLike, labels, compression: int = 9) -> Path:
     """Write ``(H, W)`` class indices as a single-channel PNG (8-bit if all < 256, else 16-bit).
 
     Negative values (void, e.g. -1) are written as 255 (8-bit) / 65535 (16-bit).
+    ``compression``: zlib level 0-9 (9: smallest; 3: several times faster for 8K maps).
     """
     a = np.asarray(labels)
     if a.ndim != 2:
         raise InputError(f"labels must be (H, W), got shape {a.shape}")
+    if a.dtype == np.uint8:  # already what is written (no int64 copy of an 8K map)
+        return _imwrite(path, a, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
     a = a.astype(np.int64)
     top = int(a.max()) if a.size else 0
     if top > 65534:
@@ -343,7 +345,7 @@ def save_labels_png(path: PathLike, labels) -> Path:
         out = np.where(a < 0, 255, a).astype(np.uint8)
     else:
         out = np.where(a < 0, 65535, a).astype(np.uint16)
-    return _imwrite(path, out, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    return _imwrite(path, out, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
 
 
 def save_depth_png(path: PathLike, depth_m, scale: float = 0.001) -> Path:
@@ -378,11 +380,22 @@ def save_image(path: PathLike, rgb, quality: int = 92) -> Path:
 
 
 # --------------------------------------------------------------------------- companions
-def _stem(path: Path) -> str:
-    stem = path.stem
+def panorama_stem(path: PathLike, safe: bool = False) -> str:
+    """The name a panorama's companions and outputs share: the file stem without a trailing
+    ``_rgb``, ``_image`` or ``_color`` (any case), e.g. ``room_rgb.jpg`` -> ``room``.
+
+    The one rule for companion lookup (:func:`find_companions`), the CLI's output names and
+    the app's downloads. ``safe=True`` also makes it a portable file name: characters other
+    than letters, digits, ``-`` and ``_`` become ``_``, at most 64 characters, ``panorama``
+    when nothing is left.
+    """
+    stem = Path(os.fspath(path)).stem
     for suffix in _RGB_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            return stem[: -len(suffix)]
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if safe:
+        stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:64] or "panorama"
     return stem
 
 
@@ -395,7 +408,7 @@ def find_companions(path: PathLike) -> Dict[str, Optional[Path]]:
     "normals": Path|None}``.
     """
     p = Path(path)
-    base = _stem(p)
+    base = panorama_stem(p)
     folder = p.parent
     depth = next((folder / f"{base}_depth{ext}" for ext in DEPTH_EXTS if (folder / f"{base}_depth{ext}").is_file()), None)
     normals = folder / f"{base}_normals.png"
@@ -420,29 +433,4 @@ def example_paths(name: str, folder: Optional[PathLike] = None) -> Dict[str, Pat
     if not paths["image"].is_file():
         known = ", ".join(list_examples(folder)) or "none"
         raise InputError(f"no example named {name!r} in {folder}; known examples: {known}")
-    return paths
-
-
-def write_example(out_dir: PathLike, name: str, pano) -> Dict[str, Path]:
-    """Write a :class:`panosamic.scenes.RenderedPanorama` in the examples layout (deterministic bytes).
-
-    ``<name>_rgb.jpg`` (JPEG quality 92), ``<name>_depth.png`` (16-bit mm),
-    ``<name>_normals.png``, ``<name>_labels.png`` and ``<name>.json`` (sorted keys).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "image": save_image(out / f"{name}_rgb.jpg", pano.rgb, quality=92),
-        "depth": save_depth_png(out / f"{name}_depth.png", pano.depth),
-        "normals": save_normals_png(out / f"{name}_normals.png", pano.normals),
-        "labels": save_labels_png(out / f"{name}_labels.png", pano.labels),
-    }
-    meta = dict(pano.meta)
-    meta["name"] = name
-    meta["files"] = {k: v.name for k, v in paths.items()}
-    meta["depth_png"] = "uint16 millimetres, 0 = invalid"
-    meta["normals_png"] = "RGB = round(127.5 * (n + 1)), world frame x fwd / y left / z up, (128,128,128) = none"
-    meta_path = out / f"{name}.json"
-    meta_path.write_text(json.dumps(meta, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-    paths["meta"] = meta_path
     return paths

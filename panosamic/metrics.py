@@ -39,7 +39,7 @@ from .errors import InputError
 __all__ = [
     "confusion_matrix", "iou_from_confusion", "per_class_iou", "mean_iou", "pixel_accuracy",
     "mean_accuracy", "seam_consistency", "seam_counts", "seam_ratio", "class_counts", "scores_from_counts",
-    "evaluate",
+    "evaluate", "majority_class",
 ]
 
 
@@ -214,3 +214,23 @@ def evaluate(pred, gt, num_classes: int, weighted: bool = False, ignore_index: i
         out["seam_consistency_pred"] = seam_consistency(p)
         out["seam_consistency_gt"] = seam_consistency(gt)
     return out
+
+
+def majority_class(labels, mask=None, num_classes: Optional[int] = None) -> Optional[int]:
+    """The most frequent class of ``labels`` under ``mask`` (a majority vote).
+
+    ``labels``: integer class indices, any shape; ``mask``: bool of the same shape (None = all
+    pixels). Only values in ``0..num_classes-1`` vote (``num_classes`` None: every value >= 0),
+    so negative "unlabelled" values and void labels are left out. A tie goes to the smaller
+    index. Returns None when no pixel votes.
+    """
+    labels = np.asarray(labels)
+    under = labels[np.asarray(mask, dtype=bool)] if mask is not None else labels.ravel()
+    valid = under >= 0
+    if num_classes is not None:
+        valid &= under < num_classes
+    under = under[valid]
+    if not under.size:
+        return None
+    return int(np.bincount(under.astype(np.int64, copy=False), minlength=num_classes or 0).argmax())
+

@@ -17,43 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import Dataset, dataset_for_num_classes
+from .device import DTYPES, default_device, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from .errors import InputError
+from .geometry import roll_half, unroll_half, x_to_view
+from .hub import HUB_REPO_ID
+from .inputs import check_panorama
 from .model import PanoSAMic
 
 ArrayLike = Union[np.ndarray, "torch.Tensor", Any]
 ProgressFn = Callable[[str], None]
 
 MASK_THRESHOLD = 0.0  # SAM's: mask logits above it are foreground
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def default_device() -> torch.device:
-    """cuda > mps > cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """A torch device that exists here: None or "auto" picks cuda > mps > cpu; a named one
-    that this machine or torch build lacks is an InputError that says what to use instead."""
-    if device is None or str(device) == "auto":
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"device {device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device}: CUDA is not available on this machine/torch build; use cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError(f"device {device}: MPS is not available here; use cpu or auto")
-    return dev
 
 
 def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
@@ -66,12 +40,15 @@ def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
 
 
 def _encode_depth_channel(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
-    """`encode_depth` as one (H, W) float32 channel."""
+    """`encode_depth` as one (H, W) float32 channel, computed in place (one 8K temporary, not five)."""
     d = np.asarray(depth_m, dtype=np.float32)
     valid = np.isfinite(d) & (d > 0)
-    d = np.where(valid, d, 0.0).astype(np.float32)
-    enc = np.float32(255.0) * (np.float32(1.0) - np.clip(d, 0.0, max_depth) / np.float32(max_depth))
-    return (enc * valid).astype(np.float32)
+    enc = np.clip(d, np.float32(0.0), np.float32(max_depth))
+    enc /= np.float32(max_depth)
+    np.subtract(np.float32(1.0), enc, out=enc)
+    enc *= np.float32(255.0)
+    enc[~valid] = 0.0
+    return enc
 
 
 @dataclass
@@ -127,7 +104,7 @@ class Predictor:
         if not (max_depth > 0 and np.isfinite(max_depth)):
             raise InputError(f"max_depth must be a positive number of metres, got {max_depth}")
         self.device = resolve_device(device)
-        self.dtype = self._resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
         self.max_depth = float(max_depth)
         self.encoder_chunk_size = encoder_chunk_size if encoder_chunk_size is not None else (
@@ -137,20 +114,26 @@ class Predictor:
         self.last_view: Optional[int] = None
         self.reset_panorama()
 
-    # --- configuration -------------------------------------------------------------------------
-    def _resolve_dtype(self, dtype: Optional[Union[str, torch.dtype]]) -> torch.dtype:
-        if dtype is None:
-            return torch.float32
-        if isinstance(dtype, torch.dtype):
-            resolved = dtype
-        elif str(dtype).lower() in DTYPES:
-            resolved = DTYPES[str(dtype).lower()]
-        else:
-            raise InputError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-        if resolved == torch.float16 and self.device.type != "cuda":
-            raise InputError("float16 runs on CUDA only; use float32 or bfloat16 on this device")
-        return resolved
+    @classmethod
+    def from_pretrained(cls, checkpoint: Any = HUB_REPO_ID, subfolder: Optional[str] = None,
+                        sam: Any = None, config: Any = None, device: Optional[Union[str, torch.device]] = None,
+                        dtype: Optional[Union[str, torch.dtype]] = None, max_depth: float = 10.0,
+                        revision: Optional[str] = None, token: Union[str, bool, None] = None,
+                        **kwargs: Any) -> "Predictor":
+        """A Predictor for released or local weights, as `SamPredictor(sam_model_registry[...](...))`
+        in one call: `panosamic.weights.load_model` (float32 weights, on the CPU) then `cls(model,
+        device, max_depth, dtype, **kwargs)`. See `panosamic.from_pretrained` for the arguments.
 
+        Example::
+
+            predictor = Predictor.from_pretrained(subfolder="stanford2d3ds-vith-rgbd-fold1", device="cuda")
+        """
+        from .weights import load_model
+
+        model = load_model(checkpoint, subfolder=subfolder, sam=sam, config=config, revision=revision, token=token)
+        return cls(model, device=device, max_depth=max_depth, dtype=dtype, **kwargs)
+
+    # --- configuration -------------------------------------------------------------------------
     def _autocast(self):
         if self.dtype == torch.float32 or self.device.type not in ("cuda", "cpu"):
             return nullcontext()
@@ -257,59 +240,26 @@ class Predictor:
 
     def _prepare(self, image: ArrayLike, depth: Optional[ArrayLike], normals: Optional[ArrayLike],
                  max_depth: Optional[float] = None) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Validates inputs and returns the (M, 3, S/2, S) float32 stack in 0..255.
+        """Validates inputs (`panosamic.inputs.check_panorama`) and returns the (M, 3, S/2, S)
+        float32 stack in 0..255 and the input (H, W).
 
         Large panoramas are converted to float and resized one channel at a time, so an
         8192x4096 input never exists as a float32 stack (1.2 GB for RGB-D-N)."""
-        img = _as_array(image, "image")
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=-1)
-        if img.ndim != 3 or img.shape[-1] not in (3, 4):
-            raise InputError(f"image must be (H, W, 3) RGB, got shape {img.shape}")
-        img = img[..., :3]
-        H, W = img.shape[:2]
-        if W != 2 * H:
-            raise InputError(
-                f"the panorama is {W}x{H}; an equirectangular panorama is twice as wide as high "
-                f"(e.g. {2 * H}x{H}). Crop or resize it to 2:1."
-            )
-        if H < 8:
-            raise InputError(f"the panorama is only {W}x{H} pixels; give at least 16x8")
-        _check_finite(img, "image")
-        given = {"depth": depth is not None, "normals": normals is not None}
-        missing = [m for m in self.required_modalities if m != "image" and not given[m]]
-        if missing:
-            hint = {"depth": "depth=(H, W) array in metres", "normals": "normals=(H, W, 3) RGB-encoded normals"}
-            raise InputError(
-                f"this checkpoint needs {' and '.join(missing)} as well as the RGB image: pass "
-                + " and ".join(hint[m] for m in missing)
-                + (" (no normals? panosamic.geometry.normals_from_depth estimates them from depth)"
-                   if "normals" in missing and given["depth"] else "")
-                + ", or use a checkpoint trained on fewer modalities"
-            )
+        pano = check_panorama(image, depth, normals, self.required_modalities)
         size = self.model.erp_size
-        layers = {"image": _channels_to_model_size(img, size)}
-        if "depth" in self.required_modalities:
-            d = _as_array(depth, "depth")
-            if d.ndim == 3 and d.shape[-1] in (1, 3):
-                d = d[..., 0]
-            if d.shape != (H, W):
-                raise InputError(f"depth is {d.shape[1] if d.ndim > 1 else '?'}x{d.shape[0]} but the image is "
-                                 f"{W}x{H}: give a depth map of the same size (metres)")
+        layers = {"image": _channels_to_model_size(pano.image, size)}
+        if pano.depth is not None:
             T = self.max_depth if max_depth is None else float(max_depth)
             if not (T > 0 and np.isfinite(T)):
                 raise InputError(f"max_depth must be a positive number of metres, got {max_depth}")
-            encoded = _encode_depth_channel(d, T)
+            encoded = _encode_depth_channel(pano.depth, T)
             layers["depth"] = _channels_to_model_size(encoded[..., None], size).expand(3, -1, -1)
-        if "normals" in self.required_modalities:
-            n = _as_array(normals, "normals")
-            if n.shape != (H, W, 3):
-                raise InputError(f"normals must be (H, W, 3) = ({H}, {W}, 3) like the image, got {n.shape}")
-            _check_finite(n, "normals")
-            unit_vectors = n.dtype.kind in "if" and n.min() < 0  # not an RGB-encoded image
+        if pano.normals is not None:
+            n = pano.normals
+            unit_vectors = n.dtype.kind == "f" and n.min() < 0  # not an RGB-encoded image
             layers["normals"] = _channels_to_model_size(n, size, unit_vectors=unit_vectors)
         stack = torch.stack([layers[m] for m in self.required_modalities])
-        return stack.contiguous(), (H, W)
+        return stack.contiguous(), tuple(pano.size)
 
     # --- semantic outputs ----------------------------------------------------------------------
     def get_image_embedding(self, view: int = 0, modality: str = "image") -> torch.Tensor:
@@ -346,24 +296,39 @@ class Predictor:
         return self._labels
 
     def labels_at(self, size: Optional[Tuple[int, int]] = None, state: Optional[PanoramaState] = None,
-                  tile_rows: int = 256) -> np.ndarray:
+                  tile_rows: int = 512) -> np.ndarray:
         """(h, w) uint8 class indices (int64 beyond 255 classes) at `size` (default: the input size).
 
-        Computed `tile_rows` output rows at a time from the model-size logits, so an 8K label
-        map needs no (K, H, W) float array; equal to `logits_at(size).argmax(0)` but for ties.
+        Equal to `logits_at(size).argmax(0)` but for exact ties, without a (K, h, w) float array:
+        the last bilinear step blends four model-size logit vectors per pixel, and where those
+        four have the same argmax the blend has it too; only the other pixels (along class
+        edges, a few percent) are interpolated, `tile_rows` output rows at a time.
         state: another panorama's `PanoramaState` (default: the current one).
         """
         state = self._require_state() if state is None else state
         size = tuple(state.input_size if size is None else size)
         with torch.inference_mode():
-            erp = self.model.postprocess(state.semantic_logits.to(self.device), self.model.erp_size)[0]
-            dtype = np.uint8 if erp.shape[0] <= 256 else np.int64
-            if tuple(erp.shape[-2:]) == size:
-                return erp.argmax(0).cpu().numpy().astype(dtype)
-            out = np.empty(size, dtype)
-            for r0 in range(0, size[0], tile_rows):
-                r1 = min(r0 + tile_rows, size[0])
-                out[r0:r1] = _bilinear_rows(erp, size, r0, r1).argmax(0).cpu().numpy()
+            erp = self.model.postprocess(state.semantic_logits.to(self.device), self.model.erp_size)[0].float().cpu()
+        coarse = erp.argmax(0)
+        dtype = np.uint8 if erp.shape[0] <= 256 else np.int64
+        if tuple(erp.shape[-2:]) == size:
+            return coarse.numpy().astype(dtype)
+        (y0, y1, wy), (x0, x1, wx) = (_bilinear_taps(erp.shape[-2], size[0]), _bilinear_taps(erp.shape[-1], size[1]))
+        # the columns once (h x W), then whole rows per tile: row gathers are plain copies
+        left, right = coarse[:, x0].to(torch.int16), coarse[:, x1].to(torch.int16)
+        out = np.empty(size, dtype)
+        for r0 in range(0, size[0], tile_rows):
+            rows = slice(r0, min(r0 + tile_rows, size[0]))
+            tile = left[y0[rows]]
+            edge = (tile != right[y0[rows]]) | (tile != left[y1[rows]]) | (tile != right[y1[rows]])
+            i, j = edge.nonzero(as_tuple=True)
+            if len(i):
+                v, u = wy[rows][i], wx[j]
+                a, b = y0[rows][i], y1[rows][i]
+                blend = ((erp[:, a, x0[j]] * (1 - u) + erp[:, a, x1[j]] * u) * (1 - v)
+                         + (erp[:, b, x0[j]] * (1 - u) + erp[:, b, x1[j]] * u) * v)
+                tile[i, j] = blend.argmax(0).to(tile.dtype)
+            out[rows] = tile.numpy()
         return out
 
     # --- prompts -------------------------------------------------------------------------------
@@ -414,7 +379,7 @@ class Predictor:
         if v == 1:
             if pts_m is not None:
                 pts_m = pts_m.copy()
-                pts_m[:, 0] = (pts_m[:, 0] + Wm / 2) % Wm
+                pts_m[:, 0] = x_to_view(pts_m[:, 0], Wm, 1)
             if box_m is not None:
                 box_m = _box_in_view1(box_m, Wm)
         elif box_m is not None and box_m[0] > box_m[2]:
@@ -437,13 +402,13 @@ class Predictor:
                                      "as returned by predict, got " + str(tuple(mk.shape)))
                 mk = mk.reshape(1, 1, *low_size)
                 if v == 1:
-                    mk = torch.roll(mk, low_size[1] // 2, dims=-1)
+                    mk = roll_half(mk)
             embedding = state.embeddings[v * len(self.required_modalities)][None].to(dev)
             low, iou = self.model.decode_prompts(embedding, pt, bx, mk, multimask_output)
             low = low.float()
             masks = self.model.postprocess(low, tuple(output_size or (H, W)), view=v)[0]
             if v == 1:
-                low = torch.roll(low, -(low_size[1] // 2), dims=-1)
+                low = unroll_half(low)
         self.last_view = v
         masks_np = masks.cpu().numpy()
         if not return_logits:
@@ -540,9 +505,9 @@ class Predictor:
             return float(min(min(x, W - x) for x in xs_view))
 
         m0 = margin(xs)
-        m1 = margin([(x + W / 2) % W for x in xs])
+        m1 = margin([x_to_view(x, W, 1) for x in xs])
         # In view 1 a box must stay a plain box (not wrap) to be usable.
-        if box is not None and (box[0] + W / 2) % W > (box[2] + W / 2) % W:
+        if box is not None and x_to_view(box[0], W, 1) > x_to_view(box[2], W, 1):
             return 0
         return 1 if m1 > m0 else 0
 
@@ -558,23 +523,6 @@ class Predictor:
         from .instances import refine_semantics
 
         return refine_semantics(self.labels if labels is None else labels, instances)
-
-
-def _as_array(x: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x)
-    except Exception as e:  # e.g. a file object or a string path
-        raise InputError(f"{name} must be an array, got {type(x).__name__} ({e})") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise InputError(f"{name} must be a numeric array (load files with panosamic.io first), got {arr.dtype}")
-    return arr
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(f"{name} contains NaN or infinite values")
 
 
 def _channels_to_model_size(arr: np.ndarray, size: Tuple[int, int], unit_vectors: bool = False) -> torch.Tensor:
@@ -599,23 +547,19 @@ def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(stack, size, mode="bilinear", align_corners=False)
 
 
-def _bilinear_rows(x: torch.Tensor, size: Tuple[int, int], r0: int, r1: int) -> torch.Tensor:
-    """Rows r0:r1 of `F.interpolate(x[None], size, mode="bilinear", align_corners=False)[0]`
-    for x (C, h, w), without computing the other rows: the row weights by hand, the
-    columns by interpolate on the (C, r1 - r0, w) strip (at equal height it only resamples x)."""
-    h = x.shape[-2]
-    sy = ((torch.arange(r0, r1, dtype=torch.float32, device=x.device) + 0.5) * (h / size[0]) - 0.5).clamp(min=0)
-    y0 = sy.floor().long().clamp(max=h - 1)
-    y1 = (y0 + 1).clamp(max=h - 1)
-    wy = (sy - y0.float())[:, None]
-    rows = x[:, y0] * (1 - wy) + x[:, y1] * wy
-    return F.interpolate(rows[None], (r1 - r0, size[1]), mode="bilinear", align_corners=False)[0]
+def _bilinear_taps(src: int, dst: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of `dst` output pixels of a bilinear resize from `src` (align_corners=False,
+    as `F.interpolate`): the two source indices and the weight of the second."""
+    pos = ((torch.arange(dst, dtype=torch.float32) + 0.5) * (src / dst) - 0.5).clamp(min=0)
+    lo = pos.floor().long().clamp(max=src - 1)
+    hi = (lo + 1).clamp(max=src - 1)
+    return lo, hi, pos - lo.float()
 
 
 def _box_in_view1(box: np.ndarray, W: float) -> np.ndarray:
     """A box in view 0 coordinates -> view 1 (x' = (x + W/2) mod W), keeping it contiguous."""
-    x1 = (box[0] + W / 2) % W
-    x2 = (box[2] + W / 2) % W
+    x1 = x_to_view(box[0], W, 1)
+    x2 = x_to_view(box[2], W, 1)
     if x2 == 0 and box[2] > 0:
         x2 = W  # the right edge, not the left one
     if x1 > x2:

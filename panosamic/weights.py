@@ -1,41 +1,38 @@
-"""Finding, downloading, reading and loading PanoSAMic weights.
+"""Reading PanoSAMic and SAM weights and loading them into a model, strictly.
 
 A PanoSAMic model is made from two files (see `shared/docs/panosamic-model.md`, "Weights"):
+Meta's SAM checkpoint for `image_encoder.*`, `prompt_encoder.*` and `mask_decoder.*`
+(found or downloaded by `panosamic.sam_weights`) and a PanoSAMic `model.safetensors` for
+`feature_fuser.*` and `semantic_decoder.*` (found locally or on the Hub by `panosamic.hub`).
 
-1. Meta's SAM checkpoint (a torch-pickled state dict) for `image_encoder.*`,
-   `prompt_encoder.*` and `mask_decoder.*`. Resolved by `resolve_sam_checkpoint` from a
-   preset name (`vit_b`, `vit_l`, `vit_h`), a local path or a URL; downloads go to
-   `sam_cache_dir()` and are checked against the SHA-256 prefix in the file name.
-2. A PanoSAMic `model.safetensors` for `feature_fuser.*` and `semantic_decoder.*`.
-   Resolved by `resolve_panosamic_checkpoint` from a local file, a local folder or a
-   Hugging Face Hub repo id + subfolder (through `huggingface_hub`, so its cache,
-   `HF_HOME`, `HF_HUB_OFFLINE` and tokens work as usual).
+This module reads them (`read_*`), copies them into a model built by
+`panosamic.build.build_model` checking that every key and shape matches exactly
+(`load_weights`), and does the whole chain in one call (`load_model`, `from_pretrained`:
+resolve -> config -> build -> load). Every failure raises `WeightsError` with a message that
+says what went wrong and what to do.
 
-`load_weights` copies both into a model built by `panosamic.build.build_model`, checking
-that every key and shape matches exactly; `from_pretrained` / `load_model` do the whole
-chain (resolve -> config -> build -> load).
-
-Every failure raises `WeightsError` with a message that says what went wrong and what to do.
+The names of `panosamic.hub` and `panosamic.sam_weights` are re-exported here, where they used
+to live.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .config import MODALITIES, RELEASED_SUBFOLDERS, ConfigLike, describe, infer_config, resolve_config  # noqa: F401 (re-exported)
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, InputError, WeightsError
+from .hub import (CONFIG_FILENAME, HUB_REPO_ID, PANOSAMIC_FILENAME, cached_subfolders,  # noqa: F401 (re-exported)
+                  companion_config, find_companions, list_subfolders, local_subfolders,
+                  resolve_panosamic_checkpoint)
+from .sam_weights import (SAM_BASE_URL, SAM_BASE_URL_ENV, SAM_CACHE_ENV, SAM_CHECKPOINTS,  # noqa: F401 (re-exported)
+                          download_file, local_sam_checkpoint, resolve_sam_checkpoint, sam_base_url,
+                          sam_cache_dir)
 
 logger = logging.getLogger(__name__)
 
@@ -43,337 +40,8 @@ PathLike = Union[str, os.PathLike]
 StateDict = Mapping[str, torch.Tensor]
 Shapes = Dict[str, Tuple[int, ...]]
 
-# --- constants --------------------------------------------------------------------------
-
-SAM_CHECKPOINTS: Dict[str, str] = {
-    "vit_b": "sam_vit_b_01ec64.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_h": "sam_vit_h_4b8939.pth",
-}
-SAM_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-SAM_BASE_URL_ENV = "PANOSAMIC_SAM_BASE_URL"
-SAM_CACHE_ENV = "PANOSAMIC_SAM_CACHE"
-
-HUB_REPO_ID = "dfki-av/PanoSAMic"
-PANOSAMIC_FILENAME = "model.safetensors"
-CONFIG_FILENAME = "config.json"
-
 SAM_PREFIXES: Tuple[str, ...] = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 PANOSAMIC_PREFIXES: Tuple[str, ...] = ("feature_fuser.", "semantic_decoder.")
-
-# Meta's file names end in the first 6 hex digits of the file's SHA-256.
-_SHA_IN_NAME = re.compile(r"_([0-9a-f]{6})\.pth$")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_CHUNK = 1 << 20  # download/hash block size in bytes
-
-
-# --- SAM checkpoints ----------------------------------------------------------------------
-
-
-def sam_cache_dir() -> Path:
-    """Folder where SAM checkpoints are downloaded: `$PANOSAMIC_SAM_CACHE`, else `~/.cache/panosamic/sam/`.
-
-    Read on every call (not at import), so changing the variable takes effect at once.
-    """
-    env = os.environ.get(SAM_CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "panosamic" / "sam"
-
-
-def sam_base_url() -> str:
-    """Base URL of SAM downloads: `$PANOSAMIC_SAM_BASE_URL` (a mirror), else Meta's server."""
-    base = os.environ.get(SAM_BASE_URL_ENV) or SAM_BASE_URL
-    return base if base.endswith("/") else base + "/"
-
-
-def _is_url(spec: str) -> bool:
-    return urllib.parse.urlparse(spec).scheme in ("http", "https", "ftp", "file")
-
-
-def resolve_sam_checkpoint(spec: PathLike, progress: bool = True) -> Path:
-    """Local path of a SAM checkpoint, downloading it if needed.
-
-    `spec` is one of:
-    - an existing file path: returned as is;
-    - a name `vit_b` / `vit_l` / `vit_h`: the cached file in `sam_cache_dir()`, else downloaded
-      from `sam_base_url()` into it;
-    - an http(s) URL: cached under the URL's file name in `sam_cache_dir()`, downloaded if absent.
-
-    Downloads show a tqdm progress bar (`progress=False` hides it), are written to a temporary
-    file and renamed only when complete and, where the file name ends in `_<6 hex>.pth`,
-    when its SHA-256 starts with those digits. Raises WeightsError otherwise.
-    """
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    if text in SAM_CHECKPOINTS:
-        name = SAM_CHECKPOINTS[text]
-        url = sam_base_url() + name
-    elif _is_url(text):
-        url = text
-        name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(text).path))
-        if not name:
-            raise WeightsError(f"cannot tell a file name from the URL {text!r}: give a URL that ends in the file name")
-    else:
-        if path.is_dir():
-            raise WeightsError(f"{path} is a folder; pass the SAM checkpoint file inside it (e.g. sam_vit_h_4b8939.pth)")
-        raise WeightsError(
-            f"SAM checkpoint {text!r} not found: pass an existing .pth file, a URL, or one of "
-            f"{', '.join(SAM_CHECKPOINTS)} to download Meta's checkpoint"
-        )
-    dest = sam_cache_dir() / name
-    if dest.is_file():
-        return dest
-    download_file(url, dest, progress=progress)
-    return dest
-
-
-def download_file(url: str, dest: PathLike, progress: bool = True, timeout: float = 30.0) -> Path:
-    """Downloads `url` to `dest` atomically, checking the SHA-256 prefix a `_<6 hex>.pth` name carries.
-
-    The data go to a temporary file in `dest`'s folder (same file system, so the final
-    `os.replace` is atomic): `dest` either does not exist or is complete. Any failure,
-    including Ctrl-C, removes the temporary file. `timeout` (seconds) bounds each network wait.
-    """
-    from tqdm.auto import tqdm
-
-    dest = Path(dest)
-    manual = (
-        f"If this machine has no internet access, download {url} elsewhere and put it at "
-        f"{dest.resolve()} , or pass the path of a local copy instead (e.g. sam='/path/to/{dest.name}')."
-    )
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WeightsError(f"cannot create the download folder {dest.parent} ({e}); set {SAM_CACHE_ENV} "
-                           "to a writable folder") from None
-    match = _SHA_IN_NAME.search(dest.name)
-    expected_sha = match.group(1) if match else None
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        sha = hashlib.sha256()
-        received = 0
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "panosamic"})
-            with urllib.request.urlopen(request, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-                fd = -1  # now owned by `out`
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                          desc=f"Downloading {dest.name}", disable=not progress) as bar:
-                    while True:
-                        block = response.read(_CHUNK)
-                        if not block:
-                            break
-                        out.write(block)
-                        sha.update(block)
-                        received += len(block)
-                        bar.update(len(block))
-        except urllib.error.HTTPError as e:
-            raise WeightsError(f"downloading {url} failed: the server answered {e.code} {e.reason}. {manual}") from None
-        except (urllib.error.URLError, OSError) as e:  # refused, DNS, timeout, reset, disk full
-            reason = getattr(e, "reason", None) or e
-            raise WeightsError(f"downloading {url} failed ({reason}). {manual}") from None
-        # http.client returns short data without an error when the server closes early.
-        if total is not None and received != total:
-            raise WeightsError(
-                f"downloading {url} stopped after {received} of {total} bytes (connection closed); "
-                f"nothing was saved. Try again. {manual}"
-            )
-        digest = sha.hexdigest()
-        if expected_sha is not None and not digest.startswith(expected_sha):
-            raise WeightsError(
-                f"the file downloaded from {url} is damaged or not the expected one: its SHA-256 is "
-                f"{digest[:12]}..., the name says {expected_sha}...; nothing was saved. Try again, or "
-                f"download it yourself and put it at {dest.resolve()}"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    logger.info("downloaded %s to %s", url, dest)
-    return dest
-
-
-# --- PanoSAMic checkpoints ------------------------------------------------------------------
-
-
-def _looks_like_path(text: str) -> bool:
-    return (text.startswith((".", "/", "~", "\\")) or text.endswith((".safetensors", ".json"))
-            or os.path.isabs(text) or not _REPO_ID.match(text))
-
-
-def local_subfolders(root: Path, depth: int = 3) -> List[str]:
-    """Subfolders of `root` (1 to `depth` levels down) holding a model.safetensors, as posix paths."""
-    found = []
-    for level in range(1, depth + 1):  # glob per level: a bounded walk, even for a large folder
-        pattern = "/".join(["*"] * level) + "/" + PANOSAMIC_FILENAME
-        found.extend(p.parent.relative_to(root).as_posix() for p in root.glob(pattern))
-    return sorted(found)
-
-
-def resolve_panosamic_checkpoint(spec: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
-                                 revision: Optional[str] = None, token: Union[str, bool, None] = None) -> Path:
-    """Local path of a PanoSAMic `model.safetensors`.
-
-    `spec` is a local `.safetensors` file, a local folder holding `[subfolder/]model.safetensors`,
-    or a Hub repo id (default `dfki-av/PanoSAMic`) whose `subfolder/model.safetensors` is fetched
-    with `huggingface_hub.hf_hub_download` (`revision` and `token` are passed through; the HF
-    cache, `HF_HOME`/`HF_HUB_CACHE`, `HF_HUB_OFFLINE` and stored tokens apply as usual).
-    """
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    if path.is_file():
-        if subfolder:
-            raise WeightsError(f"subfolder={subfolder!r} was given with the file {path}: pass the folder that "
-                               "contains the subfolder instead, or drop subfolder")
-        return path
-    if path.is_dir():
-        target = path / subfolder / PANOSAMIC_FILENAME if subfolder else path / PANOSAMIC_FILENAME
-        if target.is_file():
-            return target
-        known = local_subfolders(path)
-        hint = (f"subfolders with a {PANOSAMIC_FILENAME}: {', '.join(known)}" if known
-                else f"no subfolder of {path} holds one either")
-        raise WeightsError(f"{target} does not exist; {hint}")
-    if _looks_like_path(text):
-        raise WeightsError(f"PanoSAMic checkpoint {text!r} not found: no such file or folder "
-                           f"(a Hub repo id looks like {HUB_REPO_ID!r})")
-    if text == HUB_REPO_ID and not subfolder:
-        # The official repo keeps every model in its own folder: say so without a network round trip.
-        raise WeightsError(f"{HUB_REPO_ID} holds several models: pass subfolder=..., e.g. one of "
-                           f"{', '.join(RELEASED_SUBFOLDERS)} (list_subfolders() shows what the Hub has)")
-    return _hub_download(text, PANOSAMIC_FILENAME, subfolder, revision, token, required=True)
-
-
-def _hub_cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    is_offline = getattr(constants, "is_offline_mode", None)
-    return bool(is_offline()) if callable(is_offline) else bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_download(repo_id: str, filename: str, subfolder: Optional[str], revision: Optional[str],
-                  token: Union[str, bool, None], required: bool) -> Optional[Path]:
-    """`hf_hub_download` with errors turned into WeightsError (or None when not `required`)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
-    where = f"{repo_id}/{subfolder + '/' if subfolder else ''}{filename}"
-    at_rev = f" at revision {revision!r}" if revision else ""
-    try:
-        return Path(hf_hub_download(repo_id, filename, subfolder=subfolder or None, revision=revision, token=token))
-    except LocalEntryNotFoundError:
-        # Not in the cache, and the Hub was not asked (offline) or could not be reached.
-        if not required:
-            return None
-        if _hub_offline():
-            why = "HF_HUB_OFFLINE is set, so huggingface_hub does not download"
-            fix = "unset HF_HUB_OFFLINE and run once with network access to fill the cache"
-        else:
-            why = "the Hugging Face Hub could not be reached (no network?)"
-            fix = "run once with network access to fill the cache"
-        raise WeightsError(
-            f"{where}{at_rev} is not in the Hugging Face cache ({_hub_cache_dir()}) and {why}. To fix: {fix}, "
-            f"or download the file elsewhere and pass its local path (or its folder) instead of {repo_id!r}. "
-            f"{_known_subfolders_hint(_offline_subfolders(repo_id, revision), repo_id)}"
-        ) from None
-    except GatedRepoError:
-        raise WeightsError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
-                           "(`hf auth login`, or pass token=...)") from None
-    except RepositoryNotFoundError:
-        raise WeightsError(f"Hub repo {repo_id!r} not found (or private: log in with `hf auth login` or pass "
-                           f"token=...). The released weights are in {HUB_REPO_ID!r}.") from None
-    except RevisionNotFoundError:
-        raise WeightsError(f"revision {revision!r} not found in {repo_id}") from None
-    except EntryNotFoundError:
-        if not required:
-            return None
-        raise WeightsError(f"{where}{at_rev} does not exist on the Hub. "
-                           f"{_known_subfolders_hint(list_subfolders(repo_id, revision, token), repo_id)}") from None
-    except (HfHubHTTPError, OSError) as e:
-        if not required:
-            return None
-        raise WeightsError(f"fetching {where}{at_rev} from the Hugging Face Hub failed ({e}). Pass a local "
-                           "path instead, or try again later.") from None
-
-
-def _known_subfolders_hint(known: Sequence[str], repo_id: str) -> str:
-    if not known:
-        return "No subfolder with a model.safetensors is known for this repo."
-    return f"Known subfolders of {repo_id}: {', '.join(known)}."
-
-
-def cached_subfolders(repo_id: str, revision: Optional[str] = None) -> List[str]:
-    """Subfolders with a model.safetensors in the local HF cache of `repo_id` (any snapshot if no revision)."""
-    repo_dir = Path(_hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
-    snapshots = repo_dir / "snapshots"
-    if not snapshots.is_dir():
-        return []
-    commits = [p for p in snapshots.iterdir() if p.is_dir()]
-    if revision:
-        ref = repo_dir / "refs" / revision
-        commit = ref.read_text().strip() if ref.is_file() else revision
-        commits = [p for p in commits if p.name == commit]
-    found = set()
-    for snap in commits:
-        found.update(s for s in local_subfolders(snap) if s)
-    return sorted(found)
-
-
-def _offline_subfolders(repo_id: str, revision: Optional[str] = None) -> List[str]:
-    """What is known without the network: cached subfolders, plus the released ones for the official repo."""
-    known = set(cached_subfolders(repo_id, revision))
-    if repo_id == HUB_REPO_ID:
-        known.update(RELEASED_SUBFOLDERS)
-    return sorted(known)
-
-
-def list_subfolders(repo_id: str = HUB_REPO_ID, revision: Optional[str] = None,
-                    token: Union[str, bool, None] = None) -> List[str]:
-    """Subfolders of a Hub repo that hold a model.safetensors, sorted.
-
-    Asks the Hub; offline or when it cannot be reached, falls back to what the local HF cache
-    holds plus, for the official repo, `RELEASED_SUBFOLDERS`.
-    """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        if _hub_offline():
-            raise ConnectionError("HF_HUB_OFFLINE is set")
-        files = HfApi().list_repo_files(repo_id, revision=revision, token=token)
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise WeightsError(f"Hub repo {repo_id!r}{' revision ' + repr(revision) if revision else ''} not found "
-                           "(or private: log in or pass token=...)") from None
-    except Exception as e:  # noqa: BLE001  (offline, DNS, proxy, timeouts: many exception types)
-        logger.info("listing %s on the Hub failed (%s); using the cache and the released list", repo_id, e)
-        return _offline_subfolders(repo_id, revision)
-    suffix = "/" + PANOSAMIC_FILENAME
-    return sorted({f[: -len(suffix)] for f in files if f.endswith(suffix)})
-
-
-def find_companions(checkpoint: PathLike) -> Dict[str, Optional[Path]]:
-    """Optional files next to a model.safetensors: `config` (config.json) and `sam` (sam.pth or sam_vit_*.pth)."""
-    folder = Path(checkpoint).parent
-    config = folder / CONFIG_FILENAME
-    sam = folder / "sam.pth"
-    if not sam.is_file():
-        candidates = sorted(folder.glob("sam_vit_*.pth"))
-        sam = candidates[0] if candidates else None
-    return {"config": config if config.is_file() else None, "sam": sam}
 
 
 # --- reading files --------------------------------------------------------------------------
@@ -644,33 +312,6 @@ def load_weights(model: torch.nn.Module, sam: Union[PathLike, StateDict, None] =
 # --- one call: resolve, configure, build, load -------------------------------------------------
 
 
-def _sam_local(spec: Any) -> Optional[Path]:
-    """The local file a SAM spec names, without downloading (None if it would need a download)."""
-    if spec is None or isinstance(spec, Mapping):
-        return None
-    text = os.fspath(spec)
-    if Path(text).expanduser().is_file():
-        return Path(text).expanduser()
-    if text in SAM_CHECKPOINTS:
-        cached = sam_cache_dir() / SAM_CHECKPOINTS[text]
-    elif _is_url(text):
-        cached = sam_cache_dir() / os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(text).path))
-    else:
-        return None
-    return cached if cached.is_file() else None
-
-
-def _companion_config(checkpoint: Path, spec: PathLike, subfolder, revision, token) -> Optional[Path]:
-    """config.json beside the checkpoint: on disk, else (for a Hub checkpoint) fetched from the Hub."""
-    local = checkpoint.parent / CONFIG_FILENAME
-    if local.is_file():
-        return local
-    text = os.fspath(spec)
-    if not Path(text).expanduser().exists() and not _looks_like_path(text):
-        return _hub_download(text, CONFIG_FILENAME, subfolder, revision, token, required=False)
-    return None
-
-
 def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
                sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
                device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
@@ -689,21 +330,22 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
       instead keeps float32 weights and lets the Predictor autocast.
     """
     from .build import build_model
-    from .predictor import DTYPES
+    from .device import resolve_dtype
 
-    if isinstance(dtype, str):  # the app and CLI pass names
-        if dtype.lower() not in DTYPES:
-            raise WeightsError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-        dtype = DTYPES[dtype.lower()]
+    if dtype is not None:  # the app and CLI pass names
+        try:
+            dtype = resolve_dtype(dtype)
+        except InputError as e:
+            raise WeightsError(str(e)) from None
     ckpt = resolve_panosamic_checkpoint(checkpoint, subfolder=subfolder, revision=revision, token=token)
     companions = find_companions(ckpt)
     sam_spec: Any = sam if sam is not None else companions["sam"]
-    sam_path = _sam_local(sam_spec)
+    sam_path = local_sam_checkpoint(sam_spec)
 
     if config is not None:
         cfg = resolve_config(config)
     else:
-        config_path = _companion_config(ckpt, checkpoint, subfolder, revision, token)
+        config_path = companion_config(ckpt, checkpoint, subfolder, revision, token)
         if config_path is not None:
             cfg = resolve_config(config_path)
         else:
@@ -740,7 +382,8 @@ def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str]
                     device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                     max_depth: float = 10.0, revision: Optional[str] = None,
                     token: Union[str, bool, None] = None):
-    """A ready `Predictor` for released or local PanoSAMic weights (see `load_model` for the arguments).
+    """A ready `Predictor` for released or local PanoSAMic weights (see `load_model` for the arguments);
+    the same as the classmethod `Predictor.from_pretrained`.
 
     `device` (None = best available) and `dtype` (autocast precision, e.g. "bfloat16") are the
     Predictor's; the weights are loaded in float32.
@@ -754,5 +397,5 @@ def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str]
     """
     from .predictor import Predictor
 
-    model = load_model(checkpoint, subfolder=subfolder, sam=sam, config=config, revision=revision, token=token)
-    return Predictor(model, device=device, max_depth=max_depth, dtype=dtype)
+    return Predictor.from_pretrained(checkpoint, subfolder=subfolder, sam=sam, config=config, device=device,
+                                     dtype=dtype, max_depth=max_depth, revision=revision, token=token)

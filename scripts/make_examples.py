@@ -4,9 +4,9 @@
     python scripts/make_examples.py --only seam --out /tmp/ex
     python scripts/make_examples.py --readme-table  # print the class-share table for the README
 
-Each example is rendered by :mod:`panosamic.scenes` from a fixed (kind, seed)
-(:data:`panosamic.scenes.EXAMPLES`) and written by
-:func:`panosamic.io.write_example`: ``<name>_rgb.jpg``, ``<name>_depth.png``
+Each example is rendered by :mod:`devtools.scenes` from a fixed (kind, seed)
+(:data:`devtools.scenes.EXAMPLES`) and written by
+:func:`devtools.examples.write_example`: ``<name>_rgb.jpg``, ``<name>_depth.png``
 (16-bit mm), ``<name>_normals.png``, ``<name>_labels.png``, ``<name>.json``.
 """
 
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from panosamic import io, scenes  # noqa: E402
+from devtools import scenes  # noqa: E402
+from devtools.examples import write_example  # noqa: E402
 from panosamic.datasets import STANFORD2D3DS  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     metas = {}
     for name in args.only or list(scenes.EXAMPLES):
         pano = scenes.render_example(name, args.width)
-        paths = io.write_example(args.out, name, pano)
+        paths = write_example(args.out, name, pano)
         metas[name] = pano.meta
         for p in paths.values():
             digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]

@@ -6,7 +6,7 @@
 
 The architecture is the tiny reference one (shared/reference/tiny_rgbdn_dual/config.json:
 ViT 96x4, 256x128 ERP, image+depth+normals, 13 Stanford2D3DS classes, dual view), trained
-from scratch on panoramas from `panosamic.scenes` whose seeds are disjoint from the bundled
+from scratch on panoramas from `devtools.scenes` whose seeds are disjoint from the bundled
 examples (`scenes.EXAMPLES`), which are the held-out test set.
 
 Per step: one panorama from an in-memory pool (random yaw roll + horizontal flip, normals
@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from panosamic import build_model, scenes  # noqa: E402
+from devtools import scenes  # noqa: E402
+from panosamic import build_model  # noqa: E402
 from panosamic.config import resolve_config  # noqa: E402
 from panosamic.predictor import encode_depth  # noqa: E402
 

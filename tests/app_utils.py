@@ -58,9 +58,10 @@ def make_session(depth: bool = True):
 
 def make_examples(dest: Path, names=("office", "seam"), width: int = 256) -> Dict[str, Dict[str, Path]]:
     """Small procedural example panoramas in the assets/examples layout (rgb, depth, normals, labels)."""
-    from panosamic import io, scenes
+    from devtools import scenes
+    from devtools.examples import write_example
 
     out = {}
     for name in names:
-        out[name] = io.write_example(dest, name, scenes.render_example(name, width=width))
+        out[name] = write_example(dest, name, scenes.render_example(name, width=width))
     return out

@@ -45,3 +45,25 @@ def reference_dir(reference_root: Path) -> Path:
     if not (path / "expected.npz").is_file():
         pytest.fail(f"{path} lacks expected.npz")
     return path
+
+
+def load_reference_predictor(case_dir: Path):
+    """(Predictor on the CPU with the case's panorama set, inputs.npz as a dict), through the public API
+    as a user would: build_model(config.json), load_weights(sam.pth, model.safetensors), set_panorama."""
+    import numpy as np
+
+    import panosamic
+
+    model = panosamic.build_model(case_dir / "config.json")
+    panosamic.load_weights(model, sam=case_dir / "sam.pth", panosamic=case_dir / "model.safetensors")
+    inputs = dict(np.load(case_dir / "inputs.npz"))
+    predictor = panosamic.Predictor(model, device="cpu", max_depth=float(inputs["max_depth"]))
+    maps = {"depth": inputs.get("depth_m"), "normals": inputs.get("normals")}
+    predictor.set_panorama(inputs["image"], **{m: maps[m] for m in model.modalities if m != "image"})
+    return predictor, inputs
+
+
+@pytest.fixture(scope="module")
+def reference_predictor(reference_dir: Path):
+    """(Predictor with tiny_rgbdn_dual's panorama set, its inputs.npz); one per test module."""
+    return load_reference_predictor(reference_dir)

@@ -272,34 +272,19 @@ def test_startup_is_fast(app_env):
     assert TIMINGS["startup_s"] < 60
 
 
-def test_checkpoint_picker_and_run_requirements(reference_dir, tmp_path):
+def test_the_app_builds_its_picker_from_the_command_line(reference_dir, tmp_path):
+    """app.py wires --checkpoint into the studio's Checkpoints (tested in test_studio) and
+    answers Run's requirements through them."""
     import app
 
     ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
     studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
-    ck = studio.checkpoints
-    values = [v for _, v in ck.choices()]
-    assert ck.default == "local" and values[0] == "local"
-    assert len([v for v in values if v.startswith("stanford2d3ds-vith-")]) == 9
-    assert ck.modalities("local") == ("image", "depth", "normals")        # from config.json
-    assert ck.modalities("stanford2d3ds-vith-rgbd-fold2") == ("image", "depth")
-    assert ck.modalities("my-rgb-finetune") == ("image",)                 # typed-in subfolder
-    assert ck.modalities("whatever") is None                              # known once loaded
-    assert ck.resolve("local") == (str(ckpt), None)
-    assert ck.resolve("stanford2d3ds-vith-rgb-fold3") == ("dfki-av/PanoSAMic", "stanford2d3ds-vith-rgb-fold3")
-    assert "RGB-D-N · fold 1" in dict((v, k) for k, v in ck.choices())["stanford2d3ds-vith-rgbdn-fold1"]
-    text, ok = studio.requirements_text("local", None, None, None)
-    assert not ok and "Upload a panorama" in text
+    assert studio.checkpoints.default == "local" and studio.checkpoints.local_dir == ckpt.resolve()
+    assert studio.examples == []
     text, ok = studio.requirements_text("local", "p.jpg", "d.png", None)
     assert not ok and "Missing: normals" in text
-    text, ok = studio.requirements_text("stanford2d3ds-vith-rgb-fold1", "p.jpg", "d.png", None)
-    assert ok and "not used" in text
     text, ok = studio.requirements_text("local", "p.jpg", "d.png", "n.png")
     assert ok and "Ready" in text
-    hub = app.Checkpoints("dfki-av/PanoSAMic", "stanford2d3ds-vith-rgbd-fold2", None)
-    assert hub.default == "stanford2d3ds-vith-rgbd-fold2" and hub.local_values == []
-    with pytest.raises(Exception, match="no local checkpoint"):
-        hub.resolve("local")
 
 
 def test_settings_come_from_env(monkeypatch):

@@ -31,10 +31,12 @@ def test_bench_tiny_config_json(reference_dir):
     sp = result["set_panorama_s"]
     assert sp["median"] > 0 and sp["min"] > 0 and len(sp["runs"]) == 1
     assert set(sp["stages_median"]) == {"preprocess", "encode", "fuse", "decode"}
-    assert all(v >= 0 for v in sp["stages_median"].values()) and sp["stages_median"]["encode"] > 0
+    assert all(v > 0 for v in sp["stages_median"].values())  # every stage does work
     pm = result["predict_ms"]
     assert pm["clicks"] == 3 and 0 < pm["median"] <= pm["p90"] <= pm["max"]
-    assert result["memory"]["peak_rss_mb"] > 0 and result["memory"]["build_rss_delta_mb"] >= 0
+    mem = result["memory"]
+    # The peak after the run covers the peak before the build plus what the build added.
+    assert mem["peak_rss_mb"] >= mem["rss_peak_before_build_mb"] + mem["build_rss_delta_mb"] - 0.2 > 0
     assert result["cache_bytes"] > 0
 
 

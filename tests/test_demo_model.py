@@ -9,7 +9,6 @@ thresholds sit a little below those numbers so a regression anywhere in the pipe
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import cv2
@@ -17,7 +16,8 @@ import numpy as np
 import pytest
 
 import panosamic
-from panosamic import io, metrics, scenes
+from devtools import scenes
+from panosamic import io, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
@@ -81,9 +81,7 @@ def test_click_on_the_floor_gives_the_floor(predictor, segmented, name):
     predictor.set_state(state)
     floor = gt == FLOOR  # one band around the nadir: a single component
     x, y = _deepest_pixel(floor)
-    t0 = time.perf_counter()
     masks, scores, _ = predictor.predict(point_coords=[[x, y]], point_labels=[1])
-    assert time.perf_counter() - t0 < 2.0
     ious = [float((m & floor).sum() / max(1, (m | floor).sum())) for m in masks]
     assert max(ious) > MIN_FLOOR_CLICK_IOU, f"{name}: floor click IoUs {np.round(ious, 3)}"
     # the IoU head ranks that mask first (what the app shows for a single click)

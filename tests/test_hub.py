@@ -320,6 +320,20 @@ def test_from_pretrained_end_to_end(cached_ref, reference_dir, reference_io):
     assert (predictor.labels == expected["labels"]).mean() > 0.999
 
 
+def test_predictor_from_pretrained_classmethod(tmp_path, reference_dir):
+    from panosamic.predictor import Predictor
+
+    class MyPredictor(Predictor):
+        pass
+
+    for name in ("model.safetensors", "sam.pth", "config.json"):
+        shutil.copy(reference_dir / name, tmp_path)
+    predictor = MyPredictor.from_pretrained(tmp_path, device="cpu", max_depth=5.0, encoder_chunk_size=2)
+    assert type(predictor) is MyPredictor
+    assert predictor.max_depth == 5.0 and predictor.encoder_chunk_size == 2
+    assert predictor.required_modalities == tuple(resolve_config(reference_dir / "config.json")["modalities"])
+
+
 def test_load_model_dtype_names(tmp_path, reference_dir):
     for name in ("model.safetensors", "sam.pth", "config.json"):
         shutil.copy(reference_dir / name, tmp_path)

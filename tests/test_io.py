@@ -138,3 +138,17 @@ def test_find_companions(tmp_path):
     assert io.find_companions(tmp_path / "alone.png") == {"image": tmp_path / "alone.png", "depth": None, "normals": None}
     with pytest.raises(InputError, match="known examples"):
         io.example_paths("nope", EXAMPLES)
+
+
+@pytest.mark.parametrize("name, stem, safe", [
+    ("room_rgb.jpg", "room", "room"),
+    ("dir/Room_IMAGE.png", "Room", "Room"),
+    ("hall_color.png", "hall", "hall"),
+    ("plain.png", "plain", "plain"),
+    ("_rgb.png", "_rgb", "_rgb"),  # never an empty stem
+    ("my room (2)_rgb.jpg", "my room (2)", "my_room__2_"),
+    ("", "", "panorama"),
+])
+def test_panorama_stem(name, stem, safe):
+    assert io.panorama_stem(name) == stem
+    assert io.panorama_stem(Path(name) if name else name, safe=True) == safe

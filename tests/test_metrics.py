@@ -105,3 +105,15 @@ def test_input_errors():
         metrics.confusion_matrix(np.zeros((2, 3)), np.zeros((3, 2)), 2)
     with pytest.raises(InputError, match="outside 0..1"):
         metrics.confusion_matrix(np.full((2, 2), 5), np.zeros((2, 2)), 2)
+
+
+def test_majority_class_votes_only_valid_classes():
+    labels = np.array([[0, 1, 1, -1], [2, 2, 2, 7]])
+    assert metrics.majority_class(labels) == 2
+    mask = np.array([[True, True, True, True], [False, False, False, True]])
+    assert metrics.majority_class(labels, mask) == 1  # -1 does not vote
+    assert metrics.majority_class(labels, mask, num_classes=3) == 1  # 7 is void for 3 classes
+    assert metrics.majority_class(labels, labels == 7, num_classes=3) is None
+    assert metrics.majority_class(labels, np.zeros_like(mask)) is None
+    assert metrics.majority_class(np.array([3, 1, 1, 3])) == 1  # a tie goes to the smaller index
+

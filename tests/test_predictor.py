@@ -12,16 +12,6 @@ from panosamic.errors import InputError
 from panosamic.instances import _fuse, refine_semantics
 
 
-@pytest.fixture(scope="module")
-def ref(reference_dir):
-    model = panosamic.build_model(reference_dir / "config.json")
-    panosamic.load_weights(model, sam=reference_dir / "sam.pth", panosamic=reference_dir / "model.safetensors")
-    inputs = dict(np.load(reference_dir / "inputs.npz"))
-    predictor = panosamic.Predictor(model, device="cpu", max_depth=float(inputs["max_depth"]))
-    predictor.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=inputs["normals"])
-    return predictor, inputs
-
-
 def _tiny_config(**overrides):
     """A small random architecture unlike the reference's (other sizes exercise the general code)."""
     cfg = {
@@ -66,9 +56,9 @@ def test_single_view_rgb_model_at_another_size():
         predictor.predict(box=[190, 10, 10, 90])
 
 
-def test_resized_input_matches_model_size_run(ref):
+def test_resized_input_matches_model_size_run(reference_predictor):
     """A 2x panorama is resized to the model's ERP, and logits come back at the input size."""
-    predictor, inputs = ref
+    predictor, inputs = reference_predictor
     big = np.kron(inputs["image"], np.ones((2, 2, 1), dtype=np.float32))
     depth = np.kron(inputs["depth_m"], np.ones((2, 2), dtype=np.float32))
     normals = np.kron(inputs["normals"], np.ones((2, 2, 1), dtype=np.float32))
@@ -83,9 +73,9 @@ def test_resized_input_matches_model_size_run(ref):
     assert agree > 0.95, agree
 
 
-def test_view1_equals_the_rolled_panorama(ref):
+def test_view1_equals_the_rolled_panorama(reference_predictor):
     """Decoding on view 1 is decoding the panorama yawed by 180 degrees, then rolling back."""
-    predictor, inputs = ref
+    predictor, inputs = reference_predictor
     H, W = predictor.input_size
     rolled = panosamic.Predictor(predictor.model, device="cpu", max_depth=predictor.max_depth)
     rolled.set_panorama(np.roll(inputs["image"], W // 2, axis=1), depth=np.roll(inputs["depth_m"], W // 2, axis=1),
@@ -97,8 +87,8 @@ def test_view1_equals_the_rolled_panorama(ref):
     np.testing.assert_allclose(m1, np.roll(m2, -W // 2, axis=-1), atol=1e-3)
 
 
-def test_auto_view_avoids_the_seam(ref):
-    predictor, _ = ref
+def test_auto_view_avoids_the_seam(reference_predictor):
+    predictor, _ = reference_predictor
     H, W = predictor.input_size
     predictor.predict(point_coords=[[2, H / 2]], point_labels=[1])
     assert predictor.last_view == 1
@@ -113,9 +103,9 @@ def test_auto_view_avoids_the_seam(ref):
         predictor.predict(box=box, view=0)
 
 
-def test_seam_prompt_gives_a_seamless_mask(ref):
+def test_seam_prompt_gives_a_seamless_mask(reference_predictor):
     """A click on the seam decoded on view 1 is continuous across columns W-1 and 0."""
-    predictor, _ = ref
+    predictor, _ = reference_predictor
     H, W = predictor.input_size
     logits = predictor.predict(point_coords=[[0.5, H / 2]], point_labels=[1], return_logits=True)[0]
     seam_jump = np.abs(logits[:, :, 0] - logits[:, :, -1]).mean()
@@ -126,9 +116,9 @@ def test_seam_prompt_gives_a_seamless_mask(ref):
     assert np.abs(logits0[:, :, 0] - logits0[:, :, -1]).mean() > seam_jump
 
 
-def test_lonlat_prompts_give_exactly_the_pixel_prompts_result(ref):
+def test_lonlat_prompts_give_exactly_the_pixel_prompts_result(reference_predictor):
     """Directions in degrees (geometry's conventions) decode exactly as the pixel prompt."""
-    predictor, _ = ref
+    predictor, _ = reference_predictor
     H, W = predictor.input_size
     lonlat = np.array([[-37.5, 12.25], [178.9, -20.0], [-179.5, 3.0]])   # two near the seam
     pixels = np.stack([(lonlat[:, 0] + 180) / 360 * W, (90 - lonlat[:, 1]) / 180 * H], -1)
@@ -157,8 +147,8 @@ def test_lonlat_prompts_give_exactly_the_pixel_prompts_result(ref):
         predictor.predict_lonlat(box_lonlat=[1.0, 2.0, 3.0])
 
 
-def test_mask_input_round_trip_across_views(ref):
-    predictor, _ = ref
+def test_mask_input_round_trip_across_views(reference_predictor):
+    predictor, _ = reference_predictor
     H, W = predictor.input_size
     _, iou, low = predictor.predict(point_coords=[[3, 40]], point_labels=[1], view=1)
     best = low[np.argmax(iou)][None]
@@ -178,15 +168,15 @@ def test_mask_input_round_trip_across_views(ref):
     ({"image": "panorama.png"}, "numeric array"),
     ({"image": np.full((128, 256, 3), np.nan)}, "NaN"),
 ])
-def test_bad_panoramas_get_clear_errors(ref, kwargs, pattern):
-    predictor, _ = ref
+def test_bad_panoramas_get_clear_errors(reference_predictor, kwargs, pattern):
+    predictor, _ = reference_predictor
     fresh = panosamic.Predictor(predictor.model, device="cpu")
     with pytest.raises(InputError, match=pattern):
         fresh.set_panorama(**kwargs)
 
 
-def test_missing_normals_hint_mentions_estimation(ref):
-    predictor, _ = ref
+def test_missing_normals_hint_mentions_estimation(reference_predictor):
+    predictor, _ = reference_predictor
     with pytest.raises(InputError, match="normals_from_depth"):
         panosamic.Predictor(predictor.model, device="cpu").set_panorama(
             np.zeros((128, 256, 3), np.uint8), depth=np.ones((128, 256)))
@@ -201,14 +191,14 @@ def test_missing_normals_hint_mentions_estimation(ref):
     ({}, "at least one prompt"),
     ({"point_coords": [[10, 10]], "point_labels": [1], "view": 2}, "view must be"),
 ])
-def test_bad_prompts_get_clear_errors(ref, kwargs, pattern):
-    predictor, _ = ref
+def test_bad_prompts_get_clear_errors(reference_predictor, kwargs, pattern):
+    predictor, _ = reference_predictor
     with pytest.raises(InputError, match=pattern):
         predictor.predict(**kwargs)
 
 
-def test_unavailable_devices_are_clear_errors(ref):
-    predictor, _ = ref
+def test_unavailable_devices_are_clear_errors(reference_predictor):
+    predictor, _ = reference_predictor
     with pytest.raises(InputError, match="not a device name"):
         panosamic.Predictor(predictor.model, device="gpu0")
     if not torch.cuda.is_available():
@@ -217,14 +207,14 @@ def test_unavailable_devices_are_clear_errors(ref):
     assert panosamic.Predictor(predictor.model, device="auto").device == predictor.device
 
 
-def test_prompt_before_panorama_is_a_clear_error(ref):
-    predictor, _ = ref
+def test_prompt_before_panorama_is_a_clear_error(reference_predictor):
+    predictor, _ = reference_predictor
     with pytest.raises(InputError, match="set_panorama"):
         panosamic.Predictor(predictor.model, device="cpu").predict(point_coords=[[1, 1]], point_labels=[1])
 
 
-def test_state_round_trip_reuses_embeddings(ref):
-    predictor, _ = ref
+def test_state_round_trip_reuses_embeddings(reference_predictor):
+    predictor, _ = reference_predictor
     other = panosamic.Predictor(predictor.model, device="cpu")
     other.set_state(predictor.state)
     assert other.encoder_calls == 0
@@ -235,16 +225,16 @@ def test_state_round_trip_reuses_embeddings(ref):
     assert predictor.state.nbytes == predictor.embeddings.nbytes + 13 * 64 * 64 * 4
 
 
-def test_normals_as_unit_vectors_are_encoded(ref):
-    predictor, inputs = ref
+def test_normals_as_unit_vectors_are_encoded(reference_predictor):
+    predictor, inputs = reference_predictor
     unit = inputs["normals"] / 127.5 - 1.0
     other = panosamic.Predictor(predictor.model, device="cpu", max_depth=predictor.max_depth)
     other.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=unit)
     np.testing.assert_allclose(other.logits, predictor.logits, atol=1e-4)
 
 
-def test_bfloat16_autocast_on_cpu(ref):
-    predictor, inputs = ref
+def test_bfloat16_autocast_on_cpu(reference_predictor):
+    predictor, inputs = reference_predictor
     other = panosamic.Predictor(predictor.model, device="cpu", dtype="bfloat16", max_depth=predictor.max_depth)
     other.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=inputs["normals"])
     assert other.logits.dtype == np.float32
@@ -253,8 +243,8 @@ def test_bfloat16_autocast_on_cpu(ref):
         panosamic.Predictor(predictor.model, device="cpu", dtype="float16")
 
 
-def test_generate_instances_and_refine(ref):
-    predictor, _ = ref
+def test_generate_instances_and_refine(reference_predictor):
+    predictor, _ = reference_predictor
     H, W = predictor.input_size
     calls = predictor.encoder_calls
     # The reference weights are random: SAM's default thresholds keep nothing, so loosen them.
@@ -266,12 +256,18 @@ def test_generate_instances_and_refine(ref):
         assert inst["segmentation"].shape == (H, W) and inst["segmentation"].dtype == bool
         assert inst["area"] == inst["segmentation"].sum() > 0
         assert inst["view"] in (0, 1) and inst["modality"] in predictor.required_modalities
+        ys, xs = np.nonzero(inst["segmentation"])
+        assert inst["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    labels = predictor.labels
     refined = predictor.refine_semantics(instances)
+    # The smallest instance is painted last: it takes the most frequent original class under it.
     smallest = min(instances, key=lambda d: d["area"])
-    region = refined[smallest["segmentation"]]
-    assert (region == region[0]).all()
+    classes, counts = np.unique(labels[smallest["segmentation"]], return_counts=True)
+    assert (refined[smallest["segmentation"]] == classes[np.argmax(counts)]).all()
     covered = np.any([d["segmentation"] for d in instances], axis=0)
-    np.testing.assert_array_equal(refined[~covered], predictor.labels[~covered])
+    np.testing.assert_array_equal(refined[~covered], labels[~covered])
+    # Refinement changes the map: some covered pixels take their instance's class.
+    assert (refined[covered] != labels[covered]).any()
 
 
 def test_refine_semantics_majority_and_nesting():

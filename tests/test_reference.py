@@ -11,8 +11,7 @@ import json
 import numpy as np
 import pytest
 
-import panosamic
-from conftest import reference_cases
+from conftest import load_reference_predictor, reference_cases
 
 
 @pytest.fixture(scope="module", params=reference_cases())
@@ -20,16 +19,7 @@ def case(request, reference_root):
     path = reference_root / request.param
     if not (path / "expected.npz").is_file():
         pytest.fail(f"reference case {path} lacks expected.npz")
-    model = panosamic.build_model(path / "config.json")
-    panosamic.load_weights(model, sam=path / "sam.pth", panosamic=path / "model.safetensors")
-    inputs = dict(np.load(path / "inputs.npz"))
-    predictor = panosamic.Predictor(model, device="cpu", max_depth=float(inputs["max_depth"]))
-    kwargs = {}
-    if "depth" in model.modalities:
-        kwargs["depth"] = inputs["depth_m"]
-    if "normals" in model.modalities:
-        kwargs["normals"] = inputs["normals"]
-    predictor.set_panorama(inputs["image"], **kwargs)
+    predictor, inputs = load_reference_predictor(path)
     return predictor, inputs, dict(np.load(path / "expected.npz"))
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools import scenes
+from devtools.examples import write_example
 from panosamic import geometry as g
-from panosamic import io, scenes
+from panosamic import io
 from panosamic.datasets import STANFORD2D3DS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +169,7 @@ def test_examples_cover_every_class_and_match_their_metadata():
 
 def test_example_regenerates_byte_identically(tmp_path):
     name = "corridor"
-    written = io.write_example(tmp_path, name, scenes.render_example(name, 1024))
+    written = write_example(tmp_path, name, scenes.render_example(name, 1024))
     for key, path in written.items():
         bundled = EXAMPLES / path.name
         assert path.read_bytes() == bundled.read_bytes(), f"{path.name} differs from the bundled file"

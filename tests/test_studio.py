@@ -295,10 +295,11 @@ def test_registry_loads_the_reference_checkpoint(reference_dir, tmp_path):
 # ----------------------------------------------------------------------------- the backend
 
 def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir, tmp_path):
-    from panosamic import io, scenes
+    from devtools import scenes
+    from devtools.examples import write_example
 
     ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
-    ex = io.write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
+    ex = write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
     backend = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, examples=str(tmp_path / "examples"))
     assert [Path(p).name for p in backend.examples[0]] == ["office_rgb.jpg", "office_depth.png", "office_normals.png"]
     with pytest.raises(InputError, match="needs the normals map too"):

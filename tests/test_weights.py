@@ -169,6 +169,15 @@ def test_server_closing_early_leaves_nothing(server, sam_cache, sam_bytes):
     assert list(sam_cache.iterdir()) == []
 
 
+def test_cut_short_download_without_a_hash_in_the_name_leaves_nothing(server, sam_cache, sam_bytes):
+    # No SHA-256 prefix to check: the missing zip directory at the end gives it away.
+    server.files["/plain.pth"] = sam_bytes
+    server.mode["/plain.pth"] = "truncate"
+    with pytest.raises(WeightsError, match="stopped early"):
+        W.resolve_sam_checkpoint(f"{server.url}/plain.pth", progress=False)
+    assert list(sam_cache.iterdir()) == []
+
+
 def test_stalled_download_times_out_and_leaves_nothing(server, tmp_path, sam_bytes):
     server.files["/slow.pth"] = sam_bytes
     server.mode["/slow.pth"] = "stall"

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry import roll_half, unroll_half
+
 
 def longitude_encoding(channels: int, width: int, dtype: torch.dtype = torch.float32,
                        device: Optional[torch.device] = None) -> torch.Tensor:
@@ -70,13 +72,13 @@ class SemanticDecoder(nn.Module):
         if self.dual_view:
             pe = longitude_encoding(self.in_channels, width, fused.dtype, fused.device)
             # Both views carry the original longitude: view 1's encoding is rolled like its pixels.
-            pe = torch.cat([pe, torch.roll(pe, width // 2, dims=-1)], dim=0)
+            pe = torch.cat([pe, roll_half(pe)], dim=0)
             fused = fused + pe
         logits = self.decoder_head(fused)
         if not self.dual_view:
             return logits[:1]
         x1 = logits[0:1]
-        x2 = torch.roll(logits[1:2], -(width // 2), dims=-1)
+        x2 = unroll_half(logits[1:2])
         alpha = torch.sigmoid(self.decoder_attention(torch.cat([x1, x2], dim=1)))
         return alpha * x1 + (1.0 - alpha) * x2
 

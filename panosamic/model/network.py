@@ -11,6 +11,7 @@ from torch import nn
 
 from .._sam import MaskDecoder, PromptEncoder, TwoWayTransformer
 from ..config import erp_size, num_views
+from ..geometry import roll_half, unroll_half
 from .decoder import SemanticDecoder
 from .encoder import TappedImageEncoderViT
 from .fusion import FeatureFuser
@@ -116,7 +117,7 @@ class PanoSAMic(nn.Module):
                              f"got {tuple(modalities.shape)}")
         views = [modalities]
         if self.num_views == 2:
-            views.append(torch.roll(modalities, w // 2, dims=-1))  # a 180 degree yaw
+            views.append(roll_half(modalities))  # a 180 degree yaw
         x = torch.cat(views, dim=0)
         x = (x - self.pixel_mean) / self.pixel_std
         S = self.image_size
@@ -151,7 +152,7 @@ class PanoSAMic(nn.Module):
         x = F.interpolate(low_res, (S, S), mode="bilinear", align_corners=False)
         x = x[..., : S // 2, :]
         if view == 1:
-            x = torch.roll(x, -(S // 2), dims=-1)
+            x = unroll_half(x)
         if tuple(output_size) != (S // 2, S):
             x = F.interpolate(x, tuple(output_size), mode="bilinear", align_corners=False)
         return x

@@ -25,7 +25,8 @@ from ..errors import InputError
 from .cache import EmbeddingCache, content_key
 from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
 from .prompts import lonlat_to_pixels, parse_prompt
-from .session import Session, majority_class, working_size
+from ..metrics import majority_class
+from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders
 from .uploads import find_examples, load_inputs
 
@@ -104,10 +105,11 @@ class StudioBackend:
     # ----------------------------------------------------------------- heavy events
     def segment(self, pano: Any, depth_file: Any, normals_file: Any, choice: Optional[str],
                 depth_scale: Optional[float], max_depth: Optional[float],
-                progress: Progress = _no_progress, previous: Optional[Session] = None) -> Tuple[Session, bool]:
+                progress: Progress = _no_progress, previous: Optional[Session] = None,
+                client: Optional[str] = None) -> Tuple[Session, bool]:
         """Reads the inputs, loads the checkpoint on first use, reuses cached embeddings;
         returns (new session, whether the embeddings came from the cache). The user's
-        `previous` session is released."""
+        `previous` session is released; `client` identifies the browser tab (see SessionStore)."""
         progress(0.0, desc="Reading the inputs")
         max_depth = _positive(max_depth, "Max depth T", default=10.0)
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
@@ -160,7 +162,7 @@ class StudioBackend:
                     state=state, model_key=key, max_depth=max_depth, name=name, timings=timings)
         s.timings["working_maps"] = time.perf_counter() - t0
         del image, depth, normals, inputs  # the input-size arrays go now
-        self.store.add(s, replaces=previous)
+        self.store.add(s, replaces=previous, client=client)
         return s, cached
 
     def refine_instances(self, s: Session, points_per_side: Any = 16,

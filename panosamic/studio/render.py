@@ -100,14 +100,35 @@ def overlay(image: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray
         if invalid.any():  # unlabelled pixels keep the photo
             out[invalid] = img[invalid]
     if mask is not None:
-        m8 = _resize_nearest(np.asarray(mask).astype(np.uint8), h, w)
-        tint = np.empty_like(out)
-        tint[:] = np.asarray(mask_color, np.uint8)
-        tinted = cv2.addWeighted(out, 0.45, tint, 0.55, 0.0)
-        out = np.where(m8[..., None].astype(bool), tinted, out)
-        edge = cv2.morphologyEx(m8, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(bool)
-        out[edge] = (255, 255, 255)
+        out = highlight_mask(out, _resize_nearest(np.asarray(mask, bool), h, w), mask_color)
     return np.ascontiguousarray(out)
+
+
+def highlight_mask(picture: np.ndarray, mask: np.ndarray,
+                   mask_color: Tuple[int, int, int] = MASK_COLOR) -> np.ndarray:
+    """`picture` (h, w, 3) uint8 with a boolean (h, w) mask tinted and outlined in white.
+
+    Only the mask's bounding box (one pixel wider) is touched, so a click's preview costs
+    little even at 2048x1024; a mask across the seam spans the width, as it should."""
+    import cv2
+
+    out = picture.copy()
+    rows = np.flatnonzero(mask.any(1))
+    if not rows.size:
+        return out
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(0))
+    h, w = mask.shape
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, h)
+    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, w)
+    m8 = mask[r0:r1, c0:c1].astype(np.uint8)
+    crop = out[r0:r1, c0:c1]
+    tint = np.empty_like(crop)
+    tint[:] = np.asarray(mask_color, np.uint8)
+    tinted = cv2.addWeighted(crop, 0.45, tint, 0.55, 0.0)
+    np.copyto(crop, tinted, where=m8[..., None].astype(bool))
+    edge = cv2.morphologyEx(m8, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(bool)
+    crop[edge] = (255, 255, 255)
+    return out
 
 
 def draw_prompts(display: np.ndarray, scale: float, points: Sequence[Sequence[float]] = (),
@@ -289,8 +310,15 @@ def _style_scene(fig, height: int, eye=(1.5, 1.5, 0.8)) -> None:
 
 def view_image(s, opacity: float) -> np.ndarray:
     """The ERP view of a `Session` at its working size: labels over the photo, the selected
-    mask and the prompts (drawn from input pixels); uint8 (h, w, 3)."""
-    img = overlay(s.image, s.labels, s.palette, opacity, mask=s.selected_mask)
+    mask and the prompts (drawn from input pixels); uint8 (h, w, 3).
+
+    The labels over the photo are blended once per (labels, opacity) and kept in
+    `s.view_base`: a click only adds its mask and prompts."""
+    key = (s.labels_version, round(float(opacity), 3))
+    if s.view_base is None or s.view_base[0] != key:
+        s.view_base = (key, overlay(s.image, s.labels, s.palette, opacity))
+    img = s.view_base[1]
+    img = highlight_mask(img, s.selected_mask) if s.selected_mask is not None else img.copy()
     return draw_prompts(img, s.scale, s.points, s.point_labels, s.box, s.pending_corner)
 
 
@@ -328,5 +356,5 @@ def figure_3d(s, opacity: float, point_cloud: bool = False):
     return sphere_figure(s.image, s.labels, s.palette, s.classes, opacity=max(opacity, 0.35))
 
 
-__all__ = ["legend_html", "resize_for_display", "overlay", "draw_prompts", "mask_thumbnail", "sphere_mesh",
+__all__ = ["legend_html", "resize_for_display", "overlay", "draw_prompts", "mask_thumbnail", "sphere_mesh", "highlight_mask",
            "sphere_figure", "point_cloud_figure", "view_image", "figure_3d", "viewer_payload"]

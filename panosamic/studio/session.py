@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..exports import class_stats, decode_rle, encode_rle
+from ..metrics import majority_class
 
 WORK_MAX_WIDTH = 2048   # interaction runs at most this wide (pixels); 1024 rows for a 2:1 panorama
 MAX_UNDO = 64           # undo steps kept per session
@@ -44,15 +45,6 @@ def working_size(height: int, width: int, max_width: int = WORK_MAX_WIDTH) -> Tu
     if width <= max_width:
         return int(height), int(width)
     return max(1, int(round(height * max_width / width))), int(max_width)
-
-
-def majority_class(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> Optional[int]:
-    """The most frequent class in 0..num_classes-1 of `labels` under a boolean `mask`, or None."""
-    under = np.asarray(labels)[np.asarray(mask, bool)]
-    under = under[under < num_classes]
-    if not under.size:
-        return None
-    return int(np.bincount(under, minlength=num_classes).argmax())
 
 
 @dataclass
@@ -164,6 +156,7 @@ class Session:
         self.closed: Optional[str] = None  # why the session was released, once it is
         self.export_dir: Optional[Path] = None
         self.rendered_3d: Optional[tuple] = None  # what the 3D view shows now (labels_version, mode, opacity)
+        self.view_base: Optional[tuple] = None    # ((labels_version, opacity), photo blended with labels)
         self._stats: Optional[Tuple[int, List[Dict]]] = None
 
     # ------------------------------------------------------------------ basics
@@ -184,7 +177,8 @@ class Session:
     @property
     def nbytes(self) -> int:
         """Memory this session holds (the shared embeddings included)."""
-        arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates]
+        arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates,
+                  self.view_base[1] if self.view_base else None]
         total = sum(a.nbytes for a in arrays if a is not None)
         total += sum(u.nbytes for u in self._undo) + sum(r.nbytes for r in self.refined)
         state_bytes = getattr(self.state, "nbytes", 0)
@@ -196,7 +190,7 @@ class Session:
         self.image = self.depth = self.candidates = self.scores = None  # type: ignore[assignment]
         self.labels = self.initial_labels = self.edited = None  # type: ignore[assignment]
         self.state = None
-        self.refined, self._undo, self._stats = [], [], None
+        self.refined, self._undo, self._stats, self.view_base = [], [], None, None
 
     def class_index(self, cls: Any) -> int:
         """Index of a class given as index, numeric string or (case-insensitive) name."""
@@ -487,5 +481,5 @@ class Session:
         }
 
 
-__all__ = ["Session", "RefinedMask", "UndoStep", "working_size", "majority_class", "WORK_MAX_WIDTH",
+__all__ = ["Session", "RefinedMask", "UndoStep", "working_size", "WORK_MAX_WIDTH",
            "MAX_UNDO", "MAX_UNDO_BYTES"]

@@ -105,6 +105,7 @@ class SessionStore:
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self._sessions: "OrderedDict[int, Session]" = OrderedDict()  # least recently used first
+        self._by_client: dict = {}  # the UI's client (browser tab) id -> its current session
         self._lock = threading.Lock()
         self._sweeper: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -119,14 +120,30 @@ class SessionStore:
         with self._lock:
             return sum(s.nbytes for s in self._sessions.values())
 
-    def add(self, s: Session, replaces: Optional[Session] = None) -> None:
+    def add(self, s: Session, replaces: Optional[Session] = None, client: Optional[str] = None) -> None:
         """Registers a new session (the user's previous one, `replaces`, is released at once)
-        and keeps the total within the budget."""
+        and keeps the total within the budget. `client`: the UI's id of the browser tab, so
+        that `close_client` can release the session when the tab closes."""
         if replaces is not None and replaces is not s:
             self.close(replaces, "closed")
         with self._lock:
             self._sessions[id(s)] = s
+            if client:
+                old = self._by_client.get(client)
+                self._by_client[client] = s
+            else:
+                old = None
+        if old is not None and old is not s:
+            self.close(old, "closed")
         self._enforce_budget(keep=s)
+
+    def close_client(self, client: Optional[str]) -> None:
+        """The browser tab `client` closed: its session goes now."""
+        with self._lock:
+            s = self._by_client.pop(client, None) if client else None
+        if s is not None:
+            self.close(s, "closed")
+            release_free_memory()
 
     @contextmanager
     def use(self, s: Optional[Session]) -> Iterator[Session]:
@@ -160,6 +177,8 @@ class SessionStore:
         """Releases a session's memory and files (its tab closed, or `reason`)."""
         with self._lock:
             self._sessions.pop(id(s), None)
+            for client in [c for c, v in self._by_client.items() if v is s]:
+                del self._by_client[client]
         if s.closed is None:
             self.released[reason] = self.released.get(reason, 0) + 1
             log.info("session %x released: %s", id(s), reason)

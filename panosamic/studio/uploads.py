@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..inputs import check_aspect
 from .render import resize_for_display
 from .session import WORK_MAX_WIDTH
 
@@ -46,9 +47,7 @@ def load_inputs(pano: Any, depth_file: Any, normals_file: Any, depth_scale: Opti
     except Exception:  # noqa: BLE001
         raise InputError(f"{name} is not an image that can be read: upload a JPEG or PNG panorama.") from None
     pio.check_panorama_size(h, w, f"the panorama {name}")
-    if w != 2 * h:
-        raise InputError(f"The panorama {name} is {w}x{h}, not 2:1: an equirectangular panorama is twice as "
-                         f"wide as high (e.g. {2 * h}x{h}). Crop or resize it to 2:1.")
+    check_aspect(h, w, f"The panorama {name}")
     image = pio.load_image(path)
     depth = normals = None
     dpath = input_path(depth_file)

@@ -20,7 +20,7 @@ Labels are Stanford2D3DS indices (:data:`panosamic.datasets.STANFORD2D3DS`).
 
 Example::
 
-    from panosamic.scenes import make_scene, render
+    from devtools.scenes import make_scene, render
     pano = render(make_scene("office", seed=1), width=1024)
     pano.rgb, pano.depth, pano.normals, pano.labels
 """
@@ -32,8 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import geometry
-from .datasets import STANFORD2D3DS
+from panosamic import geometry
+from panosamic.datasets import STANFORD2D3DS
 
 __all__ = [
     "Box", "Light", "Scene", "RenderedPanorama", "SCENE_KINDS", "EXAMPLES",

@@ -1,0 +1,176 @@
+"""Meta's SAM checkpoints: by preset name, local path or URL, downloaded once into a cache folder.
+
+A PanoSAMic model takes its `image_encoder.*`, `prompt_encoder.*` and `mask_decoder.*` weights
+from Meta's SAM checkpoint (a torch-pickled state dict). `resolve_sam_checkpoint` turns a preset
+name (`vit_b`, `vit_l`, `vit_h`), a path or a URL into a local file; downloads go through
+`torch.hub.download_url_to_file` into `sam_cache_dir()` and are checked against the SHA-256
+prefix the file name carries. Every failure raises `WeightsError` with what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+from .errors import WeightsError
+
+PathLike = Union[str, os.PathLike]
+
+SAM_CHECKPOINTS: Dict[str, str] = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+SAM_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_BASE_URL_ENV = "PANOSAMIC_SAM_BASE_URL"
+SAM_CACHE_ENV = "PANOSAMIC_SAM_CACHE"
+
+# Meta's file names end in the first 6 hex digits of the file's SHA-256.
+_SHA_IN_NAME = re.compile(r"_([0-9a-f]{6})\.pth$")
+# torch.hub's download has no timeout argument: it uses the socket default, set around the call.
+_TIMEOUT_LOCK = threading.Lock()
+
+
+def sam_cache_dir() -> Path:
+    """Folder where SAM checkpoints are downloaded: `$PANOSAMIC_SAM_CACHE`, else `~/.cache/panosamic/sam/`.
+
+    Read on every call (not at import), so changing the variable takes effect at once.
+    """
+    env = os.environ.get(SAM_CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "panosamic" / "sam"
+
+
+def sam_base_url() -> str:
+    """Base URL of SAM downloads: `$PANOSAMIC_SAM_BASE_URL` (a mirror), else Meta's server."""
+    base = os.environ.get(SAM_BASE_URL_ENV) or SAM_BASE_URL
+    return base if base.endswith("/") else base + "/"
+
+
+def _is_url(spec: str) -> bool:
+    return urllib.parse.urlparse(spec).scheme in ("http", "https", "ftp", "file")
+
+
+def _url_and_name(text: str) -> Optional[tuple]:
+    """(URL, cache file name) of a preset name or URL; None for anything else."""
+    if text in SAM_CHECKPOINTS:
+        return sam_base_url() + SAM_CHECKPOINTS[text], SAM_CHECKPOINTS[text]
+    if _is_url(text):
+        return text, os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(text).path))
+    return None
+
+
+def resolve_sam_checkpoint(spec: PathLike, progress: bool = True) -> Path:
+    """Local path of a SAM checkpoint, downloading it if needed.
+
+    `spec` is one of:
+    - an existing file path: returned as is;
+    - a name `vit_b` / `vit_l` / `vit_h`: the cached file in `sam_cache_dir()`, else downloaded
+      from `sam_base_url()` into it;
+    - an http(s) URL: cached under the URL's file name in `sam_cache_dir()`, downloaded if absent.
+
+    See `download_file` for how downloads are checked. Raises WeightsError otherwise.
+    """
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    source = _url_and_name(text)
+    if source is None:
+        if path.is_dir():
+            raise WeightsError(f"{path} is a folder; pass the SAM checkpoint file inside it (e.g. sam_vit_h_4b8939.pth)")
+        raise WeightsError(
+            f"SAM checkpoint {text!r} not found: pass an existing .pth file, a URL, or one of "
+            f"{', '.join(SAM_CHECKPOINTS)} to download Meta's checkpoint"
+        )
+    url, name = source
+    if not name:
+        raise WeightsError(f"cannot tell a file name from the URL {text!r}: give a URL that ends in the file name")
+    dest = sam_cache_dir() / name
+    if dest.is_file():
+        return dest
+    download_file(url, dest, progress=progress)
+    return dest
+
+
+def local_sam_checkpoint(spec: Any) -> Optional[Path]:
+    """The local file a SAM spec names, without downloading (None if it would need a download,
+    or `spec` is None or a state dict)."""
+    if spec is None or isinstance(spec, Mapping):
+        return None
+    text = os.fspath(spec)
+    if Path(text).expanduser().is_file():
+        return Path(text).expanduser()
+    source = _url_and_name(text)
+    if source is None or not source[1]:
+        return None
+    cached = sam_cache_dir() / source[1]
+    return cached if cached.is_file() else None
+
+
+def download_file(url: str, dest: PathLike, progress: bool = True, timeout: float = 30.0) -> Path:
+    """Downloads `url` to `dest` with `torch.hub.download_url_to_file`, checking the SHA-256
+    prefix a `_<6 hex>.pth` name carries.
+
+    torch writes to a temporary file beside `dest` and moves it there only when complete (and,
+    with a prefix, when the hash matches); any failure, Ctrl-C included, removes it. `timeout`
+    (seconds) bounds each network wait. A zip checkpoint (every torch >= 1.6 file) that the
+    server cut short is caught too when the name carries no hash: it is deleted.
+    """
+    import torch.hub
+
+    dest = Path(dest)
+    manual = (
+        f"If this machine has no internet access, download {url} elsewhere and put it at "
+        f"{dest.resolve()} , or pass the path of a local copy instead (e.g. sam='/path/to/{dest.name}')."
+    )
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"cannot create the download folder {dest.parent} ({e}); set {SAM_CACHE_ENV} "
+                           "to a writable folder") from None
+    match = _SHA_IN_NAME.search(dest.name)
+    expected_sha = match.group(1) if match else None
+    if progress:  # torch's bar has no title: say what is coming
+        import sys
+
+        print(f"Downloading {dest.name} from {url}", file=sys.stderr)
+    try:
+        with _TIMEOUT_LOCK:
+            previous = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(timeout)
+            try:
+                torch.hub.download_url_to_file(url, str(dest), hash_prefix=expected_sha, progress=progress)
+            finally:
+                socket.setdefaulttimeout(previous)
+    except urllib.error.HTTPError as e:
+        raise WeightsError(f"downloading {url} failed: the server answered {e.code} {e.reason}. {manual}") from None
+    except (urllib.error.URLError, OSError) as e:  # refused, DNS, timeout, reset, disk full
+        reason = getattr(e, "reason", None) or e
+        raise WeightsError(f"downloading {url} failed ({reason}). {manual}") from None
+    except RuntimeError as e:
+        if "hash" not in str(e):
+            raise
+        # Also what a download cut short looks like: http.client does not report early closes.
+        raise WeightsError(
+            f"downloading {url} failed: the file is incomplete or not the expected one (its SHA-256 does not "
+            f"start with {expected_sha}, as its name says); nothing was saved. Try again, or download it "
+            f"yourself and put it at {dest.resolve()}"
+        ) from None
+    if _truncated_zip(dest):
+        dest.unlink(missing_ok=True)
+        raise WeightsError(f"downloading {url} stopped early (the connection closed; the file is incomplete); "
+                           f"nothing was saved. Try again. {manual}")
+    return dest
+
+
+def _truncated_zip(path: Path) -> bool:
+    """True for a file that starts like a zip archive but lacks the directory at its end."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
