@@ -46,7 +46,7 @@ log = logging.getLogger("panosamic.app")
 
 ROOT = Path(__file__).resolve().parent
 CLICK_MODES = ["Positive point", "Negative point", "Box (2 clicks)"]
-VIEW_MODES = ["Sphere", "Point cloud"]
+VIEWER_JS = ROOT / "panosamic" / "studio" / "static" / "viewer.js"
 
 try:  # Hugging Face ZeroGPU: request a GPU for the decorated calls; a no-op elsewhere.
     import spaces  # type: ignore
@@ -164,6 +164,7 @@ class Components:
 
     session: Any = None
     view: Any = None
+    viewer: Any = None
     legend: Any = None
     plot: Any = None
     candidates: Any = None
@@ -174,8 +175,9 @@ class Components:
     edit_status: Any = None
 
     def outputs(self) -> list:
+        # the viewer goes last: API clients keep the indices they had before it came
         return [self.session, self.view, self.legend, self.plot, self.candidates, self.cls, self.info,
-                self.downloads, self.run_status, self.edit_status]
+                self.downloads, self.run_status, self.edit_status, self.viewer]
 
 
 NO_CANDIDATES = [("#1", 0), ("#2", 1), ("#3", 2)]
@@ -193,13 +195,15 @@ class Studio:
                                      cache_mb=settings.cache_mb, examples=settings.examples,
                                      session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min)
         self.checkpoints = self.backend.checkpoints
+        self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
         self.ui = Components()
 
-    def bundle(self, s: Session, opacity: float, mode: str, clear_downloads: bool = False) -> Dict[Any, Any]:
-        """What an event on session `s` shows: the ERP view, legend, candidates, class, info and
-        edit status always; the 3D view only when what it shows changed; the downloads are
-        cleared when the labels changed (Export writes them again)."""
+    def bundle(self, s: Session, opacity: float, clear_downloads: bool = False) -> Dict[Any, Any]:
+        """What an event on session `s` shows: the ERP view and the 360° viewer (the same
+        picture), legend, candidates, class, info and edit status always; the point cloud only
+        when the labels changed; the downloads are cleared when the labels changed (Export
+        writes them again)."""
         ui = self.ui
         if s.candidates is not None:
             cand = gr.Radio(choices=[(f"#{i + 1} · IoU {float(v):.2f}", i) for i, v in enumerate(s.scores)],
@@ -210,19 +214,21 @@ class Studio:
             cand = gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False)
             cls = gr.Dropdown(choices=list(s.classes))
         stats = s.stats()
+        picture = render.view_image(s, opacity)
         out = {
             ui.session: s,
-            ui.view: render.view_image(s, opacity),
+            ui.view: picture,
+            ui.viewer: render.viewer_payload(s, picture),
             ui.legend: render.legend_html(stats),
             ui.candidates: cand,
             ui.cls: cls,
             ui.info: {**s.summary(), "stats": stats},
             ui.edit_status: messages.edit_status(s),
         }
-        key_3d = (s.labels_version, mode, round(float(opacity), 3))
+        key_3d = (s.labels_version,)
         if s.rendered_3d != key_3d:
             s.rendered_3d = key_3d
-            out[ui.plot] = render.figure_3d(s, opacity, point_cloud=(mode == VIEW_MODES[1]))
+            out[ui.plot] = render.figure_3d(s, opacity, point_cloud=True) if s.depth is not None else None
         if clear_downloads:
             out[ui.downloads] = None
         return out
@@ -245,19 +251,23 @@ class Studio:
         have = present or {}
         return self.requirements(choice, *(True if have.get(k) else None for k in ("pano", "depth", "normals")))
 
+    def pick_example(self, evt: gr.SelectData):
+        """An example thumbnail was clicked: its panorama, depth and normals fill the inputs."""
+        return tuple(self.examples[evt.index])
+
     def on_upload(self, pano: Any, s: Optional[Session]):
         """A new panorama replaces the session: show it, clear the results (the old session's
         memory and files go at once)."""
         if s is not None:
             self.backend.store.close(s)
         ui = self.ui
-        return {ui.session: None, ui.view: preview_image(pano), ui.legend: render.legend_html([]), ui.plot: None,
+        return {ui.session: None, ui.view: preview_image(pano), ui.viewer: None, ui.legend: render.legend_html([]), ui.plot: None,
                 ui.candidates: gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False),
                 ui.cls: gr.Dropdown(choices=[], value=None), ui.info: None, ui.downloads: None,
                 ui.run_status: "Press **Run** to segment the panorama." if input_path(pano) else "",
                 ui.edit_status: ""}
 
-    def segment(self, panorama, depth, normals, checkpoint, depth_scale, max_depth, opacity, view_mode,
+    def segment(self, panorama, depth, normals, checkpoint, depth_scale, max_depth, opacity,
                 session, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings."""
         t_start = time.perf_counter()
@@ -265,65 +275,73 @@ class Studio:
                                          previous=session, client=getattr(request, "session_hash", None))
         progress(0.92, desc="Rendering")
         t1 = time.perf_counter()
-        out = self.bundle(s, opacity, view_mode, clear_downloads=True)
+        out = self.bundle(s, opacity, clear_downloads=True)
         timings = {**s.timings, "render": time.perf_counter() - t1}
         total = time.perf_counter() - t_start
         s.timings["total"] = total
         out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
         return out
 
-    def click(self, s, mode, opacity, view_mode, evt: gr.SelectData):
+    def click(self, s, mode, opacity, evt: gr.SelectData):
+        """A click on the ERP view (display pixels)."""
         if s is None:
             gr.Warning("Press Run first: clicks refine a segmented panorama.")
             return {}
         self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
-        return self.bundle(s, opacity, view_mode)
+        return self.bundle(s, opacity)
 
-    def prompt(self, prompt_json, s, opacity, view_mode):
+    def click_lonlat(self, s, mode, opacity, evt: gr.EventData):
+        """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
+        if s is None:
+            gr.Warning("Press Run first: clicks refine a segmented panorama.")
+            return {}
+        data = getattr(evt, "_data", None) or {}
+        self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
+        return self.bundle(s, opacity)
+
+    def prompt(self, prompt_json, s, opacity):
         """Prompts SAM's decoder with explicit coordinates (JSON: points, labels, box, append;
         or points_lonlat / box_lonlat in degrees)."""
         self.backend.prompt(s, prompt_json)
-        return self.bundle(s, opacity, view_mode)
+        return self.bundle(s, opacity)
 
-    def select_candidate(self, index, s, opacity, view_mode):
+    def select_candidate(self, index, s, opacity):
         """Selects candidate mask 0, 1 or 2 of the last prompt."""
         self.backend.select(s, index)
-        return self.bundle(s, opacity, view_mode)
+        return self.bundle(s, opacity)
 
-    def assign(self, class_name, candidate, s, opacity, view_mode):
+    def assign(self, class_name, candidate, s, opacity):
         """Writes a class (name or index; default: majority under the mask) into the map under the
         selected candidate (or candidate 0-2)."""
         self.backend.assign(s, class_name, candidate)
-        return self.bundle(s, opacity, view_mode, clear_downloads=True)
+        return self.bundle(s, opacity, clear_downloads=True)
 
-    def undo(self, s, opacity, view_mode):
+    def undo(self, s, opacity):
         """Reverts the last prompt change or edit."""
         what = self.backend.undo(s)
         if what is None:
             gr.Info("Nothing to undo.")
-        return self.bundle(s, opacity, view_mode, clear_downloads=(what == "labels"))
+        return self.bundle(s, opacity, clear_downloads=(what == "labels"))
 
-    def clear(self, s, opacity, view_mode):
+    def clear(self, s, opacity):
         """Removes all prompts and candidate masks (undoable)."""
         self.backend.clear(s)
-        return self.bundle(s, opacity, view_mode)
+        return self.bundle(s, opacity)
 
-    def refine_instances(self, points_per_side, s, opacity, view_mode, progress=gr.Progress()):
+    def refine_instances(self, points_per_side, s, opacity, progress=gr.Progress()):
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
         n, changed = self.backend.refine_instances(s, points_per_side, progress)
         gr.Info(f"{n} SAM instances, {changed} pixels changed class "
                 f"({s.timings['instances']:.1f} s). Undo reverts this.")
-        return self.bundle(s, opacity, view_mode, clear_downloads=True)
+        return self.bundle(s, opacity, clear_downloads=True)
 
-    def restyle(self, s, opacity, view_mode):
-        """Opacity / 3D mode changed: re-render the pictures only."""
+    def restyle(self, s, opacity):
+        """Opacity changed: re-render the pictures only."""
         if s is None or s.closed:
             return {}
-        if view_mode == VIEW_MODES[1] and s.depth is None:
-            gr.Info("The point cloud needs a depth map: showing the sphere.")
         s = self.backend.touch(s)
-        out = self.bundle(s, opacity, view_mode)
-        return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.plot)}
+        out = self.bundle(s, opacity)
+        return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}
 
     def tab_closed(self, request: gr.Request):
         """The browser tab (or API client) went away: its session's memory and files go now."""
@@ -340,14 +358,38 @@ CSS = """
 .pano-legend { font-size: 0.9em; }
 #run-status p, #edit-status p { margin: 0; }
 footer { display: none !important; }
+#examples .thumbnail-item { aspect-ratio: 2 / 1; }
+#pano-viewer .pv-title { position: absolute; left: 8px; top: 6px; font-size: 12px; color: #fff;
+                         text-shadow: 0 0 3px #000; pointer-events: none; }
+#pano-viewer .pv { position: relative; height: 340px; border-radius: 8px; overflow: hidden;
+                   background: #1f1f24; user-select: none; }
+#pano-viewer canvas.pv-gl { display: block; width: 100%; height: 100%; cursor: crosshair; touch-action: none;
+                            outline: none; }
+#pano-viewer canvas.pv-compass { position: absolute; right: 8px; top: 8px; width: 64px; height: 64px;
+                                 cursor: pointer; }
+#pano-viewer .pv-readout { position: absolute; left: 8px; bottom: 6px; font-size: 12px; color: #fff;
+                           text-shadow: 0 0 3px #000; pointer-events: none; }
+#pano-viewer .pv-tip { position: absolute; display: none; padding: 2px 6px; border-radius: 4px; font-size: 12px;
+                       background: rgba(0,0,0,.7); color: #fff; pointer-events: none; white-space: nowrap; }
+#pano-viewer .pv-empty { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
+                         padding: 24px; text-align: center; color: #ccc; pointer-events: none; }
 """
 
 INTRO = """
 # PanoSAMic Studio
 Semantic segmentation of 360° equirectangular panoramas with **PanoSAMic** (SAM's ViT encoder with
 RGB / depth / normals fusion). Upload a panorama (2:1) or pick an example, press **Run**, then click on the
-panorama to refine: SAM's prompt decoder runs on the cached embeddings, so clicks are fast.
+panorama, or inside the 360° view, to refine: SAM's prompt decoder runs on the cached embeddings, so clicks are fast.
 """
+
+# The 360° viewer's markup; static/viewer.js draws into it (see that file for what it does).
+VIEWER_HTML = """<div class="pv">
+<canvas class="pv-gl" tabindex="0" aria-label="360° view: drag to turn, wheel or pinch to zoom, arrow keys turn, click to prompt"></canvas>
+<canvas class="pv-compass" title="Where you look (white) and the seam, lon ±180° (red). Click to reset the view."></canvas>
+<div class="pv-title">360° view · drag to turn · click to refine</div>
+<div class="pv-readout"></div><div class="pv-tip"></div>
+<div class="pv-empty">Press Run, then look around here: drag to turn, wheel or pinch to zoom, click to prompt SAM.</div>
+</div>"""
 
 
 LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
@@ -361,8 +403,15 @@ def _closer(store):
     return close
 
 
+def _example_caption(row: Sequence[Optional[str]]) -> str:
+    """'office · RGB-D-N': the example's name and the maps it brings (RGB, Depth, Normals)."""
+    maps = "RGB" + "".join(tag for tag, path in zip(("-D", "-N"), row[1:]) if path)
+    return f"{Path(row[0]).name.rsplit('_rgb', 1)[0]} · {maps}"
+
+
 def build_ui(studio: Studio) -> gr.Blocks:
     ck = studio.checkpoints
+    start_value = ck.initial()   # Demo when the default needs a download and the Hub cannot be reached
     with gr.Blocks(title="PanoSAMic Studio", delete_cache=(3600, 7200)) as demo:
         # The store owns the session's lifetime; Gradio's own expiry (or a closed tab) hands it back.
         store = studio.backend.store
@@ -376,9 +425,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     depth = gr.File(label="Depth (16-bit PNG mm, .npy/.exr m)", file_types=[".png", ".npy", ".exr", ".tif", ".tiff"],
                                     height=110)
                     normals = gr.File(label="Normals (RGB PNG)", file_types=["image"], height=110)
-                checkpoint = gr.Dropdown(choices=ck.choices(), value=ck.default, allow_custom_value=True,
-                                         label="Checkpoint", info="Released PanoSAMic weights, or type a Hub subfolder")
-                need = gr.Markdown(studio.requirements_text(ck.default, None, None, None)[0], elem_id="requirements")
+                checkpoint = gr.Dropdown(choices=ck.choices(), value=start_value, allow_custom_value=True,
+                                         label="Checkpoint", info="Released PanoSAMic weights, or type a Hub subfolder",
+                                         elem_id="checkpoint")
+                need = gr.Markdown(studio.requirements_text(start_value, None, None, None)[0], elem_id="requirements")
                 with gr.Accordion("Settings", open=False):
                     depth_scale = gr.Number(value=0, minimum=0, label="Depth scale (metres per stored unit)",
                                             info="0 = auto: PNG in millimetres, .npy/.exr in metres")
@@ -388,16 +438,19 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                     info="For 'Refine with SAM instances'; fewer points are faster")
                 run = gr.Button("Run", variant="primary", interactive=False, elem_id="run-button")
                 run_status = gr.Markdown(elem_id="run-status", label="Run status")
-                if studio.examples:
-                    gr.Examples(studio.examples, inputs=[pano, depth, normals], label="Examples (with depth and normals)",
-                                examples_per_page=6,
-                                example_labels=[Path(r[0]).name.rsplit("_rgb", 1)[0] for r in studio.examples])
+                examples = gr.Gallery([(row[0], _example_caption(row)) for row in studio.examples],
+                                      label="Examples (RGB-D-N: with depth and normals): click one", columns=2, height="auto", object_fit="cover",
+                                      allow_preview=False, interactive=False, elem_id="examples",
+                                      visible=bool(studio.examples))
             with gr.Column(scale=3):
-                view = gr.Image(label="Semantic map — click to refine", interactive=False, elem_id="pano-view",
-                                buttons=["download", "fullscreen"], height=440, format="jpeg")
+                with gr.Row(equal_height=True):
+                    view = gr.Image(label="Semantic map — click to refine", interactive=False, elem_id="pano-view",
+                                    buttons=["download", "fullscreen"], height=340, format="jpeg", scale=1)
+                    viewer = gr.HTML(None, html_template=VIEWER_HTML, js_on_load=VIEWER_JS.read_text(),
+                                     elem_id="pano-viewer", label="360° view", scale=1, min_width=300)
                 with gr.Row(equal_height=True):
                     opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Opacity", scale=2)
-                    mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="Click adds", scale=3)
+                    mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="Click adds (in either view)", scale=3)
                 with gr.Row(equal_height=False):
                     candidates = gr.Radio([("#1", 0), ("#2", 1), ("#3", 2)], value=None, label="Mask candidates",
                                           interactive=False, scale=3)
@@ -410,43 +463,51 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 edit_status = gr.Markdown(elem_id="edit-status", label="Edit status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                view_mode = gr.Radio(VIEW_MODES, value=VIEW_MODES[0], label="3D view", info="Point cloud needs depth")
-                plot = gr.Plot(label="3D", elem_id="pano-3d")
+                plot = gr.Plot(label="Point cloud (needs depth): hover for class and distance", elem_id="pano-3d")
             with gr.Column(scale=2):
                 legend = gr.HTML(render.legend_html([]), label="Legend", elem_id="legend")
                 export = gr.Button("Export (full resolution)", size="sm", elem_id="export-button")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Accordion("Prompt by coordinates / API details", open=False):
-            prompt_json = gr.Textbox(label="Prompt (JSON, input-image pixels)", lines=2,
+            prompt_json = gr.Textbox(label="Prompt (JSON, input-image pixels or degrees)", lines=2,
                                      value='{"points": [[100, 50]], "labels": [1]}',
                                      info='{"points": [[x, y], ...], "labels": [1 or 0, ...], "box": [x1, y1, x2, y2], '
-                                          '"append": false}; x1 > x2 wraps across the seam')
+                                          '"append": false}; x1 > x2 wraps across the seam. Or by direction in '
+                                          'degrees: "points_lonlat": [[lon, lat], ...], "box_lonlat": [lon1, lat1, lon2, lat2]')
             apply_prompt = gr.Button("Apply prompt", size="sm")
             info = gr.JSON(label="Session (summary, statistics)")
 
-        studio.ui = Components(session, view, legend, plot, candidates, cls, info, downloads, run_status, edit_status)
+        studio.ui = Components(session, view, viewer, legend, plot, candidates, cls, info, downloads, run_status,
+                               edit_status)
         outputs = studio.ui.outputs()
-        style = [opacity, view_mode]
+        style = [opacity]
         # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
-        heavy = dict(concurrency_id="heavy", concurrency_limit=1)
-        light = dict(concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY)
-        files_q = dict(concurrency_id="export", concurrency_limit=1)
+        # Progress and errors show on one status line each, not on every output panel.
+        heavy = dict(concurrency_id="heavy", concurrency_limit=1, show_progress_on=[run_status])
+        light = dict(concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY, show_progress="minimal",
+                     show_progress_on=[edit_status])
+        files_q = dict(concurrency_id="export", concurrency_limit=1, show_progress_on=[downloads])
 
         # Each input reports only its own presence: when an example fills all three at once,
         # the other inputs' events still see the panorama as empty, and whichever answer came
         # last would leave Run disabled. Served one at a time per session (shared state).
         present = gr.State({})
+        quiet = dict(api_visibility="private", concurrency_id="requirements", concurrency_limit=1,
+                     show_progress="hidden")
         for kind, comp in (("pano", pano), ("depth", depth), ("normals", normals)):
             comp.change(functools.partial(studio.input_changed, kind), [comp, present, checkpoint],
-                        [present, need, run], api_visibility="private",
-                        concurrency_id="requirements", concurrency_limit=1)
-        checkpoint.change(studio.checkpoint_changed, [checkpoint, present], [need, run], api_visibility="private",
-                          concurrency_id="requirements", concurrency_limit=1)
-        pano.change(studio.on_upload, [pano, session], outputs, api_visibility="private", **light)
+                        [present, need, run], **quiet)
+        checkpoint.change(studio.checkpoint_changed, [checkpoint, present], [need, run], **quiet)
+        pano.change(studio.on_upload, [pano, session], outputs, api_visibility="private",
+                    **{**light, "show_progress": "hidden"})
 
+        examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
+                        show_progress="hidden")
         run.click(friendly(on_gpu(studio.segment, 120)), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
                   outputs, api_name="segment", **heavy)
         view.select(friendly(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
+        viewer.pano_click(friendly(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
+                          **light)
         apply_prompt.click(friendly(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
         candidates.input(friendly(studio.select_candidate), [candidates, session, *style], outputs,
                          api_name="select_candidate", **light)
@@ -457,8 +518,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                      api_name="refine_instances", **heavy)
         export.click(friendly(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
         demo.unload(studio.tab_closed)
-        for comp in (opacity, view_mode):
-            comp.change(friendly(studio.restyle), [session, *style], [view, plot], api_visibility="private", **light)
+        opacity.change(friendly(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo
 
 

@@ -72,7 +72,7 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
-    "erp_to_lonlat", "lonlat_to_erp", "lonlat_to_ray", "ray_to_lonlat", "erp_rays",
+    "erp_to_lonlat", "lonlat_to_erp", "degrees_to_pixels", "lonlat_to_ray", "ray_to_lonlat", "erp_rays",
     "depth_to_points", "normals_from_depth", "encode_normals", "decode_normals",
     "INVALID_NORMAL_RGB", "pixel_areas", "class_shares", "roll_half", "unroll_half",
     "x_to_view", "x_from_view", "resize_erp",
@@ -110,6 +110,30 @@ def lonlat_to_erp(lon, lat, width: int, height: int) -> Tuple[np.ndarray, np.nda
     # np.mod can return exactly `width` for tiny negative inputs; fold it back.
     x = np.where(x >= width, x - width, x)
     y = (np.pi / 2.0 - lat) / np.pi * height
+    return np.broadcast_arrays(x, y)
+
+
+def degrees_to_pixels(lon_deg, lat_deg, width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Directions in **degrees** (what prompts by direction use) -> continuous ERP ``(x, y)``.
+
+    ``lon`` in ``[-180, 180]``, ``lat`` in ``[-90, 90]``; anything else raises
+    `panosamic.errors.InputError`. Unlike :func:`lonlat_to_erp` nothing is wrapped:
+    ``lon = 180`` maps to ``x = W`` and ``lon = -180`` to ``x = 0`` (both on the seam), so a
+    box from lon 170 to 180 stays a plain box and a direction gives exactly the pixel
+    prompt ``x = (lon + 180) / 360 * W``, ``y = (90 - lat) / 180 * H``.
+    """
+    from .errors import InputError
+
+    lon = np.asarray(lon_deg, dtype=np.float64)
+    lat = np.asarray(lat_deg, dtype=np.float64)
+    bad = ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180.0) & (np.abs(lat) <= 90.0))
+    if bad.any():
+        lo, la = np.broadcast_arrays(lon, lat)
+        i = np.flatnonzero(np.broadcast_to(bad, lo.shape))[0]
+        raise InputError(f"direction ({lo.flat[i]:g}, {la.flat[i]:g}) is not a longitude in -180..180 and a "
+                         "latitude in -90..90 (degrees)")
+    x = (lon + 180.0) / 360.0 * width
+    y = (90.0 - lat) / 180.0 * height
     return np.broadcast_arrays(x, y)
 
 

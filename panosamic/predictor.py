@@ -421,6 +421,39 @@ class Predictor:
             masks_np = masks_np > MASK_THRESHOLD
         return masks_np, iou[0].float().cpu().numpy(), low[0].cpu().numpy()
 
+    def predict_lonlat(self, points_lonlat: Optional[ArrayLike] = None, point_labels: Optional[ArrayLike] = None,
+                       box_lonlat: Optional[ArrayLike] = None, state: Optional[PanoramaState] = None,
+                       **kwargs: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`predict` with prompts given as directions in degrees instead of pixels.
+
+        Args:
+            points_lonlat: (N, 2) lon, lat in degrees (lon -180..180, 0 at the image centre,
+                growing to the right; lat -90..90, 90 straight up; `panosamic.geometry`'s
+                conventions).
+            point_labels: (N,) 1 foreground, 0 background.
+            box_lonlat: (4,) lon1, lat1, lon2, lat2; lon1 > lon2 wraps across the seam
+                (lon +-180), as x1 > x2 does for a pixel box.
+            state, **kwargs: as for `predict` (mask_input, multimask_output, view, output_size...).
+
+        Each direction becomes the input pixel x = (lon + 180) / 360 * W, y = (90 - lat) / 180 * H
+        (`geometry.degrees_to_pixels`), so the result is exactly that of the pixel prompt.
+        """
+        from .geometry import degrees_to_pixels
+
+        H, W = (self._require_state() if state is None else state).input_size
+        coords = box = None
+        if points_lonlat is not None:
+            ll = np.asarray(points_lonlat, dtype=np.float64).reshape(-1, 2) if np.size(points_lonlat) \
+                else np.zeros((0, 2))
+            coords = np.stack(degrees_to_pixels(ll[:, 0], ll[:, 1], W, H), axis=-1)
+        if box_lonlat is not None:
+            b = np.asarray(box_lonlat, dtype=np.float64).reshape(-1)
+            if b.shape != (4,):
+                raise InputError("box_lonlat must be 4 numbers lon1, lat1, lon2, lat2 in degrees")
+            x, y = degrees_to_pixels(b[[0, 2]], b[[1, 3]], W, H)
+            box = np.array([x[0], y[0], x[1], y[1]])
+        return self.predict(point_coords=coords, point_labels=point_labels, box=box, state=state, **kwargs)
+
     @staticmethod
     def _check_points(coords, labels, W: int, H: int):
         if coords is None:

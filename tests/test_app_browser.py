@@ -1,6 +1,9 @@
-"""The app in a real browser: Playwright drives Debian's Chromium (/usr/bin/chromium).
+"""The app in a real browser: Playwright drives Debian's Chromium (/usr/bin/chromium), with a
+software WebGL (SwiftShader through ANGLE) for the 360° viewer.
 
-Open the page, click an example, press Run, click on the ERP view and see the mask preview.
+Open the page, click an example, press Run, look around in the 360° viewer (drag, hover, click,
+a click on the seam), click on the ERP view and see the mask preview; and a first run offline
+with an empty Hugging Face cache.
 A screenshot goes to tmp_path; with PANOSAMIC_UPDATE_SCREENSHOT=1 it is also copied to
 assets/screenshot.png (the README's picture).
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -20,7 +24,8 @@ import pytest
 from app_utils import ROOT, make_checkpoint_dir, make_examples, running_app
 
 CHROMIUM = os.environ.get("PANOSAMIC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader",
+                 "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MASK_COLOR = np.array([30, 144, 255])
 
@@ -59,12 +64,35 @@ def _example_dir(tmp: Path) -> Path:
     return tmp
 
 
-def _blue_pixels(png: bytes) -> int:
+def _rgb(png: bytes) -> np.ndarray:
     from PIL import Image
 
-    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def _blue(img: np.ndarray) -> np.ndarray:
     # the tinted mask blends the photo with MASK_COLOR: strongly blue pixels
-    return int(((img[..., 2] - img[..., 0] > 90) & (img[..., 2] > 150)).sum())
+    return (img[..., 2] - img[..., 0] > 90) & (img[..., 2] > 150)
+
+
+def _blue_pixels(png: bytes) -> int:
+    return int(_blue(_rgb(png)).sum())
+
+
+def _erp_picture(page) -> np.ndarray:
+    """The picture the ERP view shows now, at its own size (not the page's scaled copy)."""
+    src = page.locator("#pano-view img").get_attribute("src")
+    return _rgb(page.request.get(src).body())
+
+
+def _frames(page) -> int:
+    return int(page.locator("#pano-viewer .pv").get_attribute("data-frames"))
+
+
+def _wait_frames(page, n: int) -> None:
+    """Until the viewer has drawn its n-th payload (and the browser painted it)."""
+    page.wait_for_function(f"() => +document.querySelector('#pano-viewer .pv').dataset.frames >= {n}")
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
 def _save_small_png(src: Path, dest: Path) -> None:
@@ -77,9 +105,12 @@ def _save_small_png(src: Path, dest: Path) -> None:
 
 def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp_path):
     # PANOSAMIC_TEST_CHECKPOINT: another local checkpoint folder (e.g. released weights, for a
-    # README screenshot with a meaningful map); default: the tiny reference model.
+    # README screenshot with a meaningful map); default: the bundled demo model (trained, so a
+    # click on the seam gives a meaningful mask), else the tiny reference model.
     custom = os.environ.get("PANOSAMIC_TEST_CHECKPOINT")
-    ckpt = Path(custom) if custom else make_checkpoint_dir(reference_dir, tmp_path / "checkpoint")
+    demo = ROOT / "assets" / "demo"
+    ckpt = (Path(custom) if custom else demo if (demo / "model.safetensors").is_file()
+            else make_checkpoint_dir(reference_dir, tmp_path / "checkpoint"))
     examples = _example_dir(tmp_path / "examples")
     with running_app(["--checkpoint", str(ckpt), "--examples", str(examples)], tmp_path / "app.log") as app:
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
@@ -90,9 +121,8 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         assert run.is_disabled(), "Run must be disabled before a panorama is given"
         page.locator("#requirements").get_by_text("Upload a panorama").wait_for()
 
-        # click the first example: panorama, depth and normals are filled in
-        first = sorted(examples.glob("*_rgb.jpg"))[0].name[: -len("_rgb.jpg")]
-        page.get_by_text(first, exact=True).first.click()
+        # click the first example thumbnail: panorama, depth and normals are filled in
+        page.locator("#examples .thumbnail-item").first.click()
         page.wait_for_function("() => !document.querySelector('#run-button').disabled")
         assert "❌" not in page.locator("#requirements").inner_text()
 
@@ -103,6 +133,48 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         page.locator("#legend .pano-legend-row").first.wait_for()
         page.locator("#pano-3d .js-plotly-plot").first.wait_for()
 
+        # ---- the 360° viewer: a WebGL canvas showing the segmented panorama
+        canvas = page.locator("#pano-viewer canvas.pv-gl")
+        canvas.wait_for()
+        page.locator("#pano-viewer .pv[data-state=ready]").wait_for()
+        _wait_frames(page, 1)
+        cbox = canvas.bounding_box()
+        before = _rgb(canvas.screenshot())
+        assert before.std() > 10, "the viewer's canvas is blank"
+        # dragging turns the view
+        cx, cy = cbox["x"] + cbox["width"] / 2, cbox["y"] + cbox["height"] / 2
+        page.mouse.move(cx, cy)
+        page.mouse.down()
+        page.mouse.move(cx + 160, cy + 30, steps=8)
+        page.mouse.up()
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        turned = _rgb(canvas.screenshot())
+        drag_diff = float(np.abs(turned - before).mean())
+        assert drag_diff > 8, f"dragging did not change the view (mean difference {drag_diff:.1f})"
+        assert "lon 0°" not in page.locator("#pano-viewer .pv-readout").inner_text()
+        # hovering names the class under the cursor
+        page.mouse.move(cx - 40, cy + 20)
+        tip = page.locator("#pano-viewer .pv-tip")
+        tip.wait_for()
+        classes = [r.split("\n")[0].strip() for r in page.locator("#legend .pano-legend-row").all_inner_texts()]
+        assert any(tip.inner_text().startswith(c) for c in classes), tip.inner_text()
+        # a click in the viewer adds a prompt: SAM candidates, shown in both views
+        frames = _frames(page)
+        erp = page.locator("#pano-view img")
+        blue_erp = _blue_pixels(erp.screenshot())
+        t0 = time.perf_counter()
+        canvas.click(position={"x": cbox["width"] * 0.5, "y": cbox["height"] * 0.6})
+        page.locator("#edit-status").get_by_text("mask #").wait_for()
+        viewer_click_s = time.perf_counter() - t0
+        assert "1 positive" in page.locator("#edit-status").inner_text()
+        _wait_frames(page, frames + 1)
+        assert _blue_pixels(canvas.screenshot()) > 50, "no mask preview in the 360° viewer"
+        page.wait_for_timeout(800)  # the ERP picture is swapped in
+        assert _blue_pixels(erp.screenshot()) > blue_erp + 20, "the viewer's click shows no mask on the ERP view"
+        page.get_by_role("button", name="Clear prompts").click()
+        page.locator("#edit-status").get_by_text("Click on the panorama").wait_for()
+
+        # ---- the ERP view: a click, then a box across the seam by two clicks
         view = page.locator("#pano-view img")
         view.wait_for()
         page.wait_for_timeout(500)
@@ -128,13 +200,86 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         page.locator("#edit-status").get_by_text("first box corner").wait_for()
         page.locator("#undo-button").click()
         page.locator("#edit-status").get_by_text("1 positive").wait_for()
-        page.wait_for_timeout(800)
+
+        # ---- a click on the seam in the viewer: one seamless mask
+        page.get_by_label("Positive point").check()
+        frames = _frames(page)
+        page.get_by_role("button", name="Clear prompts").click()
+        page.locator("#edit-status").get_by_text("Click on the panorama").wait_for()
+        _wait_frames(page, frames + 1)
+        plain = _erp_picture(page)                 # no prompt, no mask
+        canvas.focus()
+        page.keyboard.press("0")                   # home: lon 0 at the centre
+        for _ in range(12):                        # 12 x 15° to the right: the seam (lon ±180°) ahead
+            page.keyboard.press("ArrowRight")
+        readout = page.locator("#pano-viewer .pv-readout")
+        readout.get_by_text("lon 180°").or_(readout.get_by_text("lon -180°")).wait_for()
+        frames = _frames(page)
+        canvas.click(position={"x": cbox["width"] * 0.5, "y": cbox["height"] * 0.85})   # the floor, on the seam
+        page.locator("#edit-status").get_by_text("mask #").wait_for()
+        _wait_frames(page, frames + 1)
+        # what the click changed on the ERP picture: the tinted mask (and the point's marker)
+        changed = np.abs(_erp_picture(page) - plain).max(-1) > 40
+        left, right = changed[:, :4].any(1), changed[:, -4:].any(1)
+        assert left.sum() > 10 and right.sum() > 10, "the seam click's mask does not reach both borders"
+        seam_agreement = float((left & right).sum() / (left | right).sum())
+        assert seam_agreement > 0.6, f"the mask is not seamless across lon ±180° ({seam_agreement:.2f})"
+        page.wait_for_timeout(500)
 
         shot = tmp_path / "screenshot.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         if os.environ.get("PANOSAMIC_UPDATE_SCREENSHOT") == "1":
             _save_small_png(shot, ROOT / "assets" / "screenshot.png")
-        print(f"\nbrowser: startup {app['startup_s']:.2f} s, run {run_s:.2f} s, click->mask {click_s:.2f} s, "
-              f"screenshot {shot}")
+        print(f"\nbrowser: startup {app['startup_s']:.2f} s, run {run_s:.2f} s, viewer click->mask "
+              f"{viewer_click_s:.2f} s, ERP click->mask {click_s:.2f} s, drag difference {drag_diff:.1f}, "
+              f"seam agreement {seam_agreement:.2f}, screenshot {shot}")
         page.close()
+
+
+def test_first_run_offline_with_an_empty_cache(browser, tmp_path):
+    """`python app.py` with no network and an empty Hugging Face cache: Demo is preselected and
+    segments an example; a released checkpoint gives one short message at once, shown on the
+    run status only (not as an error on every panel)."""
+    hub = socket.socket()            # a Hub that accepts connections and never answers
+    hub.bind(("127.0.0.1", 0))
+    hub.listen(8)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "",
+           "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}"}
+    examples = _example_dir(tmp_path / "examples")
+    try:
+        with running_app(["--examples", str(examples)], tmp_path / "app.log", env=env) as app:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(app["url"])
+            page.get_by_role("heading", name="PanoSAMic Studio").wait_for()
+            assert page.locator("#checkpoint input").input_value().startswith("Demo")
+            assert "cannot be reached" in page.locator("#requirements").inner_text()
+            page.locator("#examples .thumbnail-item").first.click()
+            page.wait_for_function("() => !document.querySelector('#run-button').disabled")
+            t0 = time.perf_counter()
+            page.locator("#run-button").click()
+            page.locator("#run-status").get_by_text("Segmented").wait_for()
+            demo_run_s = time.perf_counter() - t0
+
+            # a released checkpoint: not downloaded, the Hub silent -> one message, quickly
+            page.locator("#checkpoint input").click()
+            option = page.get_by_role("option", name="Stanford2D3DS · ViT-H · RGB · fold 1")
+            assert "needs a download" in option.inner_text()
+            option.click()
+            page.locator("#requirements").get_by_text("cannot be reached").wait_for()
+            t0 = time.perf_counter()
+            page.locator("#run-button").click()
+            page.locator(".toast-body.error").get_by_text("not downloaded yet").wait_for()
+            message_s = time.perf_counter() - t0
+            text = page.locator(".toast-message-text").inner_text()
+            assert "Demo" in text and "--checkpoint" in text and "Traceback" not in text
+            # the error marks the run status, and no other panel
+            marked = page.evaluate("() => Array.from(document.querySelectorAll('.error:not([class*=toast])'))"
+                                   ".map(e => (e.closest('[id]') || {}).id)")
+            assert marked == ["run-status"], marked
+            page.close()
+    finally:
+        hub.close()
+    print(f"\noffline first run: Demo preselected, run {demo_run_s:.2f} s; released checkpoint -> message "
+          f"in {message_s:.2f} s")

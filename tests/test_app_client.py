@@ -6,6 +6,7 @@ normals, 13 classes, dual view) and two small procedural examples, fully offline
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import subprocess
@@ -26,7 +27,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 # Indices of the values every editing endpoint returns (the app's OUTPUTS without the State).
-VIEW, LEGEND, PLOT, CANDIDATES, CLASS, INFO, FILES, RUN_STATUS, EDIT_STATUS = range(9)
+VIEW, LEGEND, PLOT, CANDIDATES, CLASS, INFO, FILES, RUN_STATUS, EDIT_STATUS, VIEWER = range(10)
 TIMINGS = {}
 
 
@@ -84,7 +85,13 @@ def test_segment_prompt_assign_undo_export(app_env):
     assert abs(sum(shares) - 1) < 1e-4
     assert "Segmented 256×128" in out[RUN_STATUS]
     assert "%" in out[LEGEND]
-    assert out[PLOT]["type"] == "plotly" and '"mesh3d"' in out[PLOT]["plot"]
+    assert out[PLOT]["type"] == "plotly" and '"scatter3d"' in out[PLOT]["plot"]   # the point cloud
+    # the 360° viewer gets the ERP picture and a 512x256 class map for hovering
+    viewer = out[VIEWER]
+    assert viewer["texture"].startswith("data:image/jpeg;base64,") and viewer["classes"] == info["classes"]
+    hover = cv2.imdecode(np.frombuffer(base64.b64decode(viewer["labels"].split(",", 1)[1]), np.uint8),
+                         cv2.IMREAD_UNCHANGED)
+    assert hover.shape == (256, 512) and hover.max() < 13
     assert out[FILES] is None                       # downloads are made on request, at full size
     files, _ = c.predict(api_name="/export")
     files = files_by_suffix(files)

@@ -116,6 +116,37 @@ def test_seam_prompt_gives_a_seamless_mask(reference_predictor):
     assert np.abs(logits0[:, :, 0] - logits0[:, :, -1]).mean() > seam_jump
 
 
+def test_lonlat_prompts_give_exactly_the_pixel_prompts_result(reference_predictor):
+    """Directions in degrees (geometry's conventions) decode exactly as the pixel prompt."""
+    predictor, _ = reference_predictor
+    H, W = predictor.input_size
+    lonlat = np.array([[-37.5, 12.25], [178.9, -20.0], [-179.5, 3.0]])   # two near the seam
+    pixels = np.stack([(lonlat[:, 0] + 180) / 360 * W, (90 - lonlat[:, 1]) / 180 * H], -1)
+    labels = [1, 1, 0]
+    by_pixels = predictor.predict(point_coords=pixels, point_labels=labels, return_logits=True)
+    by_lonlat = predictor.predict_lonlat(points_lonlat=lonlat, point_labels=labels, return_logits=True)
+    for a, b in zip(by_pixels, by_lonlat):
+        np.testing.assert_array_equal(a, b)
+    # a box across the seam (lon1 > lon2) is the wrapping pixel box x1 > x2
+    box_ll = [150.0, 40.0, -160.0, -30.0]
+    box = [(box_ll[0] + 180) / 360 * W, (90 - box_ll[1]) / 180 * H, (box_ll[2] + 180) / 360 * W,
+           (90 - box_ll[3]) / 180 * H]
+    assert box[0] > box[2]
+    masks, scores, _ = predictor.predict(box=box)
+    masks_ll, scores_ll, _ = predictor.predict_lonlat(box_lonlat=box_ll)
+    np.testing.assert_array_equal(masks, masks_ll)
+    np.testing.assert_array_equal(scores, scores_ll)
+    assert masks[0].any() and predictor.last_view == 1
+    # lon 180 is the right border itself (x = W), not wrapped to x = 0
+    end = predictor.predict_lonlat(box_lonlat=[170.0, 10.0, 180.0, -10.0], multimask_output=False)[0]
+    np.testing.assert_array_equal(end, predictor.predict(box=[(350 / 360) * W, (80 / 180) * H, W, (100 / 180) * H],
+                                                          multimask_output=False)[0])
+    with pytest.raises(InputError, match="longitude in -180..180"):
+        predictor.predict_lonlat(points_lonlat=[[190.0, 0.0]], point_labels=[1])
+    with pytest.raises(InputError, match="4 numbers"):
+        predictor.predict_lonlat(box_lonlat=[1.0, 2.0, 3.0])
+
+
 def test_mask_input_round_trip_across_views(reference_predictor):
     predictor, _ = reference_predictor
     H, W = predictor.input_size

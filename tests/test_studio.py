@@ -34,6 +34,39 @@ def test_importing_studio_does_not_import_torch_or_gradio():
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def test_offline_without_the_weights_demo_is_preselected_and_run_answers_at_once(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from panosamic.studio.checkpoints import HubProbe
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))   # nothing downloaded
+    hub = Checkpoints("dfki-av/PanoSAMic", None, None)
+    name = studio.DEFAULT_SUBFOLDER
+    assert hub.needs_download(name) and not hub.needs_download("demo")
+    monkeypatch.setattr(HubProbe, "offline_mode", staticmethod(lambda: True))      # HF_HUB_OFFLINE
+    assert hub.initial() == "demo" and hub.default == name
+    assert dict((v, k) for k, v in hub.choices())[name].endswith("needs a download (offline now)")
+    with pytest.raises(InputError, match="cannot be reached") as err:
+        hub.check_available(name)
+    assert "Demo" in str(err.value) and "--checkpoint" in str(err.value) and name in str(err.value)
+    hub.check_available("demo")                                                  # the demo is always there
+    text, ok = studio.requirements_text(hub, name, "p.jpg", "d.png", "n.png")
+    assert ok and "cannot be reached" in text and "Ready" not in text
+    # a Hub that never answers counts as unreachable after the probe's timeout
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        monkeypatch.setattr(HubProbe, "offline_mode", staticmethod(lambda: False))
+        monkeypatch.setattr(HubProbe, "endpoint", staticmethod(lambda: f"http://127.0.0.1:{silent.getsockname()[1]}"))
+        probe = HubProbe(timeout=0.5)
+        assert probe.reachable() is False and probe.known_unreachable()
+    finally:
+        silent.close()
+
+
 def test_released_subfolders_are_the_hub_choices():
     hub = Checkpoints("dfki-av/PanoSAMic", None, None)
     assert hub.local_dir is None and hub.local_values == []
@@ -44,12 +77,12 @@ def test_released_subfolders_are_the_hub_choices():
         assert hub.modalities(name) == mods
         assert hub.resolve(name) == ("dfki-av/PanoSAMic", name)
     labels = dict((v, k) for k, v in hub.choices())
-    assert labels["stanford2d3ds-vith-rgbd-fold2"] == "Stanford2D3DS · ViT-H · RGB-D · fold 2 (RGB image + depth)"
-    assert labels["stanford2d3ds-vith-rgb-fold3"].endswith("(RGB image)")
+    assert labels["stanford2d3ds-vith-rgbd-fold2"].startswith("Stanford2D3DS · ViT-H · RGB-D · fold 2 (RGB image + depth)")
+    assert "(RGB image)" in labels["stanford2d3ds-vith-rgb-fold3"]
     # typed-in values: announced by the name, or unknown until loaded; then learnt from the model
     assert hub.modalities("my-rgbd-finetune") == ("image", "depth")
     assert hub.modalities("whatever") is None
-    assert hub.label("whatever") == "whatever (inputs read on load)"
+    assert hub.label("whatever").startswith("whatever (inputs read on load)")
     assert [v for _, v in hub.choices(extra="whatever")][-1] == "whatever"
     hub.learn(" whatever ", ("image",))
     assert hub.modalities("whatever") == ("image",)

@@ -200,6 +200,37 @@ def test_lonlat_prompts_equal_pixel_prompts(backend, big_example):
         backend.prompt(s, json.dumps({"points_lonlat": [[200, 0]]}))
 
 
+def test_viewer_clicks_by_direction_equal_pixel_prompts(backend, big_example):
+    """A click in the 360° viewer (lon, lat in degrees) adds the same prompt as the pixel API,
+    points and a box by two corners across the seam alike."""
+    s = _segment(backend, big_example)
+    W, H = 2048, 1024
+    clicks = [(-60.0, -25.0, "positive"), (100.0, 10.0, "negative")]
+    for lon, lat, kind in clicks:
+        backend.click_lonlat(s, lon, lat, kind)
+    pixels = [[(lon + 180) / 360 * W, (90 - lat) / 180 * H] for lon, lat, _ in clicks]
+    assert s.points == [tuple(p) for p in pixels] and s.point_labels == [1, 0]
+    by_clicks = s.candidates.copy(), s.scores.copy()
+    backend.prompt(s, json.dumps({"points": pixels, "labels": [1, 0]}))
+    np.testing.assert_array_equal(s.candidates, by_clicks[0])
+    np.testing.assert_array_equal(s.scores, by_clicks[1])
+    backend.clear(s)
+    backend.click_lonlat(s, 165.0, 30.0, "box")        # first corner: nothing decoded yet
+    assert s.pending_corner is not None and s.candidates is None
+    backend.click_lonlat(s, -170.0, -20.0, "box")      # second corner left of the first: wraps
+    box = [(165 + 180) / 360 * W, (90 - 30) / 180 * H, (-170 + 180) / 360 * W, (90 + 20) / 180 * H]
+    assert s.box == box and box[0] > box[2]
+    by_clicks = s.candidates.copy()
+    backend.prompt(s, json.dumps({"box": box}))
+    np.testing.assert_array_equal(s.candidates, by_clicks)
+    with pytest.raises(InputError, match="longitude"):
+        backend.click_lonlat(s, 181, 0, "positive")
+    with pytest.raises(InputError, match="latitude"):
+        backend.click_lonlat(s, 0, "north", "positive")
+    with pytest.raises(InputError, match="Run first"):
+        backend.click_lonlat(None, 0, 0, "positive")
+
+
 def test_labels_at_any_size_equal_the_argmax_of_the_logits(backend, big_example):
     s = _segment(backend, big_example)
     predictor = backend.registry.get(s.model_key)

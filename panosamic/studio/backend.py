@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from .cache import EmbeddingCache, content_key
 from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
-from .prompts import parse_prompt
+from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
 from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders
@@ -128,6 +128,8 @@ class StudioBackend:
                 raise _missing(missing)
         timings: Dict[str, float] = {}
         if not self.registry.loaded(key):
+            # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
+            self.checkpoints.check_available(choice)
             progress(0.05, desc="Downloading / loading the checkpoint (first use)")
         t0 = time.perf_counter()
         predictor = self.registry.get(key)
@@ -232,12 +234,26 @@ class StudioBackend:
             h, w = s.input_size
             x = min(max((float(x_display) + 0.5) / s.scale, 0.0), w - 1.0)
             y = min(max((float(y_display) + 0.5) / s.scale, 0.0), h - 1.0)
-            if kind == "box":
-                if not s.add_box_corner(x, y):
-                    return
-            else:
-                s.add_point(x, y, positive=(kind != "negative"))
-            self._predict_or_undo(s)
+            self._add_click(s, x, y, kind)
+
+    def click_lonlat(self, s: Session, lon: Any, lat: Any, kind: str = "positive") -> None:
+        """A click in the 360° viewer: the direction (lon, lat) in degrees, `panosamic.geometry`'s
+        conventions, becomes the input pixel of that direction; then exactly as `click`
+        (a box by two corners, the second left of the first wraps across the seam)."""
+        with self.store.use(s):
+            x, y = lonlat_to_pixels(_finite(lon, "longitude"), _finite(lat, "latitude"), s.input_size)
+            self._add_click(s, x, y, kind)
+
+    def _add_click(self, s: Session, x: float, y: float, kind: str) -> None:
+        """What a click does in either view, (x, y) in input pixels (the session is in use)."""
+        if kind == "box":
+            if not s.add_box_corner(x, y):
+                return
+        elif kind in ("positive", "negative"):
+            s.add_point(x, y, positive=(kind == "positive"))
+        else:
+            raise InputError(f"A click adds a positive point, a negative point or a box corner, not {kind!r}.")
+        self._predict_or_undo(s)
 
     def prompt(self, s: Session, prompt_json: Any) -> None:
         """Prompts SAM's decoder with explicit coordinates: JSON text or a dict with points,
@@ -305,6 +321,16 @@ def _positive(value: Any, what: str, default: float, allow_zero: bool = False) -
         raise InputError(f"{what} must be a number.") from None
     if not (np.isfinite(v) and (0 < v or allow_zero and v == 0) and v <= 1000):
         raise InputError(f"{what} must be a positive number up to 1000, got {str(value)[:20]}.")
+    return v
+
+
+def _finite(value: Any, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"The {what} must be a number (degrees).") from None
+    if not np.isfinite(v):
+        raise InputError(f"The {what} must be a finite number (degrees).")
     return v
 
 

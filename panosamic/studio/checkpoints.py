@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -32,6 +34,89 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
 # A Hub subfolder (or a folder inside the local checkpoint): one or two plain names.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 SUBFOLDER_RE = re.compile(rf"^{_NAME}(/{_NAME})?$")
+
+
+class HubProbe:
+    """Whether the Hugging Face Hub can be reached, known within about `timeout` seconds.
+
+    huggingface_hub retries an unreachable Hub for tens of seconds before it gives up; the
+    app asks here first. `HF_HUB_OFFLINE` answers at once; otherwise one TCP connection to
+    the Hub's endpoint (`HF_ENDPOINT`) is tried in a background thread, and a caller waits
+    for it at most `timeout` + 0.5 s (a DNS lookup that hangs counts as unreachable). The
+    answer is kept for `max_age` seconds, so that a network that comes back is noticed.
+    """
+
+    def __init__(self, timeout: float = 1.5, max_age: float = 60.0):
+        self.timeout = float(timeout)
+        self.max_age = float(max_age)
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._ok: Optional[bool] = None
+        self._checked = -float("inf")
+
+    @staticmethod
+    def offline_mode() -> bool:
+        """HF_HUB_OFFLINE (huggingface_hub's own reading of it, else the variable)."""
+        try:
+            from huggingface_hub import constants
+
+            is_offline = getattr(constants, "is_offline_mode", None)
+            return bool(is_offline()) if callable(is_offline) else bool(constants.HF_HUB_OFFLINE)
+        except Exception:  # noqa: BLE001
+            return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+    @staticmethod
+    def endpoint() -> str:
+        try:
+            from huggingface_hub import constants
+
+            return str(constants.ENDPOINT)
+        except Exception:  # noqa: BLE001
+            return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+    def _probe(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        try:  # any HTTP answer counts: the Hub is there (what it says about a file comes later)
+            request = urllib.request.Request(self.endpoint().rstrip("/") + "/api/models?limit=1", method="HEAD")
+            with urllib.request.urlopen(request, timeout=self.timeout):
+                ok = True
+        except urllib.error.HTTPError:
+            ok = True
+        except Exception:  # noqa: BLE001  (DNS, refused, timeout, TLS, proxy: all "cannot be reached")
+            ok = False
+        with self._lock:
+            self._ok, self._checked = ok, time.monotonic()
+
+    def start(self) -> None:
+        """Starts a check unless a recent answer is known or one is running."""
+        if self.offline_mode():
+            return
+        with self._lock:
+            fresh = time.monotonic() - self._checked < self.max_age
+            if fresh or (self._thread is not None and self._thread.is_alive()):
+                return
+            self._thread = threading.Thread(target=self._probe, name="hub-probe", daemon=True)
+            self._thread.start()
+
+    def reachable(self, wait: Optional[float] = None) -> bool:
+        """True when the Hub answered; waits at most `wait` (default timeout + 0.5) seconds."""
+        if self.offline_mode():
+            return False
+        self.start()
+        thread = self._thread
+        if thread is not None:
+            thread.join(self.timeout + 0.5 if wait is None else max(0.0, wait))
+        with self._lock:
+            return bool(self._ok) and time.monotonic() - self._checked < self.max_age + self.timeout + 1
+
+    def known_unreachable(self) -> bool:
+        """True only when HF_HUB_OFFLINE is set or the last finished check failed (never waits)."""
+        if self.offline_mode():
+            return True
+        with self._lock:
+            return self._ok is False
 
 
 def pretty_subfolder(sub: str) -> str:
@@ -86,6 +171,7 @@ class Checkpoints:
         self.local_dir: Optional[Path] = local.resolve() if local.is_dir() else None
         self.hub_repo = HUB_REPO if self.local_dir is not None else self.checkpoint
         self.released = dict(RELEASED_SUBFOLDERS)
+        self.hub = HubProbe()
         self.known: Dict[str, Tuple[str, ...]] = {}   # value -> modalities learned from a loaded model
         self.local_values: List[str] = []
         same_as_local = self.local_dir is not None and self.local_dir == DEMO_DIR
@@ -101,6 +187,48 @@ class Checkpoints:
             self.default = self.local_values[0]
         else:
             self.default = subfolder or DEFAULT_SUBFOLDER
+
+    def is_hub(self, value: Optional[str]) -> bool:
+        """Whether the picker value loads from the Hugging Face Hub (not local, not the demo)."""
+        v = str(value if value is not None else self.default).strip() or self.default
+        if v == self.DEMO and self.demo_dir is not None or v == self.LOCAL or v.startswith(self.LOCAL + "/"):
+            return False
+        try:
+            self.resolve(v)
+        except InputError:
+            return False
+        return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_repo)) and not Path(self.hub_repo).exists()
+
+    def cached(self, value: Optional[str]) -> bool:
+        """Whether a Hub checkpoint's weights are in the local Hugging Face cache (a file look-up)."""
+        ckpt, sub = self.resolve(value)
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(ckpt, f"{sub}/model.safetensors" if sub else "model.safetensors")
+        except Exception:  # noqa: BLE001  (a repo id huggingface_hub refuses, a broken cache)
+            return False
+        return isinstance(found, str)
+
+    def needs_download(self, value: Optional[str]) -> bool:
+        return self.is_hub(value) and not self.cached(value)
+
+    def check_available(self, value: Optional[str], wait: Optional[float] = None) -> None:
+        """InputError at once (within about 2 s) when a Hub checkpoint is not downloaded and
+        the Hub cannot be reached: instead of huggingface_hub's long retries."""
+        if not self.needs_download(value) or self.hub.reachable(wait):
+            return
+        value = (value or self.default).strip()
+        demo = " Pick Demo (a tiny model that works offline), or" if self.demo_dir else ""
+        raise InputError(f"{value} is not downloaded yet and the Hugging Face Hub cannot be reached (offline?).{demo} "
+                         "start the app with `--checkpoint <folder>` holding model.safetensors and sam.pth.")
+
+    def initial(self, wait: Optional[float] = None) -> str:
+        """The value the picker starts with: the default, or Demo when the default must be
+        downloaded and the Hub cannot be reached."""
+        if self.demo_dir is not None and self.needs_download(self.default) and not self.hub.reachable(wait):
+            return self.DEMO
+        return self.default
 
     def local_subfolders(self) -> List[str]:
         """Subfolders (1 or 2 levels deep) of the local checkpoint holding a model.safetensors."""
@@ -170,7 +298,10 @@ class Checkpoints:
             return f"Local: {name} ({need})"
         if value == self.DEMO:
             return f"Demo: tiny model trained on rendered rooms, offline ({need})"
-        return f"{pretty_subfolder(value)} ({need})"
+        label = f"{pretty_subfolder(value)} ({need})"
+        if self.needs_download(value):
+            label += " · needs a download" + (" (offline now)" if self.hub.known_unreachable() else "")
+        return label
 
     def choices(self, extra: Optional[str] = None) -> List[Tuple[str, str]]:
         """[(label, value), ...]: local values first, then the released ones, the demo (+ default, extra)."""
@@ -230,5 +361,5 @@ def empty_gpu_cache() -> None:
         pass
 
 
-__all__ = ["Checkpoints", "ModelKey", "ModelRegistry", "pretty_subfolder", "check_subfolder_name",
+__all__ = ["Checkpoints", "HubProbe", "ModelKey", "ModelRegistry", "pretty_subfolder", "check_subfolder_name",
            "empty_gpu_cache", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES", "DEMO_DIR"]

@@ -60,6 +60,7 @@ def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any
     Only presence matters: `pano`, `depth` and `normals` are the inputs, or any non-None marker.
     """
     mods = checkpoints.modalities(choice)
+    unavailable = False
     have = {"image": pano is not None, "depth": depth is not None, "normals": normals is not None}
     if mods is None:
         need = "This checkpoint's inputs are read when it loads."
@@ -67,6 +68,16 @@ def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any
     else:
         need = "Needs " + ", ".join(f"**{MODALITY_NAMES[m]}**" for m in mods) + "."
         missing = [m for m in mods if not have[m]]
+    if (choice or "").strip() == checkpoints.DEMO and checkpoints.needs_download(checkpoints.default) \
+            and checkpoints.hub.known_unreachable():
+        need += " (The Hugging Face Hub cannot be reached: the released checkpoints need a download.)"
+    elif checkpoints.needs_download(choice):
+        if checkpoints.hub.known_unreachable():
+            demo = " Pick **Demo** to work offline." if checkpoints.demo_dir else ""
+            need += f" ⚠ Not downloaded, and the Hugging Face Hub cannot be reached.{demo}"
+            unavailable = True
+        else:
+            need += " Downloaded on the first Run."
     if pano is None:
         return f"{need} Upload a panorama or pick an example.", False
     if missing:
@@ -74,7 +85,7 @@ def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any
         return f"⚠ {need} Missing: {names}. Upload it, or pick an RGB checkpoint.", False
     unused = [m for m in ("depth", "normals") if have[m] and mods is not None and m not in mods]
     note = f" The {' and '.join(unused)} map is not used by this checkpoint." if unused else ""
-    return f"{need} Ready.{note}", True
+    return f"{need}{'' if unavailable else ' Ready.'}{note}", True
 
 
 def edit_status(s: Session) -> str:

@@ -17,6 +17,7 @@ from typing import Any, List, Optional, Tuple
 
 from ..config import MAX_PROMPT_POINTS
 from ..errors import InputError
+from ..geometry import degrees_to_pixels
 
 MAX_POINTS = MAX_PROMPT_POINTS  # points per request (and kept per session)
 MAX_JSON_CHARS = 20_000
@@ -49,11 +50,10 @@ def _box(value: Any, key: str) -> Optional[List[float]]:
 
 
 def lonlat_to_pixels(lon: float, lat: float, size: Tuple[int, int]) -> Tuple[float, float]:
-    """Degrees -> input pixels of an (H, W) panorama (see the module docstring)."""
-    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-        raise InputError(f"direction ({lon:g}, {lat:g}) is not a longitude in -180..180 and a latitude in -90..90")
+    """Degrees -> input pixels of an (H, W) panorama (`panosamic.geometry.degrees_to_pixels`)."""
     h, w = size
-    return (lon + 180.0) / 360.0 * w, (90.0 - lat) / 180.0 * h
+    x, y = degrees_to_pixels(lon, lat, w, h)
+    return float(x), float(y)
 
 
 def parse_prompt(prompt_json: Any, s: Any) -> Tuple[List[Tuple[float, float]], List[int], Optional[List[float]]]:

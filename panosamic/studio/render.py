@@ -158,14 +158,19 @@ def draw_prompts(display: np.ndarray, scale: float, points: Sequence[Sequence[fl
         cx, cy = (int(round(float(v) * scale)) for v in pending_corner)
         cv2.drawMarker(out, (cx, cy), BOX_COLOR, cv2.MARKER_CROSS, 3 * r, t + 1, cv2.LINE_AA)
     for (x, y), lab in zip(points, point_labels):
-        c = (int(round(float(x) * scale)), int(round(float(y) * scale)))
+        c0 = (int(round(float(x) * scale)), int(round(float(y) * scale)))
         color = POS_COLOR if int(lab) == 1 else NEG_COLOR
-        cv2.circle(out, c, r + t, (255, 255, 255), -1, cv2.LINE_AA)
-        cv2.circle(out, c, r, color, -1, cv2.LINE_AA)
-        # + / - glyph
-        cv2.line(out, (c[0] - r // 2, c[1]), (c[0] + r // 2, c[1]), (255, 255, 255), max(1, t), cv2.LINE_AA)
-        if int(lab) == 1:
-            cv2.line(out, (c[0], c[1] - r // 2), (c[0], c[1] + r // 2), (255, 255, 255), max(1, t), cv2.LINE_AA)
+        # a marker on the seam is drawn on both borders (the 360° viewer shows it whole)
+        for shift in (0, -w, w):
+            c = (c0[0] + shift, c0[1])
+            if c[0] + r + t < 0 or c[0] - r - t >= w:
+                continue
+            cv2.circle(out, c, r + t, (255, 255, 255), -1, cv2.LINE_AA)
+            cv2.circle(out, c, r, color, -1, cv2.LINE_AA)
+            # + / - glyph
+            cv2.line(out, (c[0] - r // 2, c[1]), (c[0] + r // 2, c[1]), (255, 255, 255), max(1, t), cv2.LINE_AA)
+            if int(lab) == 1:
+                cv2.line(out, (c[0], c[1] - r // 2), (c[0], c[1] + r // 2), (255, 255, 255), max(1, t), cv2.LINE_AA)
     return out
 
 
@@ -317,6 +322,32 @@ def view_image(s, opacity: float) -> np.ndarray:
     return draw_prompts(img, s.scale, s.points, s.point_labels, s.box, s.pending_corner)
 
 
+VIEWER_LABELS_SIZE = (256, 512)   # (h, w) of the hover label map the 360° viewer gets
+UNLABELLED = 255
+
+
+def _data_url(kind: str, encoded: np.ndarray) -> str:
+    import base64
+
+    return f"data:image/{kind};base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def viewer_payload(s, view: np.ndarray, quality: int = 85) -> dict:
+    """What the 360° viewer (static/viewer.js) shows for a `Session`: `view` (the ERP picture
+    `view_image` made, uint8 (h, w, 3) at the working size) as a JPEG texture, the class
+    under each direction as a 512x256 grey PNG (class index, 255 = unlabelled) for hovering,
+    and the class names. A few hundred KB at the 2048-pixel working width."""
+    import cv2
+
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(view[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    lab = _resize_nearest(np.asarray(s.labels), *VIEWER_LABELS_SIZE).astype(np.uint8)
+    lab = np.where(lab < s.num_classes, lab, UNLABELLED).astype(np.uint8)
+    ok2, png = cv2.imencode(".png", lab)
+    if not (ok and ok2):
+        raise RuntimeError("encoding the viewer's pictures failed")
+    return {"texture": _data_url("jpeg", jpeg), "labels": _data_url("png", png), "classes": list(s.classes)}
+
+
 def figure_3d(s, opacity: float, point_cloud: bool = False):
     """Plotly figure of a `Session`: the point cloud (needs depth) or the labelled sphere."""
     if point_cloud and s.depth is not None:
@@ -326,4 +357,4 @@ def figure_3d(s, opacity: float, point_cloud: bool = False):
 
 
 __all__ = ["legend_html", "resize_for_display", "overlay", "draw_prompts", "mask_thumbnail", "sphere_mesh", "highlight_mask",
-           "sphere_figure", "point_cloud_figure", "view_image", "figure_3d"]
+           "sphere_figure", "point_cloud_figure", "view_image", "figure_3d", "viewer_payload"]
