@@ -7,7 +7,15 @@ Random weights time the same as trained ones, so no download is needed. Prints o
 object on stdout (progress notes go to stderr): the device and torch build, the model
 (preset, modalities, views, ERP size, parameters), `set_panorama` latency (median/min over
 --repeats, with per-stage timings), single-click `predict` latency (median/p90 over --clicks
-random clicks), peak memory and the size of the cached panorama state.
+random clicks), peak memory and the size of the cached panorama state, and which memory
+allocator runs (`panosamic.allocator`: tcmalloc when installed).
+
+    python -m panosamic.bench --preset vit_b --modalities image --compare-stock --repeats 3
+
+`--compare-stock` runs the stock path (segment_anything's attention, float32) and ours
+(`--attention`, `--dtype`, `--compile`) on the same model, device and inputs, alternating
+them, and prints both timings (whole `set_panorama` and the encoder on one image), the
+ratio ours/stock, peak memory of each side and how many labels agree.
 """
 
 from __future__ import annotations
@@ -73,23 +81,17 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                   modalities: Optional[Sequence[str]] = None, single_view: bool = False,
                   size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
                   repeats: int = 3, clicks: int = 20, warmup: int = 1, threads: Optional[int] = None,
-                  encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True) -> Dict[str, Any]:
+                  encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True,
+                  attention: str = "auto", compile: bool = False) -> Dict[str, Any]:
     """Builds the model, times it and returns the JSON-able result (see the module docstring)."""
+    from .allocator import allocator_info
     from .build import build_model
-    from .config import describe, resolve_config
-    from .predictor import Predictor, resolve_device
+    from .config import describe
+    from .predictor import Predictor
 
     if repeats < 1 or clicks < 1 or warmup < 0:
         raise ValueError("repeats and clicks must be at least 1, warmup at least 0")
-    if threads:
-        torch.set_num_threads(int(threads))
-    torch.manual_seed(seed)
-    cfg = resolve_config(config if config is not None else (preset or "vit_b"),
-                         modalities=modalities, dual_view=False if single_view else None)
-    if size is not None:
-        cfg["image_size"] = int(size)
-        cfg = resolve_config(cfg)
-    dev = resolve_device(device)
+    cfg, dev = _setup(preset, config, modalities, single_view, size, device, threads, seed)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -98,7 +100,8 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     t0 = time.perf_counter()
     model = build_model(cfg)
     build_s = time.perf_counter() - t0
-    predictor = Predictor(model, device=dev, dtype=dtype, encoder_chunk_size=encoder_chunk_size)
+    predictor = Predictor(model, device=dev, dtype=dtype, encoder_chunk_size=encoder_chunk_size,
+                          attention=attention, compile=compile)
     rss_after_build = _rss_peak_mb()
     rss_now_after = _rss_now_mb()
     _note(f"built {describe(cfg)} in {build_s:.1f} s on {dev}", quiet)
@@ -170,6 +173,9 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
         "num_classes": cfg["num_classes"],
         "dtype": str(predictor.dtype).replace("torch.", ""),
+        "attention": attention,
+        "compile": bool(compile),
+        "allocator": allocator_info(),
         "encoder_chunk_size": predictor.encoder_chunk_size,
         "params_m": {
             "total": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
@@ -202,6 +208,181 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     return result
 
 
+def _setup(preset, config, modalities, single_view, size, device, threads, seed):
+    """Resolved config and device, threads and seed set: shared by both benchmark modes."""
+    from .config import resolve_config
+    from .predictor import resolve_device
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    cfg = resolve_config(config if config is not None else (preset or "vit_b"),
+                         modalities=modalities, dual_view=False if single_view else None)
+    if size is not None:
+        cfg["image_size"] = int(size)
+        cfg = resolve_config(cfg)
+    return cfg, resolve_device(device)
+
+
+class _PeakMemory:
+    """Peak memory of the code in a `with` block: CUDA allocated bytes on a GPU, else the
+    process's resident set (sampled every 5 ms by a thread; /proc, Linux)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb: Optional[float] = None
+
+    def __enter__(self) -> "_PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import threading
+
+        self._stop = threading.Event()
+        self._peak = _rss_now_mb() or 0.0
+
+        def sample() -> None:
+            while not self._stop.wait(0.005):
+                now = _rss_now_mb()
+                if now is not None and now > self._peak:
+                    self._peak = now
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = self._peak
+
+
+def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None,
+                   modalities: Optional[Sequence[str]] = None, single_view: bool = False,
+                   size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                   attention: str = "auto", compile: bool = False, repeats: int = 3, warmup: int = 1,
+                   encoder_repeats: int = 3, clicks: int = 10, threads: Optional[int] = None,
+                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True) -> Dict[str, Any]:
+    """Stock (segment_anything's attention, float32) against ours on one model, device and input.
+
+    Both sides run alternately (stock, ours, stock, ours, ...) so that a busy machine slows
+    both alike. Times: whole `set_panorama` (median of `repeats` after `warmup`) and one image
+    through the ViT encoder (median of `encoder_repeats`). Returns the JSON-able result with
+    `ratio` = ours / stock (below 1 is faster) and the label agreement over the panorama.
+    """
+    import copy
+
+    from .allocator import allocator_info
+    from .build import build_model
+    from .config import describe
+    from .predictor import Predictor
+
+    if repeats < 1 or warmup < 0 or encoder_repeats < 0 or clicks < 0:
+        raise ValueError("repeats must be at least 1; warmup, encoder_repeats and clicks at least 0")
+    cfg, dev = _setup(preset, config, modalities, single_view, size, device, threads, seed)
+    model = build_model(cfg)
+    stock = Predictor(model, device=dev, dtype="float32", attention="sam", encoder_chunk_size=encoder_chunk_size)
+    # torch.compile changes the modules in place: ours then needs its own copy of the weights
+    ours = Predictor(copy.deepcopy(model) if compile else model, device=dev, dtype=dtype, attention=attention,
+                     compile=compile, encoder_chunk_size=encoder_chunk_size)
+    _note(f"built {describe(cfg)} on {dev}; stock vs ours ({attention}, {dtype}"
+          f"{', compiled' if compile else ''}), allocator {allocator_info()['name']}", quiet)
+    h, w = model.erp_size
+    inputs = _synthetic_inputs(h, w, seed)
+    kwargs = {m: inputs[m] for m in model.modalities if m != "image"}
+    sides = {"stock": stock, "ours": ours}
+    runs: Dict[str, List[float]] = {k: [] for k in sides}
+    stages: Dict[str, List[Dict[str, float]]] = {k: [] for k in sides}
+    peaks: Dict[str, float] = {k: 0.0 for k in sides}
+    for i in range(warmup + repeats):
+        for name, predictor in sides.items():
+            with _PeakMemory(dev) as mem:
+                t = time.perf_counter()
+                predictor.set_panorama(inputs["image"], **kwargs)
+                elapsed = time.perf_counter() - t
+            peaks[name] = max(peaks[name], mem.peak_mb or 0.0)
+            _note(f"{name} set_panorama {'warm-up' if i < warmup else f'run {i - warmup + 1}/{repeats}'}: "
+                  f"{elapsed:.3f} s", quiet)
+            if i >= warmup:
+                runs[name].append(elapsed)
+                stages[name].append(predictor.timings)
+
+    # One image through the encoder alone (the per-image cost, without fusion and decoding).
+    x = model.preprocess(stock._prepare(inputs["image"], kwargs.get("depth"), kwargs.get("normals"))[0]
+                         .to(dev))[:1]
+    encoder: Dict[str, List[float]] = {k: [] for k in sides}
+    with torch.inference_mode():
+        for _ in range(encoder_repeats):
+            for name, predictor in sides.items():
+                predictor.model.image_encoder.set_attention(predictor.attention)
+                with predictor._autocast():
+                    t = time.perf_counter()
+                    predictor.model.image_encoder(x)
+                    predictor._sync()
+                    encoder[name].append(time.perf_counter() - t)
+
+    agree = float(np.mean(stock.labels == ours.labels))
+    emb_diff = float(np.abs(stock.embeddings - ours.embeddings).max())
+    click_ms: List[float] = []
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(clicks + 1):
+        px, py = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        t = time.perf_counter()
+        ours.predict(point_coords=[[px, py]], point_labels=[1], view=0)
+        click_ms.append((time.perf_counter() - t) * 1e3)
+    click_ms = click_ms[1:]  # the first click warms up
+
+    def side(name: str) -> Dict[str, Any]:
+        p = sides[name]
+        out: Dict[str, Any] = {
+            "attention": p.attention, "dtype": str(p.dtype).replace("torch.", ""), "compile": p.compiled,
+            "set_panorama_s": {"median": round(statistics.median(runs[name]), 4),
+                               "runs": [round(r, 4) for r in runs[name]],
+                               "stages_median": {k: round(statistics.median(s[k] for s in stages[name]), 4)
+                                                 for k in stages[name][0]}},
+            ("peak_cuda_allocated_mb" if dev.type == "cuda" else "peak_rss_mb"): round(peaks[name], 1),
+        }
+        if encoder[name]:
+            out["encoder_per_image_s"] = {"median": round(statistics.median(encoder[name]), 4),
+                                          "runs": [round(r, 4) for r in encoder[name]]}
+        return out
+
+    ratio = {"set_panorama": round(statistics.median(runs["ours"]) / statistics.median(runs["stock"]), 4)}
+    if encoder_repeats:
+        ratio["encoder_per_image"] = round(statistics.median(encoder["ours"]) / statistics.median(encoder["stock"]), 4)
+    result: Dict[str, Any] = {
+        "mode": "compare-stock",
+        "device": str(dev),
+        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "allocator": allocator_info(),
+        "preset": cfg.get("vit_model") if config is None else None,
+        "config": os.fspath(config) if config is not None else None,
+        "architecture": describe(cfg),
+        "modalities": list(cfg["modalities"]),
+        "views": 2 if cfg["dual_view_fusion"] else 1,
+        "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
+        "encoder_chunk_size": ours.encoder_chunk_size,
+        "stock": side("stock"),
+        "ours": side("ours"),
+        "ratio": ratio,
+        "label_agreement": round(agree, 6),
+        "embeddings_max_abs_diff": emb_diff,
+        "ours_predict_ms": {"median": round(statistics.median(click_ms), 3), "clicks": clicks} if click_ms else None,
+        "repeats": repeats, "warmup": warmup, "encoder_repeats": encoder_repeats,
+    }
+    if dev.type != "cuda":
+        result["memory_note"] = ("CPU peaks are resident-set peaks of one process: the side that runs "
+                                 "second may reuse memory the first left with the allocator")
+    return result
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog or "python -m panosamic.bench",
                                 description="Time a randomly initialised PanoSAMic model; prints JSON.")
@@ -221,6 +402,14 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--clicks", type=int, default=20, help="timed single-click predicts (default 20)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     p.add_argument("--encoder-chunk-size", type=int, default=None, help="images per ViT call (default: all on CUDA, 1 elsewhere)")
+    p.add_argument("--attention", default="auto", choices=["auto", "sam", "lean", "sdpa"],
+                   help="ViT attention kernel (default auto: lean for float32 off CUDA, else sdpa)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the ViT blocks")
+    p.add_argument("--compare-stock", action="store_true",
+                   help="time the stock path (segment_anything's attention, float32) against ours "
+                        "(--attention/--dtype/--compile) alternately; prints ratio, peak memory, label agreement")
+    p.add_argument("--encoder-repeats", type=int, default=3,
+                   help="with --compare-stock: timed single-image encoder runs per side (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="also write the JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress notes on stderr")
@@ -237,11 +426,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         parser.error("--repeats and --clicks must be at least 1, --warmup at least 0")
     try:
         mods = modalities_from_names(args.modalities.split(",")) if args.modalities else None
-        result = run_benchmark(preset=args.preset, config=args.config, modalities=mods,
+        if args.compare_stock:
+            result = run_comparison(preset=args.preset, config=args.config, modalities=mods,
+                                    single_view=args.single_view, size=args.size, device=args.device,
+                                    dtype=args.dtype, attention=args.attention, compile=args.compile,
+                                    repeats=args.repeats, warmup=args.warmup, encoder_repeats=args.encoder_repeats,
+                                    clicks=args.clicks, threads=args.threads,
+                                    encoder_chunk_size=args.encoder_chunk_size, seed=args.seed, quiet=args.quiet)
+        else:
+            result = run_benchmark(preset=args.preset, config=args.config, modalities=mods,
                                single_view=args.single_view, size=args.size, device=args.device,
                                dtype=args.dtype, repeats=args.repeats, clicks=args.clicks, warmup=args.warmup,
                                threads=args.threads, encoder_chunk_size=args.encoder_chunk_size,
-                               seed=args.seed, quiet=args.quiet)
+                               seed=args.seed, quiet=args.quiet, attention=args.attention, compile=args.compile)
     except PanoSAMicError as e:
         print(f"panosamic bench: error: {e}", file=sys.stderr)
         return 2
@@ -254,4 +451,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
 
 
 if __name__ == "__main__":
+    from .allocator import use_fast_allocator
+
+    use_fast_allocator()  # may restart this command once with tcmalloc preloaded
     sys.exit(main())
