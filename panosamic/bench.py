@@ -82,8 +82,12 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                   size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
                   repeats: int = 3, clicks: int = 20, warmup: int = 1, threads: Optional[int] = None,
                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True,
-                  attention: str = "auto", compile: bool = False) -> Dict[str, Any]:
-    """Builds the model, times it and returns the JSON-able result (see the module docstring)."""
+                  attention: str = "auto", compile: bool = False, encoder_repeats: int = 0,
+                  labels_out: Optional[str] = None) -> Dict[str, Any]:
+    """Builds the model, times it and returns the JSON-able result (see the module docstring).
+
+    encoder_repeats: also time one image through the ViT encoder this many times.
+    labels_out: save the last panorama's labels there (.npy), for agreement checks."""
     from .allocator import allocator_info
     from .build import build_model
     from .config import describe
@@ -115,10 +119,13 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     runs: List[float] = []
     stages: List[Dict[str, float]] = []
     labels_ms: List[float] = []
+    set_peak_mb = 0.0
     for i in range(warmup + repeats):
-        t = time.perf_counter()
-        predictor.set_panorama(inputs["image"], **kwargs)
-        elapsed = time.perf_counter() - t
+        with _PeakMemory(dev) as peak:
+            t = time.perf_counter()
+            predictor.set_panorama(inputs["image"], **kwargs)
+            elapsed = time.perf_counter() - t
+        set_peak_mb = max(set_peak_mb, peak.peak_mb or 0.0)
         t = time.perf_counter()
         _ = predictor.labels  # upsampling + argmax at the input size, as an app or the CLI does
         label_s = time.perf_counter() - t
@@ -128,6 +135,10 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
             runs.append(elapsed)
             stages.append(predictor.timings)
             labels_ms.append(label_s * 1e3)
+
+    if labels_out:
+        np.save(labels_out, predictor.labels)
+    encoder_s = _time_encoder(predictor, inputs, kwargs, encoder_repeats) if encoder_repeats else []
 
     rng = np.random.default_rng(seed + 1)
     predictor.predict(point_coords=[[w / 2, h / 2]], point_labels=[1], view=0)  # warm-up
@@ -193,6 +204,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
             "encoder_calls": predictor.encoder_calls,
         },
         "labels_ms": {"median": round(statistics.median(labels_ms), 3)},
+        "set_panorama_peak_mb": round(set_peak_mb, 1),
         "predict_ms": {
             "median": round(statistics.median(click_ms), 3),
             "p90": round(_percentile(click_ms, 90), 3),
@@ -205,7 +217,25 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         "cache_mb": round(predictor.state.nbytes / 2**20, 3),
         "cache_bytes": int(predictor.state.nbytes),
     }
+    if encoder_s:
+        result["encoder_per_image_s"] = {"median": round(statistics.median(encoder_s), 4),
+                                         "runs": [round(r, 4) for r in encoder_s]}
     return result
+
+
+def _time_encoder(predictor, inputs, kwargs, repeats: int) -> List[float]:
+    """Seconds of one image (view 0, first modality) through the ViT encoder, `repeats` times."""
+    stack = predictor._prepare(inputs["image"], kwargs.get("depth"), kwargs.get("normals"))[0]
+    x = predictor.model.preprocess(stack.to(predictor.device))[:1]
+    predictor.model.image_encoder.set_attention(predictor.attention)
+    out = []
+    with torch.inference_mode(), predictor._autocast():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            predictor.model.image_encoder(x)
+            predictor._sync()
+            out.append(time.perf_counter() - t)
+    return out
 
 
 def _setup(preset, config, modalities, single_view, size, device, threads, seed):
@@ -267,8 +297,13 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
                    size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
                    attention: str = "auto", compile: bool = False, repeats: int = 3, warmup: int = 1,
                    encoder_repeats: int = 3, clicks: int = 10, threads: Optional[int] = None,
-                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True) -> Dict[str, Any]:
+                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True,
+                   stock_allocator: str = "same") -> Dict[str, Any]:
     """Stock (segment_anything's attention, float32) against ours on one model, device and input.
+
+    stock_allocator "system" runs the stock side first in a child process with the
+    allocator left alone (PANOSAMIC_ALLOCATOR=system): "stock SAM run plainly", while ours
+    runs here with the default (tcmalloc when installed). "same" (default) runs both here.
 
     Both sides run alternately (stock, ours, stock, ours, ...) so that a busy machine slows
     both alike. Times: whole `set_panorama` (median of `repeats` after `warmup`) and one image
@@ -285,6 +320,12 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
     if repeats < 1 or warmup < 0 or encoder_repeats < 0 or clicks < 0:
         raise ValueError("repeats must be at least 1; warmup, encoder_repeats and clicks at least 0")
     cfg, dev = _setup(preset, config, modalities, single_view, size, device, threads, seed)
+    child: Optional[Dict[str, Any]] = None
+    child_labels: Optional[np.ndarray] = None
+    if stock_allocator == "system":
+        child, child_labels = _stock_in_child(preset, config, modalities, single_view, size, str(dev),
+                                              repeats, warmup, encoder_repeats, threads, encoder_chunk_size,
+                                              seed, quiet)
     model = build_model(cfg)
     stock = Predictor(model, device=dev, dtype="float32", attention="sam", encoder_chunk_size=encoder_chunk_size)
     # torch.compile changes the modules in place: ours then needs its own copy of the weights
@@ -295,7 +336,7 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
     h, w = model.erp_size
     inputs = _synthetic_inputs(h, w, seed)
     kwargs = {m: inputs[m] for m in model.modalities if m != "image"}
-    sides = {"stock": stock, "ours": ours}
+    sides = {"stock": stock, "ours": ours} if child is None else {"ours": ours}
     runs: Dict[str, List[float]] = {k: [] for k in sides}
     stages: Dict[str, List[Dict[str, float]]] = {k: [] for k in sides}
     peaks: Dict[str, float] = {k: 0.0 for k in sides}
@@ -313,21 +354,17 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
                 stages[name].append(predictor.timings)
 
     # One image through the encoder alone (the per-image cost, without fusion and decoding).
-    x = model.preprocess(stock._prepare(inputs["image"], kwargs.get("depth"), kwargs.get("normals"))[0]
-                         .to(dev))[:1]
     encoder: Dict[str, List[float]] = {k: [] for k in sides}
-    with torch.inference_mode():
-        for _ in range(encoder_repeats):
-            for name, predictor in sides.items():
-                predictor.model.image_encoder.set_attention(predictor.attention)
-                with predictor._autocast():
-                    t = time.perf_counter()
-                    predictor.model.image_encoder(x)
-                    predictor._sync()
-                    encoder[name].append(time.perf_counter() - t)
+    for _ in range(encoder_repeats):
+        for name, predictor in sides.items():
+            encoder[name] += _time_encoder(predictor, inputs, kwargs, 1)
 
-    agree = float(np.mean(stock.labels == ours.labels))
-    emb_diff = float(np.abs(stock.embeddings - ours.embeddings).max())
+    if child is None:
+        agree = float(np.mean(stock.labels == ours.labels))
+        emb_diff: Optional[float] = float(np.abs(stock.embeddings - ours.embeddings).max())
+    else:
+        agree = float(np.mean(child_labels == ours.labels))
+        emb_diff = None  # the child keeps its embeddings
     click_ms: List[float] = []
     rng = np.random.default_rng(seed + 1)
     for _ in range(clicks + 1):
@@ -352,9 +389,17 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
                                           "runs": [round(r, 4) for r in encoder[name]]}
         return out
 
-    ratio = {"set_panorama": round(statistics.median(runs["ours"]) / statistics.median(runs["stock"]), 4)}
+    stock_side = side("stock") if child is None else {
+        "attention": "sam", "dtype": "float32", "compile": False, "allocator": child["allocator"],
+        "process": "child, PANOSAMIC_ALLOCATOR=system",
+        "set_panorama_s": {k: child["set_panorama_s"][k] for k in ("median", "runs", "stages_median")},
+        ("peak_cuda_allocated_mb" if dev.type == "cuda" else "peak_rss_mb"): child["set_panorama_peak_mb"],
+        **({"encoder_per_image_s": child["encoder_per_image_s"]} if "encoder_per_image_s" in child else {}),
+    }
+    ratio = {"set_panorama": round(statistics.median(runs["ours"]) / stock_side["set_panorama_s"]["median"], 4)}
     if encoder_repeats:
-        ratio["encoder_per_image"] = round(statistics.median(encoder["ours"]) / statistics.median(encoder["stock"]), 4)
+        ratio["encoder_per_image"] = round(statistics.median(encoder["ours"])
+                                           / stock_side["encoder_per_image_s"]["median"], 4)
     result: Dict[str, Any] = {
         "mode": "compare-stock",
         "device": str(dev),
@@ -369,7 +414,7 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
         "views": 2 if cfg["dual_view_fusion"] else 1,
         "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
         "encoder_chunk_size": ours.encoder_chunk_size,
-        "stock": side("stock"),
+        "stock": stock_side,
         "ours": side("ours"),
         "ratio": ratio,
         "label_agreement": round(agree, 6),
@@ -377,10 +422,42 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
         "ours_predict_ms": {"median": round(statistics.median(click_ms), 3), "clicks": clicks} if click_ms else None,
         "repeats": repeats, "warmup": warmup, "encoder_repeats": encoder_repeats,
     }
-    if dev.type != "cuda":
+    if dev.type != "cuda" and child is None:
         result["memory_note"] = ("CPU peaks are resident-set peaks of one process: the side that runs "
                                  "second may reuse memory the first left with the allocator")
     return result
+
+
+def _stock_in_child(preset, config, modalities, single_view, size, device, repeats, warmup, encoder_repeats,
+                    threads, encoder_chunk_size, seed, quiet):
+    """The stock side (segment_anything's attention, float32) in a fresh process with the
+    system allocator. Returns its benchmark JSON and its labels."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = os.path.join(tmp, "labels.npy")
+        args = [sys.executable, "-m", "panosamic.bench", "--attention", "sam", "--dtype", "float32",
+                "--device", device, "--repeats", str(repeats), "--warmup", str(warmup), "--clicks", "1",
+                "--encoder-repeats", str(encoder_repeats), "--seed", str(seed), "--labels-out", labels]
+        args += ["--config", os.fspath(config)] if config is not None else ["--preset", preset or "vit_b"]
+        if modalities:
+            args += ["--modalities", ",".join(modalities)]
+        if single_view:
+            args.append("--single-view")
+        for flag, value in (("--size", size), ("--threads", threads), ("--encoder-chunk-size", encoder_chunk_size)):
+            if value is not None:
+                args += [flag, str(value)]
+        if quiet:
+            args.append("--quiet")
+        env = dict(os.environ, PANOSAMIC_ALLOCATOR="system")
+        env.pop("LD_PRELOAD", None)
+        env.pop("PANOSAMIC_ALLOCATOR_REEXEC", None)
+        _note("stock side: child process, system allocator", quiet)
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the stock child process failed (exit {proc.returncode})")
+        return json.loads(proc.stdout), np.load(labels)
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -408,8 +485,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--compare-stock", action="store_true",
                    help="time the stock path (segment_anything's attention, float32) against ours "
                         "(--attention/--dtype/--compile) alternately; prints ratio, peak memory, label agreement")
-    p.add_argument("--encoder-repeats", type=int, default=3,
-                   help="with --compare-stock: timed single-image encoder runs per side (default 3)")
+    p.add_argument("--encoder-repeats", type=int, default=None,
+                   help="timed single-image encoder runs (per side with --compare-stock; default 3 there, else 0)")
+    p.add_argument("--stock-allocator", default="same", choices=["same", "system"],
+                   help="with --compare-stock: run the stock side in this process (same) or first in a child "
+                        "process with the system allocator (system: 'stock, run plainly')")
+    p.add_argument("--labels-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="also write the JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress notes on stderr")
@@ -430,7 +511,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             result = run_comparison(preset=args.preset, config=args.config, modalities=mods,
                                     single_view=args.single_view, size=args.size, device=args.device,
                                     dtype=args.dtype, attention=args.attention, compile=args.compile,
-                                    repeats=args.repeats, warmup=args.warmup, encoder_repeats=args.encoder_repeats,
+                                    repeats=args.repeats, warmup=args.warmup,
+                                    encoder_repeats=3 if args.encoder_repeats is None else args.encoder_repeats,
+                                    stock_allocator=args.stock_allocator,
                                     clicks=args.clicks, threads=args.threads,
                                     encoder_chunk_size=args.encoder_chunk_size, seed=args.seed, quiet=args.quiet)
         else:
@@ -438,7 +521,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
                                single_view=args.single_view, size=args.size, device=args.device,
                                dtype=args.dtype, repeats=args.repeats, clicks=args.clicks, warmup=args.warmup,
                                threads=args.threads, encoder_chunk_size=args.encoder_chunk_size,
-                               seed=args.seed, quiet=args.quiet, attention=args.attention, compile=args.compile)
+                               seed=args.seed, quiet=args.quiet, attention=args.attention, compile=args.compile,
+                               encoder_repeats=args.encoder_repeats or 0, labels_out=args.labels_out)
     except PanoSAMicError as e:
         print(f"panosamic bench: error: {e}", file=sys.stderr)
         return 2
