@@ -28,7 +28,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,6 +46,13 @@ def _rss_now_mb() -> Optional[float]:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process so far (all threads). On a busy machine the
+    CPU time of a run is steadier than its wall time."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -120,11 +127,12 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     stages: List[Dict[str, float]] = []
     labels_ms: List[float] = []
     set_peak_mb = 0.0
+    cpu_runs: List[float] = []
     for i in range(warmup + repeats):
         with _PeakMemory(dev) as peak:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _cpu_s()
             predictor.set_panorama(inputs["image"], **kwargs)
-            elapsed = time.perf_counter() - t
+            elapsed, cpu = time.perf_counter() - t, _cpu_s() - c
         set_peak_mb = max(set_peak_mb, peak.peak_mb or 0.0)
         t = time.perf_counter()
         _ = predictor.labels  # upsampling + argmax at the input size, as an app or the CLI does
@@ -133,6 +141,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         _note(f"set_panorama {what}: {elapsed:.3f} s", quiet)
         if i >= warmup:
             runs.append(elapsed)
+            cpu_runs.append(cpu)
             stages.append(predictor.timings)
             labels_ms.append(label_s * 1e3)
 
@@ -201,6 +210,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
             "repeats": repeats,
             "warmup": warmup,
             "stages_median": {k: round(statistics.median(s[k] for s in stages), 4) for k in stage_names},
+            "cpu_s_median": round(statistics.median(cpu_runs), 3),
             "encoder_calls": predictor.encoder_calls,
         },
         "labels_ms": {"median": round(statistics.median(labels_ms), 3)},
@@ -218,23 +228,28 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         "cache_bytes": int(predictor.state.nbytes),
     }
     if encoder_s:
-        result["encoder_per_image_s"] = {"median": round(statistics.median(encoder_s), 4),
-                                         "runs": [round(r, 4) for r in encoder_s]}
+        result["encoder_per_image_s"] = _summary(encoder_s)
     return result
 
 
-def _time_encoder(predictor, inputs, kwargs, repeats: int) -> List[float]:
-    """Seconds of one image (view 0, first modality) through the ViT encoder, `repeats` times."""
+def _summary(runs: List[Tuple[float, float]]) -> Dict[str, Any]:
+    """(wall, cpu) seconds per run -> medians and the wall times."""
+    return {"median": round(statistics.median(w for w, _ in runs), 4), "runs": [round(w, 4) for w, _ in runs],
+            "cpu_s_median": round(statistics.median(c for _, c in runs), 3)}
+
+
+def _time_encoder(predictor, inputs, kwargs, repeats: int) -> List[Tuple[float, float]]:
+    """(wall, CPU) seconds of one image (view 0, first modality) through the ViT encoder, `repeats` times."""
     stack = predictor._prepare(inputs["image"], kwargs.get("depth"), kwargs.get("normals"))[0]
     x = predictor.model.preprocess(stack.to(predictor.device))[:1]
     predictor.model.image_encoder.set_attention(predictor.attention)
     out = []
     with torch.inference_mode(), predictor._autocast():
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _cpu_s()
             predictor.model.image_encoder(x)
             predictor._sync()
-            out.append(time.perf_counter() - t)
+            out.append((time.perf_counter() - t, _cpu_s() - c))
     return out
 
 
@@ -337,24 +352,24 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
     inputs = _synthetic_inputs(h, w, seed)
     kwargs = {m: inputs[m] for m in model.modalities if m != "image"}
     sides = {"stock": stock, "ours": ours} if child is None else {"ours": ours}
-    runs: Dict[str, List[float]] = {k: [] for k in sides}
+    runs: Dict[str, List[Tuple[float, float]]] = {k: [] for k in sides}
     stages: Dict[str, List[Dict[str, float]]] = {k: [] for k in sides}
     peaks: Dict[str, float] = {k: 0.0 for k in sides}
     for i in range(warmup + repeats):
         for name, predictor in sides.items():
             with _PeakMemory(dev) as mem:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), _cpu_s()
                 predictor.set_panorama(inputs["image"], **kwargs)
-                elapsed = time.perf_counter() - t
+                elapsed, cpu = time.perf_counter() - t, _cpu_s() - c
             peaks[name] = max(peaks[name], mem.peak_mb or 0.0)
             _note(f"{name} set_panorama {'warm-up' if i < warmup else f'run {i - warmup + 1}/{repeats}'}: "
                   f"{elapsed:.3f} s", quiet)
             if i >= warmup:
-                runs[name].append(elapsed)
+                runs[name].append((elapsed, cpu))
                 stages[name].append(predictor.timings)
 
     # One image through the encoder alone (the per-image cost, without fusion and decoding).
-    encoder: Dict[str, List[float]] = {k: [] for k in sides}
+    encoder: Dict[str, List[Tuple[float, float]]] = {k: [] for k in sides}
     for _ in range(encoder_repeats):
         for name, predictor in sides.items():
             encoder[name] += _time_encoder(predictor, inputs, kwargs, 1)
@@ -378,28 +393,31 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
         p = sides[name]
         out: Dict[str, Any] = {
             "attention": p.attention, "dtype": str(p.dtype).replace("torch.", ""), "compile": p.compiled,
-            "set_panorama_s": {"median": round(statistics.median(runs[name]), 4),
-                               "runs": [round(r, 4) for r in runs[name]],
+            "set_panorama_s": {**_summary(runs[name]),
                                "stages_median": {k: round(statistics.median(s[k] for s in stages[name]), 4)
                                                  for k in stages[name][0]}},
             ("peak_cuda_allocated_mb" if dev.type == "cuda" else "peak_rss_mb"): round(peaks[name], 1),
         }
         if encoder[name]:
-            out["encoder_per_image_s"] = {"median": round(statistics.median(encoder[name]), 4),
-                                          "runs": [round(r, 4) for r in encoder[name]]}
+            out["encoder_per_image_s"] = _summary(encoder[name])
         return out
 
     stock_side = side("stock") if child is None else {
         "attention": "sam", "dtype": "float32", "compile": False, "allocator": child["allocator"],
         "process": "child, PANOSAMIC_ALLOCATOR=system",
-        "set_panorama_s": {k: child["set_panorama_s"][k] for k in ("median", "runs", "stages_median")},
+        "set_panorama_s": {k: child["set_panorama_s"][k] for k in ("median", "runs", "cpu_s_median", "stages_median")},
         ("peak_cuda_allocated_mb" if dev.type == "cuda" else "peak_rss_mb"): child["set_panorama_peak_mb"],
         **({"encoder_per_image_s": child["encoder_per_image_s"]} if "encoder_per_image_s" in child else {}),
     }
-    ratio = {"set_panorama": round(statistics.median(runs["ours"]) / stock_side["set_panorama_s"]["median"], 4)}
+    ours_side = side("ours")
+
+    def ratios(key: str) -> Dict[str, float]:
+        a, b = ours_side[key], stock_side[key]
+        return {"wall": round(a["median"] / b["median"], 4), "cpu": round(a["cpu_s_median"] / b["cpu_s_median"], 4)}
+
+    ratio = {"set_panorama": ratios("set_panorama_s")}
     if encoder_repeats:
-        ratio["encoder_per_image"] = round(statistics.median(encoder["ours"])
-                                           / stock_side["encoder_per_image_s"]["median"], 4)
+        ratio["encoder_per_image"] = ratios("encoder_per_image_s")
     result: Dict[str, Any] = {
         "mode": "compare-stock",
         "device": str(dev),
@@ -415,7 +433,7 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
         "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
         "encoder_chunk_size": ours.encoder_chunk_size,
         "stock": stock_side,
-        "ours": side("ours"),
+        "ours": ours_side,
         "ratio": ratio,
         "label_agreement": round(agree, 6),
         "embeddings_max_abs_diff": emb_diff,
