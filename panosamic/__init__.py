@@ -32,6 +32,8 @@ _EXPORTS = {
     "ConfigError": "errors",
     "get_dataset": "datasets",
     "dataset_for_num_classes": "datasets",
+    "Progress": "eta",
+    "estimate_seconds": "eta",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -2,7 +2,10 @@
 
 import sys
 
-from .cli import main
+from .allocator import use_fast_allocator
 
 if __name__ == "__main__":
+    use_fast_allocator()  # may restart this command once with tcmalloc preloaded
+    from .cli import main
+
     sys.exit(main())

@@ -234,7 +234,7 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
             raise InputError(f"{kind} file {src} does not exist")
         inputs[kind] = load_depth(Path(src), args.depth_scale) if kind == "depth" else load_normals(Path(src))
         used[kind] = str(src)
-    predictor.set_panorama(image, depth=inputs.get("depth"), normals=inputs.get("normals"), progress=progress)
+    predictor.set_panorama(image, depth=inputs.get("depth"), normals=inputs.get("normals"), on_progress=progress)
     labels = predictor.labels
     ds = predictor.dataset
     k = ds.num_classes
@@ -256,6 +256,31 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, paths["stats"])
     return {"stats": stats, "width": w, "height": h, "seconds": seconds, **used}
+
+
+class _BlockBar:
+    """A second tqdm line per panorama: ViT blocks done of all, the stage and the time left
+    (FLOP-weighted, from `Predictor.set_panorama(on_progress=...)`)."""
+
+    def __init__(self, tqdm, disable: bool) -> None:
+        self.tqdm = tqdm
+        self.disable = disable
+        self.bar = None
+        self.desc = ""
+
+    def __call__(self, event) -> None:
+        if self.bar is None:
+            self.bar = self.tqdm(total=event.total, desc=f"  {self.desc}", unit="block", file=sys.stderr,
+                                 leave=False, position=1, disable=self.disable, dynamic_ncols=True,
+                                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} blocks [{elapsed}{postfix}]")
+        self.bar.n = event.done
+        eta = "" if event.eta_s is None else f", ~{event.eta_s:.0f} s left"
+        self.bar.set_postfix_str(f"{event.stage}{eta}", refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _pair_flags(flag: str, values: Optional[List[str]], n: int) -> List[Optional[Path]]:
@@ -312,8 +337,11 @@ def cmd_predict(args) -> int:
         return EXIT_FAILED
     from .config import describe
 
+    from .allocator import describe_allocator
+
     _say(f"panosamic: {describe(predictor.model.config)} on {predictor.device} "
-         f"(loaded in {time.perf_counter() - t_load:.1f} s); {len(paths)} panorama(s) -> {out}")
+         f"(loaded in {time.perf_counter() - t_load:.1f} s; allocator: {describe_allocator()}); "
+         f"{len(paths)} panorama(s) -> {out}")
     unused = [k for k, v in (("depth", args.depth), ("normals", args.normals))
               if v and k not in predictor.required_modalities]
     if unused:
@@ -325,17 +353,19 @@ def cmd_predict(args) -> int:
     bar = tqdm(total=len(paths), desc="panoramas", unit="pano", file=sys.stderr,
                disable=True if args.no_progress else None, dynamic_ncols=True)
 
-    def stage(name: str) -> None:
-        bar.set_postfix_str(name, refresh=True)
+    blocks = _BlockBar(tqdm, disable=bar.disable)
 
     for path, stem, dflag, nflag in zip(paths, stems, depth_flags, normals_flags):
+        blocks.desc = stem
         try:
-            row, message = _predict_row(predictor, path, stem, dflag, nflag, args, out, progress=stage)
+            row, message = _predict_row(predictor, path, stem, dflag, nflag, args, out, progress=blocks)
         except KeyboardInterrupt:
             bar.close()
             _say("panosamic: interrupted")
             _write_summary(summary_path, rows, ds.classes)
             return 130
+        finally:
+            blocks.close()
         if message:
             _say(message, bar)
         rows.append(row)
@@ -684,5 +714,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The `panosamic` console script: the fast allocator first (see `panosamic.allocator`)."""
+    from .allocator import use_fast_allocator
+
+    use_fast_allocator()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

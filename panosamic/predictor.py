@@ -23,10 +23,13 @@ from .errors import InputError
 from .geometry import roll_half, unroll_half, x_to_view
 from .hub import HUB_REPO_ID
 from .inputs import as_array, check_panorama
+from .eta import Progress, ProgressTracker, encoder_flops, encoder_passes, record_rate
 from .model import PanoSAMic
+from .model.attention import ATTENTION_MODES
 
 ArrayLike = Union[np.ndarray, "torch.Tensor", Any]
 ProgressFn = Callable[[str], None]
+ProgressEventFn = Callable[["Progress"], None]
 
 MASK_THRESHOLD = 0.0  # SAM's: mask logits above it are foreground
 #: The most points `Predictor.predict` takes in one prompt (more is an InputError).
@@ -97,17 +100,30 @@ class Predictor:
             picks all at once on CUDA and one at a time elsewhere: on a CPU batching gains
             nothing and one at a time lowers peak memory (vit_b, two images: 3.8 GB instead
             of 6.3 GB). 1 also helps small GPUs.
+        attention: the ViT's attention kernel (`panosamic.model.attention`): "auto" (default:
+            SAM's arithmetic in one buffer, bit-identical, for float32 off CUDA; PyTorch's
+            fused scaled_dot_product_attention on CUDA and for bfloat16/float16), "sam"
+            (segment_anything's own code), "lean" or "sdpa". Sets it on `model`.
+        compile: `torch.compile` the ViT blocks (the first panorama then takes longer).
     """
 
     def __init__(self, model: PanoSAMic, device: Optional[Union[str, torch.device]] = None,
                  max_depth: float = 10.0, dtype: Optional[Union[str, torch.dtype]] = None,
-                 encoder_chunk_size: Optional[int] = None) -> None:
+                 encoder_chunk_size: Optional[int] = None, attention: str = "auto",
+                 compile: bool = False) -> None:
         if not isinstance(model, PanoSAMic):
             raise TypeError(f"Predictor needs a PanoSAMic model (panosamic.build_model), got {type(model).__name__}")
         max_depth = _metres(max_depth)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if attention not in ATTENTION_MODES:
+            raise InputError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
         self.model = model.to(self.device).eval()
+        self.attention = attention
+        self.model.image_encoder.set_attention(attention)
+        self.compiled = bool(compile)
+        if compile:
+            self.model.image_encoder.compile_blocks()
         self.max_depth = float(max_depth)
         self.encoder_chunk_size = encoder_chunk_size if encoder_chunk_size is not None else (
             None if self.device.type == "cuda" else 1)
@@ -191,7 +207,8 @@ class Predictor:
 
     # --- encoding ------------------------------------------------------------------------------
     def set_panorama(self, image: ArrayLike, depth: Optional[ArrayLike] = None,
-                     normals: Optional[ArrayLike] = None, progress: Optional[ProgressFn] = None) -> None:
+                     normals: Optional[ArrayLike] = None, progress: Optional[ProgressFn] = None,
+                     on_progress: Optional[ProgressEventFn] = None) -> None:
         """Encodes a panorama and computes its semantic segmentation.
 
         Args:
@@ -199,26 +216,41 @@ class Predictor:
             depth: (H, W) metres; 0 or non-finite marks invalid pixels. Needed by RGB-D models.
             normals: (H, W, 3) RGB-encoded normals in 0..255 (centre 127.5), or unit vectors
                 in -1..1 (encoded here). Needed by RGB-D-N models.
-            progress: optional callable, called with "preprocess", "encode", "fuse", "decode".
+            progress: optional callable, called once per stage with its name: "preprocess",
+                "encode", "fuse", "decode".
+            on_progress: optional callable that gets `panosamic.eta.Progress` events: at each
+                stage start, after every ViT block (done/total blocks, seconds elapsed and
+                left), and once at the end with stage "done".
 
         Any 2:1 size works: inputs are resized to the model's ERP and results back.
         """
-        state = self.encode(image, depth, normals, progress=progress)
+        state = self.encode(image, depth, normals, progress=progress, on_progress=on_progress)
         self.reset_panorama()
         self._state = state
 
     def encode(self, image: ArrayLike, depth: Optional[ArrayLike] = None, normals: Optional[ArrayLike] = None,
-               progress: Optional[ProgressFn] = None, max_depth: Optional[float] = None) -> PanoramaState:
+               progress: Optional[ProgressFn] = None, max_depth: Optional[float] = None,
+               on_progress: Optional[ProgressEventFn] = None) -> PanoramaState:
         """Like `set_panorama`, but returns the `PanoramaState` instead of keeping it, so that
         one Predictor can serve many panoramas (e.g. one per user of an app). `max_depth`
         overrides the Predictor's T for this panorama. The embeddings stay on the device."""
         step = progress or (lambda stage: None)
         timings: Dict[str, float] = {}
+        self.model.image_encoder.set_attention(self.attention)  # the model may be shared with another Predictor
+        cfg = self.model.config
+        per_image = encoder_flops(cfg)
+        tracker = ProgressTracker(per_image["blocks"], encoder_passes(cfg), on_progress) if on_progress else None
+
+        def on_block(done: int, total: int) -> None:
+            self._sync()  # CUDA runs ahead of Python: report blocks that really finished
+            tracker.block(done, total)
 
         @contextmanager
         def stage(name: str, autocast: bool = True):
             """Announces a stage, runs it (under autocast) and records its seconds."""
             step(name)
+            if tracker is not None:
+                tracker.stage(name)
             t = time.perf_counter()
             with self._autocast() if autocast else nullcontext():
                 yield
@@ -231,13 +263,17 @@ class Predictor:
                 x = self.model.preprocess(stack.to(self.device))
         with torch.inference_mode():
             with stage("encode"):
-                embeddings, taps = self.model.encode(x, self.encoder_chunk_size)
+                embeddings, taps = self.model.encode(x, self.encoder_chunk_size,
+                                                     on_block=on_block if tracker is not None else None)
             self.encoder_calls += 1
+            record_rate(self.device, self.dtype, per_image["total"] * x.shape[0], timings["encode"], self.attention)
             with stage("fuse"):
                 fused = self.model.fuse(taps)
             del taps  # the large tapped maps are not needed once fused
             with stage("decode"):
                 logits = self.model.decode_semantics(fused)
+        if tracker is not None:
+            tracker.finish()
         return PanoramaState(embeddings.float(), logits.float().cpu(), input_size, timings)
 
     def _prepare(self, image: ArrayLike, depth: Optional[ArrayLike], normals: Optional[ArrayLike],

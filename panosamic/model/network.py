@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -123,13 +123,24 @@ class PanoSAMic(nn.Module):
         S = self.image_size
         return F.pad(x, (0, S - w, 0, S - h))
 
-    def encode(self, batch: torch.Tensor, chunk_size: Optional[int] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def encode(self, batch: torch.Tensor, chunk_size: Optional[int] = None,
+               on_block: Optional[Callable[[int, int], None]] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """SAM encoder over (B, 3, S, S): neck embeddings (B, P, g, g) and tapped maps, each (B, C, g, g).
 
-        `chunk_size` bounds how many images go through the ViT at once (peak memory)."""
-        if not chunk_size or chunk_size >= batch.shape[0]:
-            return self.image_encoder(batch)
-        parts = [self.image_encoder(c) for c in batch.split(chunk_size)]
+        `chunk_size` bounds how many images go through the ViT at once (peak memory).
+        `on_block(done, total)` is called after every ViT block of every chunk, with
+        total = number of chunks x depth."""
+        chunks = [batch] if not chunk_size or chunk_size >= batch.shape[0] else list(batch.split(chunk_size))
+        depth = len(self.image_encoder.blocks)
+
+        def chunk_callback(index: int):
+            if on_block is None:
+                return None
+            return lambda done, _depth: on_block(index * depth + done, len(chunks) * depth)
+
+        if len(chunks) == 1:
+            return self.image_encoder(batch, on_block=chunk_callback(0))
+        parts = [self.image_encoder(c, on_block=chunk_callback(i)) for i, c in enumerate(chunks)]
         embeddings = torch.cat([p[0] for p in parts])
         taps = [torch.cat([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
         return embeddings, taps
