@@ -549,4 +549,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
+    from panosamic.allocator import use_fast_allocator
+
+    use_fast_allocator()  # restarts the process once with tcmalloc when it is installed (panosamic/allocator.py)
     main()

@@ -151,10 +151,10 @@ class StudioBackend:
         if cached:
             progress(0.8, desc="Embeddings found in the cache")
         else:
-            fractions = {"preprocess": 0.3, "encode": 0.4, "fuse": 0.75, "decode": 0.85}
+            # per ViT block, with the time left (panosamic.eta): 0.1..0.9 of the bar
             state = predictor.encode(inputs["image"], inputs["depth"], inputs["normals"], max_depth=max_depth,
-                                     progress=lambda stage: progress(fractions.get(stage, 0.5),
-                                                                     desc=stage.capitalize()))
+                                     on_progress=lambda e: progress(0.1 + 0.8 * e.fraction,
+                                                                    desc=str(e).capitalize()))
             state = state.to("cpu")  # between events the embeddings live on the CPU
             timings.update(state.timings)
             self.cache.put(ckey, state)
