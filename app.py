@@ -392,6 +392,7 @@ VIEWER_HTML = """<div class="pv">
 </div>"""
 
 
+MAX_UPLOAD = "512mb"     # the largest legal input: float32 8192x4096x3 normals as .npy (403 MB)
 LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
 
 
@@ -545,6 +546,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         allowed_paths=allowed, css=CSS, show_error=True, theme=gr.themes.Soft(),
+        max_file_size=MAX_UPLOAD,
     )
 
 

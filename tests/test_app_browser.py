@@ -75,6 +75,17 @@ def _blue(img: np.ndarray) -> np.ndarray:
     return (img[..., 2] - img[..., 0] > 90) & (img[..., 2] > 150)
 
 
+def _picture_src(page) -> str:
+    return page.eval_on_selector("#pano-view img", "img => img.src")
+
+
+def _wait_new_picture(page, old_src: str) -> str:
+    """Waits until the ERP view shows a picture other than `old_src`, fully loaded; returns its src."""
+    page.wait_for_function("(old) => { const i = document.querySelector('#pano-view img');"
+                           " return i && i.src !== old && i.complete && i.naturalWidth > 0; }", arg=old_src)
+    return _picture_src(page)
+
+
 def _blue_pixels(png: bytes) -> int:
     return int(_blue(_rgb(png)).sum())
 
@@ -162,6 +173,7 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         frames = _frames(page)
         erp = page.locator("#pano-view img")
         blue_erp = _blue_pixels(erp.screenshot())
+        src = _picture_src(page)
         t0 = time.perf_counter()
         canvas.click(position={"x": cbox["width"] * 0.5, "y": cbox["height"] * 0.6})
         page.locator("#edit-status").get_by_text("mask #").wait_for()
@@ -169,22 +181,22 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         assert "1 positive" in page.locator("#edit-status").inner_text()
         _wait_frames(page, frames + 1)
         assert _blue_pixels(canvas.screenshot()) > 50, "no mask preview in the 360° viewer"
-        page.wait_for_timeout(800)  # the ERP picture is swapped in
+        src = _wait_new_picture(page, src)
         assert _blue_pixels(erp.screenshot()) > blue_erp + 20, "the viewer's click shows no mask on the ERP view"
         page.get_by_role("button", name="Clear prompts").click()
         page.locator("#edit-status").get_by_text("Click on the panorama").wait_for()
+        src = _wait_new_picture(page, src)
 
         # ---- the ERP view: a click, then a box across the seam by two clicks
         view = page.locator("#pano-view img")
         view.wait_for()
-        page.wait_for_timeout(500)
         before = _blue_pixels(view.screenshot())
         box = view.bounding_box()
         t0 = time.perf_counter()
         view.click(position={"x": box["width"] * 0.30, "y": box["height"] * 0.62})
         page.locator("#edit-status").get_by_text("mask #").wait_for()
         click_s = time.perf_counter() - t0
-        page.wait_for_timeout(800)  # the new image is swapped in
+        _wait_new_picture(page, src)
         after = _blue_pixels(view.screenshot())
         assert after > before + 50, f"no mask preview on the ERP view ({before} -> {after} blue pixels)"
         assert "1 positive" in page.locator("#edit-status").inner_text()
@@ -224,7 +236,6 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         assert left.sum() > 10 and right.sum() > 10, "the seam click's mask does not reach both borders"
         seam_agreement = float((left & right).sum() / (left | right).sum())
         assert seam_agreement > 0.6, f"the mask is not seamless across lon ±180° ({seam_agreement:.2f})"
-        page.wait_for_timeout(500)
 
         shot = tmp_path / "screenshot.png"
         page.screenshot(path=str(shot), full_page=True)

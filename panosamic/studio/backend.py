@@ -28,7 +28,7 @@ from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoint
 from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
 from .session import Session, working_size
-from .store import SessionStore, clean_stale_folders
+from .store import SessionStore, clean_stale_folders, release_free_memory
 from .uploads import find_examples, load_inputs
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class StudioBackend:
         s.timings["working_maps"] = time.perf_counter() - t0
         del image, depth, normals, inputs  # the input-size arrays go now
         self.store.add(s, replaces=previous, client=client)
+        release_free_memory()  # the input-size arrays are gone: hand their pages back (8K: ~1 GB)
         return s, cached
 
     def refine_instances(self, s: Session, points_per_side: Any = 16,
@@ -202,6 +203,8 @@ class StudioBackend:
             predictor = self.registry.get(s.model_key)
             model_labels = predictor.labels_at(s.input_size, state=s.state)
             files = write_downloads(s, self.store.export_dir(s), model_labels)
+            del model_labels
+            release_free_memory()
             s.timings["export"] = time.perf_counter() - t0
             return list(files.values())
 
