@@ -21,7 +21,6 @@ Exit codes: 0 all succeeded, 1 some failed (or a dataset folder in the wrong lay
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import os
@@ -36,7 +35,7 @@ import numpy as np
 from .errors import InputError, PanoSAMicError
 from .inputs import check_panorama
 from .io import (DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, panorama_stem,
-                 save_image, save_labels_png)
+                 save_image, save_labels_png, write_csv)
 from .exports import class_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -447,12 +446,7 @@ def _predict_on_ray(args, paths, stems, depth_flags, normals_flags, out: Path, s
 def _write_summary(path: Path, rows: List[Dict[str, Any]], classes: Sequence[str]) -> None:
     fields = ["input", "stem", "status", "error", "width", "height", "depth", "normals", "seconds",
               "dominant_class"] + [f"sphere_share_{c}" for c in classes]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, rows, fields)
 
 
 # --- evaluate ------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ __all__ = [
     "MAX_WIDTH", "MAX_HEIGHT", "MAX_PIXELS", "check_panorama_size", "FileHeader", "read_header",
     "load_image", "load_depth", "depth_validity", "depth_note",
     "load_normals", "load_labels", "save_labels_png", "save_depth_png", "save_normals_png",
-    "save_image", "panorama_stem", "find_companions", "EXAMPLES_DIR", "list_examples", "example_paths",
+    "save_image", "write_csv", "panorama_stem", "find_companions", "EXAMPLES_DIR", "list_examples", "example_paths",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -682,3 +682,19 @@ def example_paths(name: str, folder: Optional[PathLike] = None) -> Dict[str, Pat
         known = ", ".join(list_examples(folder)) or "none"
         raise InputError(f"no example named {name!r} in {folder}; known examples: {known}")
     return paths
+
+
+def write_csv(path: PathLike, rows, fields: List[str]) -> Path:
+    """Rows (dicts) as CSV with a header, written to a temporary file and moved into place, so
+    an interrupted run never leaves half a file (the CLI's summary, evaluate's per-sample CSV)."""
+    import csv
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+

@@ -44,7 +44,7 @@ import numpy as np
 
 from .. import geometry, metrics
 from ..errors import InputError, PanoSAMicError
-from ..io import save_labels_png
+from ..io import save_labels_png, write_csv
 from .layouts import IGNORE_INDEX, Layout, Sample, get_layout
 from .max_depth import split_max_depth
 
@@ -175,12 +175,7 @@ def _read_rows(path: Path, fields: List[str]) -> List[Dict[str, Any]]:
 
 
 def _write_rows(path: Path, rows: Iterable[Dict[str, Any]], fields: List[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, rows, fields)
 
 
 def _checkpoint_facts(model: Dict[str, Any]) -> Dict[str, Any]:
