@@ -59,6 +59,24 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
+def _run_facts(dev, cfg: Dict[str, Any], config, w: int, h: int) -> Dict[str, Any]:
+    """What every bench JSON says about the machine and the model it ran."""
+    from .config import describe
+
+    return {
+        "device": str(dev),
+        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "preset": cfg.get("vit_model") if config is None else None,
+        "config": os.fspath(config) if config is not None else None,
+        "architecture": describe(cfg),
+        "modalities": list(cfg["modalities"]),
+        "views": 2 if cfg["dual_view_fusion"] else 1,
+        "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
+    }
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -180,17 +198,8 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
 
     stage_names = list(stages[0]) if stages else []
     result: Dict[str, Any] = {
-        "device": str(dev),
-        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **_run_facts(dev, cfg, config, w, h),
         "cpu_count": os.cpu_count(),
-        "preset": cfg.get("vit_model") if config is None else None,
-        "config": os.fspath(config) if config is not None else None,
-        "architecture": describe(cfg),
-        "modalities": list(cfg["modalities"]),
-        "views": 2 if cfg["dual_view_fusion"] else 1,
-        "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
         "num_classes": cfg["num_classes"],
         "dtype": str(predictor.dtype).replace("torch.", ""),
         "attention": attention,
@@ -423,17 +432,8 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
         ratio["encoder_per_image"] = ratios("encoder_per_image_s")
     result: Dict[str, Any] = {
         "mode": "compare-stock",
-        "device": str(dev),
-        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **_run_facts(dev, cfg, config, w, h),
         "allocator": allocator_info(),
-        "preset": cfg.get("vit_model") if config is None else None,
-        "config": os.fspath(config) if config is not None else None,
-        "architecture": describe(cfg),
-        "modalities": list(cfg["modalities"]),
-        "views": 2 if cfg["dual_view_fusion"] else 1,
-        "image_size": {"width": w, "height": h, "model_input": cfg["image_size"]},
         "encoder_chunk_size": ours.encoder_chunk_size,
         "stock": stock_side,
         "ours": ours_side,

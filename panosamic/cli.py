@@ -589,6 +589,17 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                                                    "(default: config.json beside the checkpoint, else inferred)")
 
 
+def _add_run_args(p: argparse.ArgumentParser, overwrite: str) -> None:
+    """The options `predict` and `evaluate` share: device, precision, output and engine."""
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="inference precision (default float32; float16 on CUDA only)")
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
+    _add_engine_args(p)
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine", "where the model runs: this process, or actors on a Ray cluster")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -628,13 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metres per unit of depth PNGs (default 0.001: 16-bit millimetres; .npy/.exr are metres)")
     p.add_argument("--max-depth", type=float, default=10.0, metavar="M",
                    help="depth in metres that maps to black in the depth encoding (default 10)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="inference precision (default float32; float16 on CUDA only)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
-    _add_engine_args(p)
+    _add_run_args(p, overwrite="replace existing results in --out")
     p.set_defaults(func=cmd_predict)
 
     from .evaluation.layouts import LAYOUTS
@@ -653,13 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "depth, as the checkpoints were trained; cached)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--save-labels", action="store_true", help="also write labels/<area>/<sample>.png")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="inference precision (default float32; float16 on CUDA only)")
-    p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
-    _add_engine_args(p)
+    _add_run_args(p, overwrite="discard earlier results in --out instead of resuming")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a checkpoint (architecture, inputs, classes)")
