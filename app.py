@@ -228,7 +228,7 @@ class Studio:
         key_3d = (s.labels_version,)
         if s.rendered_3d != key_3d:
             s.rendered_3d = key_3d
-            out[ui.plot] = render.figure_3d(s, opacity, point_cloud=True) if s.depth is not None else None
+            out[ui.plot] = render.point_cloud_view(s)
         if clear_downloads:
             out[ui.downloads] = None
         return out

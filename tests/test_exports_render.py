@@ -138,18 +138,6 @@ def test_draw_prompts_marks_points_and_wrapping_box():
     assert not (out[25, 50] != 0).any()      # nothing in the middle
 
 
-def test_sphere_figure_is_small_and_hover_shows_classes():
-    img = np.random.default_rng(2).integers(0, 255, (256, 512, 3), dtype=np.uint8)
-    labels = np.zeros((256, 512), np.int64)
-    labels[:, 256:] = 11
-    fig = render.sphere_figure(img, labels, DS.palette, DS.classes, n_lon=64, n_lat=32)
-    mesh = fig.data[0]
-    assert len(mesh.x) == 33 * 64 and len(mesh.i) == 2 * 32 * 64
-    assert set(mesh.hovertext) == {"beam", "wall"}
-    r = np.sqrt(np.asarray(mesh.x) ** 2 + np.asarray(mesh.y) ** 2 + np.asarray(mesh.z) ** 2)
-    np.testing.assert_allclose(r, 1.0, atol=1e-5)
-
-
 def test_point_cloud_figure_at_true_distances():
     depth = np.full((32, 64), 3.0)
     depth[:, :10] = np.nan

@@ -1,5 +1,5 @@
 """Pictures of a session for the UI: the ERP view (labels over the photo, the candidate mask,
-the prompts), the legend, and the 3D views (the labelled sphere, the point cloud).
+the prompts), the legend, the 360° viewer's payload and the point cloud.
 
 All work at the session's working size, whatever the input size.
 """
@@ -11,7 +11,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import geometry
 from ..exports import _sample_points
 
 MASK_COLOR = (30, 144, 255)   # preview of the selected candidate mask (dodger blue)
@@ -174,93 +173,11 @@ def draw_prompts(display: np.ndarray, scale: float, points: Sequence[Sequence[fl
     return out
 
 
-def mask_thumbnail(image: np.ndarray, mask: np.ndarray, width: int = 320) -> np.ndarray:
-    """Small preview of one candidate mask (photo darkened outside the mask)."""
-    small = resize_for_display(np.asarray(image)[..., :3].astype(np.uint8), width)
-    m = _resize_nearest(np.asarray(mask).astype(np.uint8), *small.shape[:2]).astype(bool)
-    out = small.astype(np.float32) * 0.35
-    out[m] = small[m] * 0.5 + np.asarray(MASK_COLOR, np.float32) * 0.5
-    return out.astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- 3D figures
 
 def _rgb_strings(colors: np.ndarray) -> List[str]:
     """'#rrggbb' strings (the most compact colour form plotly accepts per face/point)."""
     return ["#%02x%02x%02x" % tuple(c) for c in np.asarray(colors, np.uint8).tolist()]
-
-
-def sphere_mesh(n_lon: int = 128, n_lat: int = 64):
-    """Vertices (V, 3), faces (F, 3) int, vertex (lat, lon) and face-centre (lat, lon) grids
-    of a UV sphere with n_lat bands and n_lon sectors (no duplicated seam column)."""
-    vlat = np.pi / 2 - np.arange(n_lat + 1) / n_lat * np.pi
-    vlon = np.arange(n_lon) / n_lon * 2 * np.pi - np.pi
-    verts = geometry.lonlat_to_ray(vlon[None, :], vlat[:, None]).reshape(-1, 3)
-    i = np.arange(n_lat)[:, None]
-    j = np.arange(n_lon)[None, :]
-    a = i * n_lon + j
-    b = i * n_lon + (j + 1) % n_lon
-    c = a + n_lon
-    d = b + n_lon
-    faces = np.stack([np.stack([a, c, b], -1), np.stack([b, c, d], -1)], axis=2).reshape(-1, 3)
-    return verts.astype(np.float32), faces.astype(np.int32), (vlat, vlon)
-
-
-def sphere_figure(image: Optional[np.ndarray], labels: Optional[np.ndarray], palette: np.ndarray,
-                  classes: Sequence[str], opacity: float = 0.6, mask: Optional[np.ndarray] = None,
-                  n_lon: int = 128, n_lat: int = 64, height: int = 440):
-    """Plotly figure: the panorama on a unit sphere, faces coloured by the photo blended with
-    the semantic colours (and the mask preview); hovering shows the class under the cursor.
-
-    The mesh is (n_lat + 1) x n_lon vertices, 2 x n_lat x n_lon faces (128 x 64 by default)
-    whatever the panorama's resolution.
-    """
-    import cv2
-    import plotly.graph_objects as go
-
-    verts, faces, (vlat, vlon) = sphere_mesh(n_lon, n_lat)
-    # Face colours: one per ERP cell, the two triangles of a cell share it.
-    if image is not None:
-        cells = cv2.resize(np.asarray(image)[..., :3].astype(np.uint8), (n_lon, n_lat),
-                           interpolation=cv2.INTER_AREA).astype(np.float32)
-    else:
-        cells = np.full((n_lat, n_lon, 3), 128, np.float32)
-    if labels is not None:
-        lab = _resize_nearest(np.asarray(labels), n_lat, n_lon)
-        valid = (lab >= 0) & (lab < len(palette))
-        col = np.zeros_like(cells)
-        col[valid] = palette[lab[valid]]
-        a = float(opacity) if image is not None else 1.0
-        cells[valid] = cells[valid] * (1 - a) + col[valid] * a
-    if mask is not None:
-        m = cv2.resize(np.asarray(mask).astype(np.float32), (n_lon, n_lat), interpolation=cv2.INTER_AREA) > 0.3
-        cells[m] = cells[m] * 0.4 + np.asarray(MASK_COLOR, np.float32) * 0.6
-    face_colors = np.repeat(cells.reshape(-1, 3), 2, axis=0)
-    # Hover text per vertex: the class at the vertex direction.
-    hover = None
-    if labels is not None:
-        h, w = np.asarray(labels).shape
-        rows = np.clip(((np.pi / 2 - vlat) / np.pi * h).astype(int), 0, h - 1)
-        cols = np.clip(((vlon + np.pi) / (2 * np.pi) * w).astype(int), 0, w - 1)
-        vl = np.asarray(labels)[rows[:, None], cols[None, :]].ravel()
-        names = np.asarray(list(classes) + ["unlabelled"], dtype=object)
-        vl = np.where((vl >= 0) & (vl < len(classes)), vl, len(classes))
-        hover = names[vl].tolist()
-    mesh = dict(
-        type="mesh3d",
-        x=verts[:, 0], y=verts[:, 1], z=verts[:, 2],
-        i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
-        facecolor=_rgb_strings(np.clip(face_colors + 0.5, 0, 255)),
-        flatshading=True,
-        lighting=dict(ambient=1.0, diffuse=0.0, specular=0.0, roughness=1.0, fresnel=0.0),
-        hovertext=hover, hoverinfo="text" if hover is not None else "skip",
-        name="panorama",
-    )
-    # The trace is built from known-good values: skipping plotly's per-element validation
-    # of ~16k colour strings makes this several times faster.
-    fig = go.Figure(data=[mesh], _validate=False)
-    _style_scene(fig, height, eye=(0.95, 0.95, 0.5))
-    return fig
 
 
 def point_cloud_figure(depth: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray,
@@ -348,13 +265,12 @@ def viewer_payload(s, view: np.ndarray, quality: int = 85) -> dict:
     return {"texture": _data_url("jpeg", jpeg), "labels": _data_url("png", png), "classes": list(s.classes)}
 
 
-def figure_3d(s, opacity: float, point_cloud: bool = False):
-    """Plotly figure of a `Session`: the point cloud (needs depth) or the labelled sphere."""
-    if point_cloud and s.depth is not None:
-        return point_cloud_figure(s.depth, s.labels, s.palette, s.classes, max_depth=None)
-    # a floor on opacity: the sphere is unreadable without some label colour
-    return sphere_figure(s.image, s.labels, s.palette, s.classes, opacity=max(opacity, 0.35))
+def point_cloud_view(s):
+    """Plotly point cloud of a `Session` (classes at true distances), or None without depth."""
+    if s.depth is None:
+        return None
+    return point_cloud_figure(s.depth, s.labels, s.palette, s.classes, max_depth=None)
 
 
-__all__ = ["legend_html", "resize_for_display", "overlay", "draw_prompts", "mask_thumbnail", "sphere_mesh", "highlight_mask",
-           "sphere_figure", "point_cloud_figure", "view_image", "figure_3d", "viewer_payload"]
+__all__ = ["legend_html", "resize_for_display", "overlay", "draw_prompts", "highlight_mask", "point_cloud_figure",
+           "view_image", "point_cloud_view", "viewer_payload"]
