@@ -451,10 +451,6 @@ class Session:
             self._stats = (self.labels_version, class_stats(self.labels, self.classes, self.palette, self.depth))
         return self._stats[1]
 
-    def colors(self) -> np.ndarray:
-        """(h, w, 3) uint8 class colours of the working map."""
-        return self.palette[np.minimum(self.labels, self.num_classes - 1)]
-
     def summary(self) -> Dict[str, Any]:
         """JSON-able description of the current state (for the API and the stats file).
         Sizes: `height`/`width` of the input; pixel counts are working pixels."""

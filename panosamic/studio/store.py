@@ -115,11 +115,6 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return sum(s.nbytes for s in self._sessions.values())
-
     def add(self, s: Session, replaces: Optional[Session] = None, client: Optional[str] = None) -> None:
         """Registers a new session (the user's previous one, `replaces`, is released at once)
         and keeps the total within the budget. `client`: the UI's id of the browser tab, so
@@ -245,13 +240,6 @@ class SessionStore:
         for s in sessions:
             self.close(s, "closed")
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def stats(self) -> dict:
-        with self._lock:
-            n = len(self._sessions)
-            total = sum(s.nbytes for s in self._sessions.values())
-        return {"sessions": n, "bytes": total, "budget_bytes": self.budget_bytes, "idle_s": self.idle_s,
-                "released": dict(self.released)}
 
 
 __all__ = ["SessionStore", "SessionExpired", "release_free_memory", "clean_stale_folders", "TMP_PREFIX"]
