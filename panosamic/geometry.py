@@ -354,8 +354,9 @@ def x_from_view(x, width: int, view: int):
 
 
 # --------------------------------------------------------------------------- resizing
-def _nearest_indices(src: int, dst: int) -> np.ndarray:
-    """Source index of each destination pixel centre (pixel-centre aligned nearest)."""
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """Source index of each of `dst` destination pixel centres when resizing `src` pixels by
+    nearest neighbour (pixel-centre aligned; the rule of `resize_erp(..., nearest=True)`)."""
     idx = np.floor((np.arange(dst, dtype=np.float64) + 0.5) * src / dst).astype(np.int64)
     return np.clip(idx, 0, src - 1)
 
@@ -387,7 +388,7 @@ def resize_erp(array, height: int, width: int, nearest: bool = False) -> np.ndar
     if (h, w) == (height, width):
         return a.copy()
     if nearest:
-        return a[_nearest_indices(h, height)][:, _nearest_indices(w, width)]
+        return a[nearest_indices(h, height)][:, nearest_indices(w, width)]
 
     work = a
     if a.dtype == bool:

@@ -18,7 +18,7 @@ import pytest
 from panosamic import io
 from panosamic.errors import InputError
 from panosamic.studio import StudioBackend
-from panosamic.studio.downloads import upsample_nearest
+from panosamic.geometry import resize_erp
 from panosamic.studio.store import SessionExpired
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,14 +99,14 @@ def test_downloads_are_full_resolution_and_equal_what_the_user_saw(backend, big_
     files = {Path(f).name.split("_", 1)[1]: f for f in backend.export(s)}
     labels = cv2.imread(files["labels.png"], cv2.IMREAD_UNCHANGED)
     assert labels.shape == (1024, 2048)
-    seen = upsample_nearest(s.labels, (1024, 2048))
-    edited = upsample_nearest(mask, (1024, 2048))
+    seen = resize_erp(s.labels, 1024, 2048, nearest=True)
+    edited = resize_erp(mask, 1024, 2048, nearest=True)
     np.testing.assert_array_equal(labels[edited], 7)                 # door, exactly where the user put it
     assert (labels == seen).mean() > 0.97                            # elsewhere, edges within a working pixel
     diff = labels != seen
     near_edge = cv2.dilate((cv2.morphologyEx(s.labels, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0)
                            .astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    assert not (diff & ~upsample_nearest(near_edge, (1024, 2048))).any()
+    assert not (diff & ~resize_erp(near_edge, 1024, 2048, nearest=True)).any()
     ids = cv2.imread(files["masks.png"], cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(ids == 1, edited)
     stats = json.loads(Path(files["stats.json"]).read_text())

@@ -68,9 +68,9 @@ def _resize_area(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 def _resize_depth(depth: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Nearest neighbour: averaging would blend invalid (0) pixels into their neighbours."""
-    from .downloads import upsample_nearest  # nearest index maps work both ways
+    from ..geometry import resize_erp
 
-    return depth if depth.shape == tuple(size) else np.ascontiguousarray(upsample_nearest(depth, size))
+    return depth if depth.shape == tuple(size) else resize_erp(depth, size[0], size[1], nearest=True)
 
 
 class StudioBackend:

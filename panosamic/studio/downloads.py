@@ -18,24 +18,13 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from ..geometry import nearest_indices, resize_erp
 from ..exports import class_stats, encode_rle, mask_bbox, point_cloud_glb, save_rgb_png, stats_csv
 from ..io import panorama_stem, save_labels_png
 from .session import Session
 
 KINDS = ("labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb")
 _TILE_ROWS = 512
-
-
-def _nearest_index(src: int, dst: int) -> np.ndarray:
-    """Source index of each of `dst` pixels when resizing `src` pixels by nearest neighbour."""
-    return np.minimum(((np.arange(dst) + 0.5) * src / dst).astype(np.int64), src - 1)
-
-
-def upsample_nearest(small: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """(h, w) map -> (H, W) by nearest neighbour (pixel centres), in the map's dtype."""
-    rows = _nearest_index(small.shape[0], size[0])
-    cols = _nearest_index(small.shape[1], size[1])
-    return small[rows[:, None], cols[None, :]]
 
 
 def _row_tiles(height: int) -> Iterator[Tuple[int, int]]:
@@ -55,8 +44,8 @@ def final_labels(s: Session, model_labels: np.ndarray) -> np.ndarray:
     if s.shape == (H, W):
         model_labels[s.edited] = s.labels[s.edited]
         return model_labels
-    rows = _nearest_index(s.shape[0], H)
-    cols = _nearest_index(s.shape[1], W)
+    rows = nearest_indices(s.shape[0], H)
+    cols = nearest_indices(s.shape[1], W)
     for r0, r1 in _row_tiles(H):
         edited = s.edited[rows[r0:r1, None], cols[None, :]]
         if edited.any():
@@ -105,7 +94,7 @@ def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
     if s.refined:
         ids = np.zeros((H, W), np.uint16)
         for i, r in enumerate(s.refined):
-            ids[upsample_nearest(r.mask, (H, W))] = i + 1
+            ids[resize_erp(r.mask, H, W, nearest=True)] = i + 1
         cv2.imwrite(path("masks.png"), ids)
         out["masks_png"] = path("masks.png")
     if s.depth is not None:
@@ -120,7 +109,7 @@ def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:
     labels: the final (H, W) map (`final_labels`); without it, the working map upsampled."""
     H, W = s.input_size
     if labels is None:
-        labels = upsample_nearest(s.labels, (H, W))
+        labels = resize_erp(s.labels, H, W, nearest=True)
     cats = [{"id": i, "name": n, "color": [int(v) for v in s.palette[i]]} for i, n in enumerate(s.classes)]
     anns = []
     present = np.flatnonzero(np.bincount(labels.ravel(), minlength=s.num_classes)[:s.num_classes])
@@ -133,7 +122,7 @@ def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:
                      "area": int(np.count_nonzero(m)), "bbox": mask_bbox(m), "segmentation": encode_rle(m)})
     refined = []
     for i, r in enumerate(s.refined):
-        m = np.asfortranarray(upsample_nearest(r.mask, (H, W)))
+        m = np.asfortranarray(resize_erp(r.mask, H, W, nearest=True))
         refined.append({"id": i + 1, "image_id": 1, "category_id": r.class_index, "iscrowd": 0,
                         "area": int(np.count_nonzero(m)), "bbox": mask_bbox(m), "segmentation": encode_rle(m),
                         "predicted_iou": r.score, "source": r.source})
@@ -142,4 +131,4 @@ def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:
             "categories": cats, "annotations": anns, "refined_masks": refined}
 
 
-__all__ = ["write_downloads", "final_labels", "upsample_nearest", "coco", "KINDS"]
+__all__ = ["write_downloads", "final_labels", "coco", "KINDS"]

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..exports import _sample_points
+from ..geometry import resize_erp
 
 MASK_COLOR = (30, 144, 255)   # preview of the selected candidate mask (dodger blue)
 POS_COLOR = (40, 220, 60)
@@ -59,16 +60,6 @@ def resize_for_display(image: np.ndarray, max_width: int) -> np.ndarray:
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
 
 
-def _resize_nearest(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resize of a 2D integer/bool map (no interpolation of classes)."""
-    ah, aw = arr.shape[:2]
-    if (ah, aw) == (h, w):
-        return arr
-    rows = np.minimum(((np.arange(h) + 0.5) * ah / h).astype(np.int64), ah - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * aw / w).astype(np.int64), aw - 1)
-    return arr[rows[:, None], cols[None, :]]
-
-
 def overlay(image: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray, opacity: float = 0.5,
             mask: Optional[np.ndarray] = None, max_width: Optional[int] = None,
             mask_color: Tuple[int, int, int] = MASK_COLOR) -> np.ndarray:
@@ -87,7 +78,7 @@ def overlay(image: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray
     h, w = img.shape[:2]
     out = img
     if labels is not None and opacity > 0:
-        lab = _resize_nearest(np.asarray(labels), h, w)
+        lab = resize_erp(np.asarray(labels), h, w, nearest=True)
         k = len(palette)
         lut = np.zeros((k + 1, 3), np.uint8)
         lut[:k] = palette
@@ -99,7 +90,7 @@ def overlay(image: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray
         if invalid.any():  # unlabelled pixels keep the photo
             out[invalid] = img[invalid]
     if mask is not None:
-        out = highlight_mask(out, _resize_nearest(np.asarray(mask, bool), h, w), mask_color)
+        out = highlight_mask(out, resize_erp(np.asarray(mask, bool), h, w, nearest=True), mask_color)
     return np.ascontiguousarray(out)
 
 
@@ -257,7 +248,7 @@ def viewer_payload(s, view: np.ndarray, quality: int = 85) -> dict:
     import cv2
 
     ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(view[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    lab = _resize_nearest(np.asarray(s.labels), *VIEWER_LABELS_SIZE).astype(np.uint8)
+    lab = resize_erp(np.asarray(s.labels), *VIEWER_LABELS_SIZE, nearest=True).astype(np.uint8)
     lab = np.where(lab < s.num_classes, lab, UNLABELLED).astype(np.uint8)
     ok2, png = cv2.imencode(".png", lab)
     if not (ok and ok2):
