@@ -48,13 +48,16 @@ ROOT = Path(__file__).resolve().parent
 CLICK_MODES = ["Positive point", "Negative point", "Box (2 clicks)"]
 VIEWER_JS = ROOT / "panosamic" / "studio" / "static" / "viewer.js"
 
-try:  # Hugging Face ZeroGPU: request a GPU for the decorated calls; a no-op elsewhere.
-    import spaces  # type: ignore
 
-    GPU = spaces.GPU
-except Exception:  # noqa: BLE001  (not installed, or not on a Space)
-    def GPU(fn=None, **_kwargs):  # type: ignore[no-redef]
-        return fn if fn is not None else (lambda f: f)
+def zero_gpu_lender():
+    """`spaces.GPU` on a Hugging Face ZeroGPU Space (a GPU is lent per call: see
+    panosamic.studio.backend), None elsewhere (a dedicated GPU or the CPU)."""
+    try:
+        import spaces  # type: ignore
+        from spaces.config import Config  # type: ignore
+    except Exception:  # noqa: BLE001  (not installed: not a Space)
+        return None
+    return spaces.GPU if Config.zero_gpu else None
 
 
 # ============================================================================ settings
@@ -96,12 +99,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 # ============================================================================ errors
-
-def on_gpu(fn, duration: int = 60):
-    """`spaces.GPU` on a Space (ZeroGPU lends a GPU for the call), the function itself elsewhere."""
-    wrapped = GPU(duration=duration)(fn)
-    return functools.wraps(fn)(wrapped) if wrapped is not fn else fn
-
 
 def friendly(fn):
     """Turns every exception of a handler into a gr.Error with a user-facing message (a job
@@ -193,7 +190,8 @@ class Studio:
         self.backend = StudioBackend(settings.checkpoint, settings.subfolder, settings.sam_checkpoint,
                                      device=settings.device, dtype=settings.dtype, max_models=settings.max_models,
                                      cache_mb=settings.cache_mb, examples=settings.examples,
-                                     session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min)
+                                     session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min,
+                                     lend_gpu=zero_gpu_lender())
         self.checkpoints = self.backend.checkpoints
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
@@ -239,8 +237,14 @@ class Studio:
         return messages.requirements_text(self.checkpoints, choice, pano, depth, normals)
 
     def requirements(self, choice: Optional[str], pano: Any, depth: Any, normals: Any):
+        """What the checkpoint needs, how long a Run will take when that is long, and Run's state."""
         text, ok = self.requirements_text(choice, pano, depth, normals)
-        return text, gr.Button(interactive=ok)
+        try:
+            note = self.backend.run_time_note(choice)
+        except Exception:  # noqa: BLE001  (an estimate must never block the picker)
+            log.exception("run time estimate failed")
+            note = ""
+        return (f"{text}\n\n{note}" if note else text), gr.Button(interactive=ok)
 
     def input_changed(self, kind: str, value: Any, present: Optional[Dict[str, bool]], choice: Optional[str]):
         """One input changed: record whether it is set, then say what the checkpoint still needs."""
@@ -504,7 +508,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
                         show_progress="hidden")
-        run.click(friendly(on_gpu(studio.segment, 120)), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
+        run.click(friendly(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
                   outputs, api_name="segment", **heavy)
         view.select(friendly(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
         viewer.pano_click(friendly(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
@@ -515,7 +519,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         assign.click(friendly(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
         undo.click(friendly(studio.undo), [session, *style], outputs, api_name="undo", **light)
         clear.click(friendly(studio.clear), [session, *style], outputs, api_name="clear", **light)
-        refine.click(friendly(on_gpu(studio.refine_instances, 120)), [pps, session, *style], outputs,
+        refine.click(friendly(studio.refine_instances), [pps, session, *style], outputs,
                      api_name="refine_instances", **heavy)
         export.click(friendly(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
         demo.unload(studio.tab_closed)
@@ -523,12 +527,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
     return demo
 
 
-def _warm_imports() -> None:
+def _warm_up(backend: StudioBackend) -> None:
     try:
-        import panosamic.predictor  # noqa: F401
-        import panosamic.weights  # noqa: F401
+        backend.warm_up()
     except Exception:  # noqa: BLE001  (reported properly on Run)
-        pass
+        log.exception("warming up failed")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -537,8 +540,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     studio = Studio(settings)
     demo = build_ui(studio)
     allowed = [str(Path(settings.examples).resolve())] if Path(settings.examples).is_dir() else []
-    # Warm the heavy imports (torch, the model code) while the page is already being served.
-    threading.Thread(target=_warm_imports, daemon=True).start()
+    # Import torch and the model code, and measure this device's speed (for the run time
+    # shown before Run), while the page is already being served.
+    threading.Thread(target=_warm_up, args=(studio.backend,), daemon=True).start()
     demo.queue(default_concurrency_limit=LIGHT_CONCURRENCY)
     studio.backend.store.start_sweeper()
     atexit.register(studio.backend.close)  # export folders go at shutdown (SIGTERM included, see below)

@@ -78,6 +78,15 @@ ConfigLike = Union[str, os.PathLike, Mapping[str, Any]]
 from .errors import ConfigError
 
 
+def config_from_subfolder(name: str) -> Optional[Dict[str, Any]]:
+    """The architecture a checkpoint folder name announces ('...-vith-rgbd-...' -> the vit_h
+    preset with image and depth), or None when the name does not say."""
+    tokens = name.lower().replace("_", "-").replace("/", "-").split("-")
+    size = next((f"vit_{t[3]}" for t in tokens if t in ("vitb", "vitl", "vith")), None)
+    mods = modalities_from_subfolder(name)
+    return preset(size, mods) if size is not None and mods is not None else None
+
+
 def preset(name: str, modalities: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
            dual_view: Optional[bool] = None) -> Dict[str, Any]:
     """Config of a released size (`vit_b`, `vit_l`, `vit_h`), optionally with other modalities,

@@ -125,8 +125,8 @@ class Predictor:
         if compile:
             self.model.image_encoder.compile_blocks()
         self.max_depth = float(max_depth)
-        self.encoder_chunk_size = encoder_chunk_size if encoder_chunk_size is not None else (
-            None if self.device.type == "cuda" else 1)
+        self._chunk_choice = encoder_chunk_size
+        self.encoder_chunk_size = _chunk_size(encoder_chunk_size, self.device)
         self.dataset: Dataset = dataset_for_num_classes(model.config["num_classes"])
         self.encoder_calls = 0  # how many times the ViT ran: prompts never add to it
         self.last_view: Optional[int] = None
@@ -150,6 +150,21 @@ class Predictor:
 
         model = load_model(checkpoint, subfolder=subfolder, sam=sam, config=config, revision=revision, token=token)
         return cls(model, device=device, max_depth=max_depth, dtype=dtype, **kwargs)
+
+    def to(self, device: Optional[Union[str, torch.device]]) -> "Predictor":
+        """Moves the network to `device` (in place, like `nn.Module.to`) and returns self; a kept
+        panorama's embeddings follow. For a GPU lent per call (a Hugging Face ZeroGPU Space):
+        the network is loaded on the CPU and moved here inside the lent call."""
+        dev = resolve_device(device)
+        if dev == self.device:
+            return self
+        self.dtype = resolve_dtype(self.dtype, dev)
+        self.model.to(dev)
+        self.device = dev
+        self.encoder_chunk_size = _chunk_size(self._chunk_choice, dev)
+        if self._state is not None:
+            self._state = self._state.to(dev)
+        return self
 
     # --- configuration -------------------------------------------------------------------------
     def _autocast(self):
@@ -577,6 +592,14 @@ class Predictor:
         from .instances import refine_semantics
 
         return refine_semantics(self.labels if labels is None else labels, instances)
+
+
+def _chunk_size(choice: Optional[int], device: torch.device) -> Optional[int]:
+    """Images per ViT call: the caller's choice, else all at once on CUDA and one at a time
+    elsewhere (see the Predictor's `encoder_chunk_size`)."""
+    if choice is not None:
+        return choice
+    return None if device.type == "cuda" else 1
 
 
 def _metres(value: Any) -> float:

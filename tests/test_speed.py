@@ -219,3 +219,27 @@ def test_bf16_on_the_reference_model(reference_dir):
     assert confident.mean() > 0.8
     assert np.mean(predictor.labels[confident] == expected["labels"][confident]) >= 0.995
     assert np.abs(predictor.logits - expected["logits"]).max() < 0.5
+
+
+def test_the_app_says_before_run_how_long_a_slow_checkpoint_takes(monkeypatch):
+    """ViT-H RGB-D-N on a slow device: the expected time and the lighter choices, from the
+    device's rate (here a recorded 10 GFLOP/s, as from a real run); nothing for quick ones."""
+    from panosamic.studio import StudioBackend
+
+    monkeypatch.setattr(eta, "_rates", {})
+    backend = StudioBackend("dfki-av/PanoSAMic", "stanford2d3ds-vith-rgbdn-fold1", None, device="cpu")
+    try:
+        assert backend.run_time_note("stanford2d3ds-vith-rgbdn-fold1") == ""  # not warmed up: never waits
+        eta.record_rate("cpu", "float32", 1e10, 1.0)
+        backend.warm_up()
+        vit_h = panosamic.config.preset("vit_h", ("image", "depth", "normals"))
+        expected_min = eta.estimate_seconds(vit_h, "cpu").seconds / 60
+        note = backend.run_time_note("stanford2d3ds-vith-rgbdn-fold1")
+        assert f"about **{expected_min:.0f} min**" in note and "6 ViT passes" in note
+        assert "RGB checkpoint needs 2 ViT passes instead of 6" in note and "**Demo**" in note
+        rgb = backend.run_time_note("stanford2d3ds-vith-rgb-fold1")
+        assert "2 ViT passes" in rgb and "RGB checkpoint" not in rgb
+        assert backend.run_time_note("demo") == ""             # seconds: nothing to say
+        assert backend.run_time_note("/etc/passwd") == ""      # refused values say nothing here
+    finally:
+        backend.close()

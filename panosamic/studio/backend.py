@@ -11,12 +11,19 @@ sessions' lifetime (`SessionStore`). Each event works on one user's `Session`:
 * `refine_instances` runs SAM's automatic grid on the cached embeddings;
 * `export` writes the downloads at the input size, when asked.
 
+A GPU lent per call (a Hugging Face ZeroGPU Space, `lend_gpu=spaces.GPU`): models are loaded
+on the CPU outside any GPU call, only the encoder and SAM's instance grid run inside lent calls
+(`_encode_job`, `_instances_job`: their arguments and results cross a process boundary, so they
+take and give arrays and CPU tensors and change nothing else), and clicks decode on the CPU,
+where SAM's small prompt decoder takes tens of milliseconds and no user waits for a GPU.
+
 Importing this module does not import torch (the page opens before any model code loads).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -39,6 +46,20 @@ Progress = Callable[..., Any]
 
 def _no_progress(fraction: float, desc: Optional[str] = None) -> None:
     pass
+
+
+#: `spaces.GPU`'s shape: lend_gpu(fn, duration=seconds or callable(*args)) -> fn run with a GPU.
+GpuLender = Callable[..., Callable]
+
+#: Seconds asked of a lent GPU beyond the encoder's work (start-up, moving the weights there),
+#: and seconds per TFLOP of encoder work: a conservative 1 TFLOP/s (an H200 slice does far more
+#: in float32), so that a call is never cut short while short models still ask for little.
+LENT_GPU_BASE_S = 20.0
+LENT_GPU_S_PER_TFLOP = 1.0
+LENT_GPU_INSTANCES_S = 60
+
+#: Runs expected to take longer than this (seconds) on this device are announced before Run.
+LONG_RUN_S = 60.0
 
 
 def load_predictor(key: ModelKey):
@@ -85,15 +106,26 @@ class StudioBackend:
         session_idle_s: a session unused this long is released (its user presses Run again).
         work_width: the working width of sessions (interaction never runs wider).
         loader: ModelKey -> Predictor (tests pass their own).
+        lend_gpu: `spaces.GPU` on a ZeroGPU Space (see the module docstring); None runs
+            everything in this process on `device`.
+        gpu_device: the device inside lent calls.
     """
 
     def __init__(self, checkpoint: str = HUB_REPO, subfolder: Optional[str] = DEFAULT_SUBFOLDER,
                  sam: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
                  max_models: int = 1, cache_mb: float = 2048, examples: Optional[str] = None,
                  session_mb: float = 4096, session_idle_s: float = 3600, work_width: int = 2048,
-                 loader: Optional[Callable[[ModelKey], Any]] = None):
-        self.device = device
+                 loader: Optional[Callable[[ModelKey], Any]] = None, lend_gpu: Optional[GpuLender] = None,
+                 gpu_device: str = "cuda"):
+        # with a lent GPU, models live on the CPU in this process (loaded outside GPU calls)
+        self.device = "cpu" if lend_gpu is not None else device
+        self.gpu_device = gpu_device if lend_gpu is not None else None
         self.dtype = dtype
+        if lend_gpu is not None:
+            self._encode = lend_gpu(self._encode_job, duration=self._encode_seconds)
+            self._instances = lend_gpu(self._instances_job, duration=LENT_GPU_INSTANCES_S)
+        else:
+            self._encode, self._instances = self._encode_job, self._instances_job
         self.work_width = int(work_width)
         self.checkpoints = Checkpoints(checkpoint, subfolder, sam)
         self.registry = ModelRegistry(max_models, loader=loader or load_predictor)
@@ -101,10 +133,57 @@ class StudioBackend:
         clean_stale_folders()
         self.store = SessionStore(int(session_mb * 2**20), session_idle_s)
         self.examples = find_examples(examples) if examples else []
+        self._warm = threading.Event()  # set by warm_up
 
     def close(self) -> None:
         """Shutdown: sessions and their files go."""
         self.store.close_all()
+
+    def warm_up(self) -> None:
+        """Imports the model code and measures this device's speed once (`panosamic.eta`: a few
+        seconds on a CPU), so that the first Run starts sooner and `run_time_note` never makes
+        an event wait. For a background thread at start-up; with a lent GPU only the imports."""
+        from .. import predictor, weights  # noqa: F401
+        from ..device import resolve_device
+        from ..eta import device_rate
+
+        if self.gpu_device is None:
+            device_rate(resolve_device(self.device), self.dtype or "float32")
+        self._warm.set()
+
+    def run_time_note(self, choice: Optional[str]) -> str:
+        """Markdown for before Run when the selected checkpoint will take long on this device
+        (`panosamic.eta`: its ViT passes at this device's measured rate): the expected time and
+        the lighter choices; "" when it will be quick or cannot be known before loading."""
+        if self.gpu_device is not None or not self._warm.is_set():
+            return ""  # a lent GPU encodes in seconds; before warm_up the device's rate is unknown
+        try:
+            config = self.checkpoints.architecture(choice)
+        except InputError:
+            return ""
+        if config is None:
+            return ""
+        from ..device import resolve_device
+        from ..eta import estimate_seconds
+
+        device = resolve_device(self.device)
+        dtype = self.dtype or "float32"
+        full = estimate_seconds(config, device, dtype)
+        if full.seconds < LONG_RUN_S:
+            return ""
+        lighter = []
+        if len(config["modalities"]) > 1:
+            rgb = estimate_seconds(config, device, dtype, modalities=("image",))
+            lighter.append(f"an RGB checkpoint needs {rgb.passes} ViT passes instead of {full.passes} "
+                           f"(about {_duration(rgb.seconds)})")
+        demo = self.checkpoints.architecture(self.checkpoints.DEMO) if self.checkpoints.demo_dir else None
+        if demo is not None:
+            lighter.append(f"**Demo** runs in about {_duration(estimate_seconds(demo, device, dtype).seconds)} "
+                           "(rendered rooms only)")
+        where = "this CPU" if device.type == "cpu" else f"this {device.type.upper()} device"
+        text = (f"⏱ Expect about **{_duration(full.seconds)}** per panorama on {where} "
+                f"({full.passes} ViT passes, {full.tflop:.0f} TFLOP); a GPU takes seconds.")
+        return text + (f" Lighter: {'; '.join(lighter)}." if lighter else "")
 
     # ----------------------------------------------------------------- heavy events
     def segment(self, pano: Any, depth_file: Any, normals_file: Any, choice: Optional[str],
@@ -151,11 +230,7 @@ class StudioBackend:
         if cached:
             progress(0.8, desc="Embeddings found in the cache")
         else:
-            # per ViT block, with the time left (panosamic.eta): 0.1..0.9 of the bar
-            state = predictor.encode(inputs["image"], inputs["depth"], inputs["normals"], max_depth=max_depth,
-                                     on_progress=lambda e: progress(0.1 + 0.8 * e.fraction,
-                                                                    desc=str(e).capitalize()))
-            state = state.to("cpu")  # between events the embeddings live on the CPU
+            state = self._encode(key, inputs["image"], inputs["depth"], inputs["normals"], max_depth, progress)
             timings.update(state.timings)
             self.cache.put(ckey, state)
         t0 = time.perf_counter()
@@ -171,6 +246,42 @@ class StudioBackend:
         release_free_memory()  # the input-size arrays are gone: hand their pages back (8K: ~1 GB)
         return s, cached
 
+    def _encode_job(self, key: ModelKey, image: np.ndarray, depth: Optional[np.ndarray],
+                    normals: Optional[np.ndarray], max_depth: float, progress: Progress) -> Any:
+        """The heavy part of Run: encodes the inputs with the model of `key` (already loaded),
+        on the lent GPU when there is one; returns the `PanoramaState` on the CPU (between
+        events the embeddings live there: a click moves one 4 MB embedding, not 25 MB)."""
+        predictor = self.registry.get(key)
+        if self.gpu_device is not None:
+            predictor.to(self.gpu_device)  # in the lent call's process: this process keeps its CPU copy
+        # per ViT block, with the time left (panosamic.eta): 0.1..0.9 of the bar
+        state = predictor.encode(image, depth, normals, max_depth=max_depth,
+                                 on_progress=lambda e: progress(0.1 + 0.8 * e.fraction, desc=str(e).capitalize()))
+        return state.to("cpu")
+
+    def _encode_seconds(self, key: ModelKey, *_args: Any) -> int:
+        """The duration asked of a lent GPU for `_encode_job`: grows with the encoder's work."""
+        from ..eta import encoder_flops, encoder_passes
+
+        config = self.registry.get(key).model.config
+        tflop = encoder_passes(config) * encoder_flops(config)["total"] / 1e12
+        return int(LENT_GPU_BASE_S + LENT_GPU_S_PER_TFLOP * tflop)
+
+    def _instances_job(self, key: ModelKey, state: Any, points_per_side: int,
+                       output_size: Tuple[int, int]) -> List[Dict[str, Any]]:
+        """SAM's automatic grid on `state` (the heavy part of `refine_instances`), on the lent
+        GPU when there is one. With a lent GPU the masks come back bit-packed (np.packbits:
+        an eighth of the bytes to send between the processes)."""
+        predictor = self.registry.get(key)
+        if self.gpu_device is None:
+            return predictor.generate_instances(points_per_side=points_per_side, state=state, output_size=output_size)
+        predictor.to(self.gpu_device)
+        instances = predictor.generate_instances(points_per_side=points_per_side, state=state.to(self.gpu_device),
+                                                 output_size=output_size)
+        for inst in instances:
+            inst["segmentation"] = np.packbits(inst["segmentation"], axis=None)
+        return instances
+
     def refine_instances(self, s: Session, points_per_side: Any = 16,
                          progress: Progress = _no_progress) -> Tuple[int, int]:
         """SAM's automatic instances on the cached embeddings; each takes its majority class
@@ -181,7 +292,11 @@ class StudioBackend:
             progress(0.1, desc="SAM instances on the cached embeddings")
             predictor = self.registry.get(s.model_key)
             t0 = time.perf_counter()
-            instances = predictor.generate_instances(points_per_side=pps, state=s.state, output_size=s.shape)
+            instances = self._instances(s.model_key, s.state, pps, s.shape)
+            if self.gpu_device is not None:  # unpack the masks the lent call packed
+                n = s.shape[0] * s.shape[1]
+                for inst in instances:
+                    inst["segmentation"] = np.unpackbits(inst["segmentation"], count=n).astype(bool).reshape(s.shape)
             progress(0.8, desc="Majority class per instance")
             labels = predictor.refine_semantics(instances, labels=s.labels)
             masks = []
@@ -309,6 +424,17 @@ class StudioBackend:
             return alive
 
 
+def _duration(seconds: float) -> str:
+    """'3 s', '40 s', '12 min', '1.5 h': rounded the way a person says it."""
+    if seconds < 1.5:
+        return "a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _missing(names: List[str]) -> InputError:
     return InputError(f"This checkpoint needs the {' and '.join(names)} map too: upload it, "
                         "or pick a checkpoint that uses only the RGB image.")
@@ -351,4 +477,4 @@ def _int_in_range(value: Any, what: str, lo: int, hi: int, default: Optional[int
     return int(f)
 
 
-__all__ = ["StudioBackend", "load_predictor", "Progress"]
+__all__ = ["StudioBackend", "load_predictor", "Progress", "GpuLender"]

@@ -285,6 +285,21 @@ class Checkpoints:
                 return mods
         return modalities_from_subfolder(value)
 
+    def architecture(self, value: Optional[str]) -> Optional[Dict[str, Any]]:
+        """The model's configuration (sizes, modalities) without loading it: the config.json of
+        the demo or a local folder, or the preset a Hub subfolder's name announces ('-vith-rgbdn-');
+        None when unknown."""
+        from ..config import config_from_subfolder, resolve_config
+
+        ckpt, sub = self.resolve(value)
+        folder = Path(ckpt) / (sub or "")
+        if self.is_hub(value):
+            return config_from_subfolder(sub or "")
+        try:
+            return resolve_config(str(folder)) if (folder / "config.json").is_file() else None
+        except Exception:  # noqa: BLE001  (a broken config.json is reported when the model loads)
+            return None
+
     def learn(self, value: Optional[str], modalities: Tuple[str, ...]) -> None:
         """Remembers the inputs a loaded model reported for a picker value."""
         self.known[(value or self.default).strip()] = tuple(modalities)
@@ -342,23 +357,21 @@ class ModelRegistry:
             # Load first, so that a checkpoint that fails to load does not evict the working one.
             model = self.loader(key)
             while len(self._models) >= self.max_models:
-                old = self._order.pop(0)
-                del self._models[old]
-                empty_gpu_cache()
+                evicted = self._models.pop(self._order.pop(0))
+                on_cuda = getattr(getattr(evicted, "device", None), "type", None) == "cuda"
+                del evicted
+                if on_cuda:  # off CUDA (e.g. the CPU copies kept with a lent GPU) there is nothing to free
+                    empty_gpu_cache()
             self._models[key] = model
             self._order.append(key)
             return model
 
 
 def empty_gpu_cache() -> None:
-    """Gives freed CUDA memory back (after evicting a model); a no-op without CUDA."""
-    try:
-        import torch
+    """Gives freed CUDA memory back (after evicting a model from CUDA)."""
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass
+    torch.cuda.empty_cache()
 
 
 __all__ = ["Checkpoints", "HubProbe", "ModelKey", "ModelRegistry", "pretty_subfolder", "check_subfolder_name",
