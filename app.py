@@ -278,21 +278,23 @@ class Studio:
         s, cached = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
                                          previous=session, client=getattr(request, "session_hash", None))
         progress(0.92, desc="Rendering")
-        t1 = time.perf_counter()
-        out = self.bundle(s, opacity, clear_downloads=True)
-        timings = {**s.timings, "render": time.perf_counter() - t1}
-        total = time.perf_counter() - t_start
-        s.timings["total"] = total
-        out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
-        return out
+        with self.backend.store.use(s):
+            t1 = time.perf_counter()
+            out = self.bundle(s, opacity, clear_downloads=True)
+            timings = {**s.timings, "render": time.perf_counter() - t1}
+            total = time.perf_counter() - t_start
+            s.timings["total"] = total
+            out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
+            return out
 
     def click(self, s, mode, opacity, evt: gr.SelectData):
         """A click on the ERP view (display pixels)."""
         if s is None:
             gr.Warning("Press Run first: clicks refine a segmented panorama.")
             return {}
-        self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
-        return self.bundle(s, opacity)
+        with self.backend.store.use(s):
+            self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
+            return self.bundle(s, opacity)
 
     def click_lonlat(self, s, mode, opacity, evt: gr.EventData):
         """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
@@ -300,52 +302,59 @@ class Studio:
             gr.Warning("Press Run first: clicks refine a segmented panorama.")
             return {}
         data = getattr(evt, "_data", None) or {}
-        self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
-        return self.bundle(s, opacity)
+        with self.backend.store.use(s):
+            self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
+            return self.bundle(s, opacity)
 
     def prompt(self, prompt_json, s, opacity):
         """Prompts SAM's decoder with explicit coordinates (JSON: points, labels, box, append;
         or points_lonlat / box_lonlat in degrees)."""
-        self.backend.prompt(s, prompt_json)
-        return self.bundle(s, opacity)
+        with self.backend.store.use(s):
+            self.backend.prompt(s, prompt_json)
+            return self.bundle(s, opacity)
 
     def select_candidate(self, index, s, opacity):
         """Selects candidate mask 0, 1 or 2 of the last prompt."""
-        self.backend.select(s, index)
-        return self.bundle(s, opacity)
+        with self.backend.store.use(s):
+            self.backend.select(s, index)
+            return self.bundle(s, opacity)
 
     def assign(self, class_name, candidate, s, opacity):
         """Writes a class (name or index; default: majority under the mask) into the map under the
         selected candidate (or candidate 0-2)."""
-        self.backend.assign(s, class_name, candidate)
-        return self.bundle(s, opacity, clear_downloads=True)
+        with self.backend.store.use(s):
+            self.backend.assign(s, class_name, candidate)
+            return self.bundle(s, opacity, clear_downloads=True)
 
     def undo(self, s, opacity):
         """Reverts the last prompt change or edit."""
-        what = self.backend.undo(s)
-        if what is None:
-            gr.Info("Nothing to undo.")
-        return self.bundle(s, opacity, clear_downloads=(what == "labels"))
+        with self.backend.store.use(s):
+            what = self.backend.undo(s)
+            if what is None:
+                gr.Info("Nothing to undo.")
+            return self.bundle(s, opacity, clear_downloads=(what == "labels"))
 
     def clear(self, s, opacity):
         """Removes all prompts and candidate masks (undoable)."""
-        self.backend.clear(s)
-        return self.bundle(s, opacity)
+        with self.backend.store.use(s):
+            self.backend.clear(s)
+            return self.bundle(s, opacity)
 
     def refine_instances(self, points_per_side, s, opacity, progress=gr.Progress()):
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
-        n, changed = self.backend.refine_instances(s, points_per_side, progress)
-        gr.Info(f"{n} SAM instances, {changed} pixels changed class "
-                f"({s.timings['instances']:.1f} s). Undo reverts this.")
-        return self.bundle(s, opacity, clear_downloads=True)
+        with self.backend.store.use(s):
+            n, changed = self.backend.refine_instances(s, points_per_side, progress)
+            gr.Info(f"{n} SAM instances, {changed} pixels changed class "
+                    f"({s.timings['instances']:.1f} s). Undo reverts this.")
+            return self.bundle(s, opacity, clear_downloads=True)
 
     def restyle(self, s, opacity):
         """Opacity changed: re-render the pictures only."""
         if s is None or s.closed:
             return {}
-        s = self.backend.touch(s)
-        out = self.bundle(s, opacity)
-        return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}
+        with self.backend.store.use(s):
+            out = self.bundle(s, opacity)
+            return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}
 
     def tab_closed(self, request: gr.Request):
         """The browser tab (or API client) went away: its session's memory and files go now."""
@@ -353,8 +362,9 @@ class Studio:
 
     def export_files(self, s):
         """Writes the downloads at the input size; returns (files, session summary with statistics)."""
-        files = self.backend.export(s)
-        return files, {**s.summary(), "stats": s.stats()}
+        with self.backend.store.use(s):
+            files = self.backend.export(s)
+            return files, {**s.summary(), "stats": s.stats()}
 
 
 CSS = """
@@ -418,9 +428,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
     ck = studio.checkpoints
     start_value = ck.initial()   # Demo when the default needs a download and the Hub cannot be reached
     with gr.Blocks(title="PanoSAMic Studio", delete_cache=(3600, 7200)) as demo:
-        # The store owns the session's lifetime; Gradio's own expiry (or a closed tab) hands it back.
+        # The store owns the session's lifetime: no time_to_live here, so that only the store
+        # decides when an idle session goes (by its last use, not by when Gradio last stored
+        # it); Gradio's deletion of the state (a closed tab) closes it too.
         store = studio.backend.store
-        session = gr.State(None, time_to_live=store.idle_s or None, delete_callback=_closer(store))
+        session = gr.State(None, delete_callback=_closer(store))
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):

@@ -238,3 +238,33 @@ def test_labels_at_any_size_equal_the_argmax_of_the_logits(backend, big_example)
         tiled = predictor.labels_at(size, state=s.state, tile_rows=100)
         full = predictor.model.postprocess(s.state.semantic_logits, size)[0].argmax(0).numpy()
         assert tiled.dtype == np.uint8 and (tiled == full).mean() > 0.9999
+
+
+def test_a_session_is_not_released_under_a_running_event(backend, big_example):
+    """An event holds its session: the idle sweep skips it, and a close (the tab went, a new
+    Run replaced it) waits until the event has finished with the session's arrays."""
+    import threading
+
+    s = _segment(backend, big_example)
+    inside, finish, seen = threading.Event(), threading.Event(), []
+
+    def event():
+        with backend.store.use(s):
+            inside.set()
+            finish.wait(30)
+            seen.append(s.labels.shape)
+
+    worker = threading.Thread(target=event)
+    worker.start()
+    assert inside.wait(30)
+    assert backend.store.sweep(now=time.monotonic() + 10**6) == 0  # in use: not idle
+    closer = threading.Thread(target=backend.store.close, args=(s, "closed"))
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive() and s.closed is None  # still waiting for the event
+    finish.set()
+    worker.join(30)
+    closer.join(30)
+    assert seen == [(256, 512)] and s.closed == "closed"
+    with pytest.raises(SessionExpired):
+        backend.click(s, 10, 10)

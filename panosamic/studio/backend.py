@@ -201,8 +201,8 @@ class StudioBackend:
         image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes)
         mods = self.checkpoints.modalities(choice)
         if mods is not None:
-            given = {"image": image, "depth": depth, "normals": normals}
-            missing = [MODALITY_NAMES[m] for m in mods if given[m] is None]
+            given = {"image": True, "depth": depth is not None, "normals": normals is not None}
+            missing = [MODALITY_NAMES[m] for m in mods if not given[m]]
             if missing:
                 raise _missing(missing)
         timings: Dict[str, float] = {}
@@ -417,11 +417,6 @@ class StudioBackend:
         """Removes all prompts and candidate masks (undoable)."""
         with self.store.use(s):
             return s.clear_prompts()
-
-    def touch(self, s: Optional[Session]) -> Session:
-        """The session, alive (else SessionExpired / InputError with what to do)."""
-        with self.store.use(s) as alive:
-            return alive
 
 
 def _duration(seconds: float) -> str:

@@ -169,18 +169,20 @@ class SessionStore:
 
     # ----------------------------------------------------------------- release
     def close(self, s: Session, reason: str = "closed") -> None:
-        """Releases a session's memory and files (its tab closed, or `reason`)."""
+        """Releases a session's memory and files (its tab closed, or `reason`); an event
+        running on it finishes first."""
         with self._lock:
             self._sessions.pop(id(s), None)
             for client in [c for c, v in self._by_client.items() if v is s]:
                 del self._by_client[client]
-        if s.closed is None:
-            self.released[reason] = self.released.get(reason, 0) + 1
-            log.info("session %x released: %s", id(s), reason)
-        if s.export_dir is not None:
-            shutil.rmtree(s.export_dir, ignore_errors=True)
-            s.export_dir = None
-        s.release(reason)
+        with s.lock:
+            if s.closed is None:
+                self.released[reason] = self.released.get(reason, 0) + 1
+                log.info("session %x released: %s", id(s), reason)
+            if s.export_dir is not None:
+                shutil.rmtree(s.export_dir, ignore_errors=True)
+                s.export_dir = None
+            s.release(reason)
 
     def _enforce_budget(self, keep: Optional[Session] = None) -> int:
         """Releases least recently used idle sessions until the total fits; returns how many."""
@@ -210,11 +212,18 @@ class SessionStore:
         now = time.monotonic() if now is None else now
         with self._lock:
             idle = [s for s in self._sessions.values() if now - s.last_used > self.idle_s]
+        closed = 0
         for s in idle:
-            self.close(s, "idle")
-        if idle:
+            if not s.lock.acquire(blocking=False):  # an event is running on it: not idle
+                continue
+            try:
+                self.close(s, "idle")
+                closed += 1
+            finally:
+                s.lock.release()
+        if closed:
             release_free_memory()
-        return len(idle)
+        return closed
 
     def start_sweeper(self, interval_s: Optional[float] = None) -> None:
         """One background thread that sweeps idle sessions (every idle_s / 4, at most a minute)."""

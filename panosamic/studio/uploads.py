@@ -7,6 +7,7 @@ messages name the user's own file, never a path on the server.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -44,21 +45,24 @@ def load_inputs(pano: Any, depth_file: Any, normals_file: Any, depth_scale: Opti
     name = os.path.basename(path)
     header = pio.read_header(path, "image")  # size, channels and format before any decoding
     check_aspect(header.height, header.width, f"The panorama {name}")
-    image = pio.load_image(path)
-    depth = normals = None
-    dpath = input_path(depth_file)
-    if dpath:
-        counts: dict = {}
-        depth = pio.load_depth(dpath, scale=(float(depth_scale) if depth_scale else None), report=counts)
+    dpath, npath = input_path(depth_file), input_path(normals_file)
+    counts: dict = {}
+    # The three files decode side by side (each checks its own header first): the decoders
+    # release the GIL, so an 8192x4096 RGB-D-N upload reads in about half the time.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = [pool.submit(pio.load_image, path),
+                pool.submit(pio.load_depth, dpath, scale=(float(depth_scale) if depth_scale else None),
+                            report=counts) if dpath else None,
+                pool.submit(pio.load_normals, npath) if npath else None]
+        image, depth, normals = (job.result() if job is not None else None for job in jobs)
+    if depth is not None:
         if depth.shape[:2] != image.shape[:2]:
             raise InputError(f"The depth map is {depth.shape[1]}x{depth.shape[0]} but the panorama is "
                              f"{image.shape[1]}x{image.shape[0]}: use the depth map of this panorama.")
         note = pio.depth_note(counts)
         if note and notes is not None:
             notes.append(note)
-    npath = input_path(normals_file)
-    if npath:
-        normals = pio.load_normals(npath)
+    if normals is not None:
         if normals.shape[:2] != image.shape[:2]:
             raise InputError(f"The normal map is {normals.shape[1]}x{normals.shape[0]} but the panorama is "
                              f"{image.shape[1]}x{image.shape[0]}: use the normal map of this panorama.")
