@@ -398,6 +398,10 @@ VIEWER_HTML = """<div class="pv">
 
 MAX_UPLOAD = "512mb"     # the largest legal input: float32 8192x4096x3 normals as .npy (403 MB)
 LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
+# Runs and SAM instances let in at once: the backend still decodes one upload and computes one
+# encoding at a time (StudioBackend's locks), but a second user's bad file is refused from its
+# header or content while another Run encodes, instead of waiting in the queue behind it.
+HEAVY_CONCURRENCY = 2
 
 
 def _closer(store):
@@ -488,7 +492,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         style = [opacity]
         # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
         # Progress and errors show on one status line each, not on every output panel.
-        heavy = dict(concurrency_id="heavy", concurrency_limit=1, show_progress_on=[run_status])
+        heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_CONCURRENCY, show_progress_on=[run_status])
         light = dict(concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY, show_progress="minimal",
                      show_progress_on=[edit_status])
         files_q = dict(concurrency_id="export", concurrency_limit=1, show_progress_on=[downloads])
