@@ -5,11 +5,16 @@
                   [--checkpoint dfki-av/PanoSAMic | LOCAL_DIR] [--subfolder stanford2d3ds-vith-rgbdn-fold1]
                   [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype float32|bfloat16|float16]
                   [--cache-mb 2048] [--session-mb 4096] [--session-idle-min 60] [--examples assets/examples]
+                  [--shutdown-grace-s 7]
 
 Every option also reads an environment variable (PANOSAMIC_CHECKPOINT, PANOSAMIC_SUBFOLDER,
 PANOSAMIC_SAM_CHECKPOINT, PANOSAMIC_DEVICE, PANOSAMIC_DTYPE, PANOSAMIC_CACHE_MB, PANOSAMIC_HOST,
 PANOSAMIC_PORT, PANOSAMIC_SHARE, PANOSAMIC_EXAMPLES, PANOSAMIC_SESSION_MB,
-PANOSAMIC_SESSION_IDLE_MIN), for a Hugging Face Space.
+PANOSAMIC_SESSION_IDLE_MIN, PANOSAMIC_SHUTDOWN_GRACE_S), for a Hugging Face Space.
+
+SIGTERM (a Space restart, `docker stop`) stops the app gracefully (panosamic.studio.shutdown):
+new jobs are refused in plain words, running ones get --shutdown-grace-s seconds to finish, the
+rest are answered "The server restarted while this ran" before the process exits.
 
 This file only wires the UI: the app's logic (checkpoint choices, lazy model loading, input
 checks, sessions, messages, segment / click / prompt / edit / export, pictures and files) lives
@@ -32,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gradio as gr
 
@@ -40,6 +45,7 @@ from panosamic.errors import PanoSAMicError
 from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
+from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown
 from panosamic.studio.uploads import input_path, preview_image
 
 log = logging.getLogger("panosamic.app")
@@ -95,19 +101,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="a session unused this many minutes is closed (its user presses Run again)")
     p.add_argument("--examples", default=_env("EXAMPLES", str(ROOT / "assets" / "examples")),
                    help="folder with <name>_rgb.jpg|png (+ _depth.png, _normals.png) examples")
-    return p.parse_args(argv)
+    p.add_argument("--shutdown-grace-s", type=float, default=float(_env("SHUTDOWN_GRACE_S", SHUTDOWN_GRACE_S)),
+                   help=f"on SIGTERM, seconds running jobs get to finish (then they are cut short and told so, "
+                        f"within {DELIVER_S:g} s more); keep the sum below the platform's stop timeout "
+                        f"(docker stop: 10 s)")
+    args = p.parse_args(argv)
+    if not 0 <= args.shutdown_grace_s < float("inf"):
+        p.error(f"--shutdown-grace-s must be a number of seconds >= 0, got {args.shutdown_grace_s}")
+    return args
 
 
 # ============================================================================ errors
 
-def friendly(fn):
+def friendly(fn, shutdown: Optional[Shutdown] = None):
     """Turns every exception of a handler into a gr.Error with a user-facing message (a job
-    cut short included)."""
+    cut short included). With `shutdown` the handler runs as one of its jobs: refused while
+    the server stops, answered in plain words when the stop cuts it short."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            return fn(*args, **kwargs) if shutdown is None else shutdown.run(fn, *args, **kwargs)
         except gr.Error:
             raise
         except (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt) as exc:
@@ -195,6 +209,7 @@ class Studio:
         self.checkpoints = self.backend.checkpoints
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
+        self.shutdown = Shutdown()  # every handler's job; SIGTERM drains it (see main)
         self.ui = Components()
 
     def bundle(self, s: Session, opacity: float, clear_downloads: bool = False) -> Dict[Any, Any]:
@@ -408,6 +423,10 @@ VIEWER_HTML = """<div class="pv">
 
 MAX_UPLOAD = "512mb"     # the largest legal input: float32 8192x4096x3 normals as .npy (403 MB)
 LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
+# Runs and SAM instances let in at once: the backend still decodes one upload and computes one
+# encoding at a time (StudioBackend's locks), but a second user's bad file is refused from its
+# header or content while another Run encodes, instead of waiting in the queue behind it.
+HEAVY_CONCURRENCY = 2
 
 
 def _closer(store):
@@ -498,9 +517,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                edit_status)
         outputs = studio.ui.outputs()
         style = [opacity]
+        job = functools.partial(friendly, shutdown=studio.shutdown)
         # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
         # Progress and errors show on one status line each, not on every output panel.
-        heavy = dict(concurrency_id="heavy", concurrency_limit=1, show_progress_on=[run_status])
+        heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_CONCURRENCY, show_progress_on=[run_status])
         light = dict(concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY, show_progress="minimal",
                      show_progress_on=[edit_status])
         files_q = dict(concurrency_id="export", concurrency_limit=1, show_progress_on=[downloads])
@@ -520,22 +540,22 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
                         show_progress="hidden")
-        run.click(friendly(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
+        run.click(job(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
                   outputs, api_name="segment", **heavy)
-        view.select(friendly(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
-        viewer.pano_click(friendly(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
+        view.select(job(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
+        viewer.pano_click(job(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
                           **light)
-        apply_prompt.click(friendly(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
-        candidates.input(friendly(studio.select_candidate), [candidates, session, *style], outputs,
+        apply_prompt.click(job(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
+        candidates.input(job(studio.select_candidate), [candidates, session, *style], outputs,
                          api_name="select_candidate", **light)
-        assign.click(friendly(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
-        undo.click(friendly(studio.undo), [session, *style], outputs, api_name="undo", **light)
-        clear.click(friendly(studio.clear), [session, *style], outputs, api_name="clear", **light)
-        refine.click(friendly(studio.refine_instances), [pps, session, *style], outputs,
+        assign.click(job(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
+        undo.click(job(studio.undo), [session, *style], outputs, api_name="undo", **light)
+        clear.click(job(studio.clear), [session, *style], outputs, api_name="clear", **light)
+        refine.click(job(studio.refine_instances), [pps, session, *style], outputs,
                      api_name="refine_instances", **heavy)
-        export.click(friendly(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
+        export.click(job(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
         demo.unload(studio.tab_closed)
-        opacity.change(friendly(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
+        opacity.change(job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo
 
 
@@ -544,6 +564,49 @@ def _warm_up(backend: StudioBackend) -> None:
         backend.warm_up()
     except Exception:  # noqa: BLE001  (reported properly on Run)
         log.exception("warming up failed")
+
+
+def _answers_settled(demo: gr.Blocks) -> Callable[[], bool]:
+    """A check for `Shutdown.drain`: True when Gradio's queue has no event waiting or running,
+    every message it queued was taken by its client's stream, and no HTTP request started or
+    finished since the previous call (a client fetches a result's files after its message).
+    Reads gradio 6.31's Queue and uvicorn's server state (pinned in requirements.txt): neither
+    has a public call for this."""
+    last: List[Any] = [None]
+
+    def settled() -> bool:
+        queue, server = demo._queue, getattr(demo.server, "server_state", None)
+        activity = None if server is None else (server.total_requests, len(server.tasks))
+        quiet, last[0] = activity == last[0], activity
+        try:
+            return quiet and len(queue) == 0 and queue.get_active_worker_count() == 0 and all(
+                pending.empty() for pending in list(queue.pending_messages_per_session.values()))
+        except RuntimeError:  # the event loop changed the dict meanwhile: ask again
+            return False
+
+    return settled
+
+
+def _stop_gracefully(studio: Studio, demo: gr.Blocks, grace_s: float, signum: int, _frame: Any) -> None:
+    """The SIGTERM handler (main thread): drains the studio's jobs (panosamic.studio.shutdown),
+    runs the exit handlers (the export folders go) and ends the process with status 0. A second
+    SIGTERM leaves the first one's bounded wait alone."""
+    if studio.shutdown.closing:
+        return
+    log.warning("%s: shutting down; new jobs are refused, %d running job(s) get up to %g s",
+                signal.Signals(signum).name, studio.shutdown.running, grace_s)
+    cut = studio.shutdown.drain(grace_s, settled=_answers_settled(demo))
+    if cut is None:
+        return
+    if cut:
+        log.warning("%d job(s) were cut short and told to press Run again", cut)
+    # Threads may still be inside torch (a job cut short, the start-up speed measurement): the
+    # interpreter's own exit would then abort in C++ destructors ("terminate called without an
+    # active exception", status 134). So the exit handlers run here and the process ends at once.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -558,7 +621,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     demo.queue(default_concurrency_limit=LIGHT_CONCURRENCY)
     studio.backend.store.start_sweeper()
     atexit.register(studio.backend.close)  # export folders go at shutdown (SIGTERM included, see below)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, functools.partial(_stop_gracefully, studio, demo, settings.shutdown_grace_s))
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         allowed_paths=allowed, css=CSS, show_error=True, theme=gr.themes.Soft(),

@@ -38,21 +38,23 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float, log: Path) -
 
 @contextlib.contextmanager
 def running_app(args: List[str], log_path: Path, env: Optional[Dict[str, str]] = None,
-                timeout: float = 90.0) -> Iterator[Dict]:
-    """Starts app.py with `args` (+ --host/--port); yields {"url", "startup_s", "proc", "log"}.
-    Stopped with SIGTERM (then SIGKILL) afterwards."""
+                timeout: float = 90.0, script: Path = ROOT / "app.py") -> Iterator[Dict]:
+    """Starts app.py (or `script`, a wrapper of its main) with `args` (+ --host/--port); yields
+    {"url", "startup_s", "proc", "log"}. Stopped with SIGTERM (then SIGKILL) afterwards, unless
+    it has already exited."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
                 "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port),
                                  *args], cwd=str(ROOT), env=full_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         startup = wait_until_up(url, proc, timeout, log_path)
         yield {"url": url, "startup_s": startup, "proc": proc, "log": log_path}
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

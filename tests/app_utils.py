@@ -2,16 +2,21 @@
 
 `running_app(...)` (devtools.app_process) starts `python app.py` in a subprocess on 127.0.0.1
 with a free port and yields its URL once the page answers; the process is stopped afterwards.
+`gated_app(...)` does the same with an encoder that waits until the test opens its gate
+(tests/gated_app.py), for tests that need a Run to stay busy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import struct
 import sys
+import tempfile
+import time
 import zlib
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Iterator, List
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `import app` from the tests
@@ -66,3 +71,25 @@ def make_examples(dest: Path, names=("office", "seam"), width: int = 256) -> Dic
     for name in names:
         out[name] = write_example(dest, name, scenes.render_example(name, width=width))
     return out
+
+
+@contextlib.contextmanager
+def gated_app(args: List[str], root: Path) -> Iterator[Dict]:
+    """`running_app` of tests/gated_app.py: every encoder call creates gate/"waiting" and waits
+    for gate/"go"; yields running_app's dict plus "gate" (a folder) and "export_roots" (the
+    app's export folders, made at its start)."""
+    gate = root / "gate"
+    gate.mkdir()
+    with running_app(args, root / "app.log", env={"PANOSAMIC_TEST_GATE": str(gate)},
+                     script=ROOT / "tests" / "gated_app.py") as app:
+        roots = list(Path(tempfile.gettempdir()).glob(f"panosamic-studio-{app['proc'].pid}-*"))
+        yield {**app, "gate": gate, "export_roots": roots}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Polls `condition` until it holds; TimeoutError naming `what` after `timeout` seconds."""
+    t0 = time.monotonic()
+    while not condition():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.02)

@@ -293,6 +293,10 @@ def test_settings_come_from_env(monkeypatch):
     monkeypatch.setenv("PANOSAMIC_CHECKPOINT", "/some/dir")
     monkeypatch.setenv("PANOSAMIC_CACHE_MB", "123")
     monkeypatch.setenv("PANOSAMIC_DEVICE", "cpu")
+    monkeypatch.setenv("PANOSAMIC_SHUTDOWN_GRACE_S", "55")
     s = app.parse_args([])
     assert (s.checkpoint, s.cache_mb, s.device, s.port, s.host) == ("/some/dir", 123.0, "cpu", 7860, "127.0.0.1")
+    assert s.shutdown_grace_s == 55.0
+    with pytest.raises(SystemExit):
+        app.parse_args(["--shutdown-grace-s", "nan"])
     assert app.parse_args(["--cache-mb", "5"]).cache_mb == 5.0

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app_utils import running_app
+from app_utils import gated_app, running_app, wait_until
 from devtools.hostile_inputs import (HOSTILE_CHECKPOINTS, HOSTILE_PROMPTS, write_hostile_files,
                                      write_panorama)
 from panosamic import geometry, io, metrics
@@ -266,6 +266,40 @@ def test_app_refuses_hostile_input_and_keeps_the_session(app, hostile):
     loads = re.findall(r"loading checkpoint (\S+)", log)
     assert loads == [str(DEMO.resolve())], loads  # one load, of the configured checkpoint only
     assert "Traceback" not in log
+
+
+def test_bad_files_are_refused_while_another_run_encodes(hostile, tmp_path):
+    """A bad upload does not wait behind another user's Run: while one Run holds the encoder
+    (gated until the test opens it), bad depth maps, one refused from its header and one from
+    its pixels, are answered; a good second Run waits and says so; both Runs then finish."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    files = hostile["files"]
+    pano, d_ok, n_ok = (handle_file(str(p)) for p in (hostile["pano"], _depth_png(hostile["folder"]),
+                                                       _normals_png(hostile["folder"])))
+    with gated_app(["--checkpoint", str(DEMO), "--device", "cpu", "--cache-mb", "0"], tmp_path) as app:
+        busy, other = (Client(app["url"], verbose=False, download_files=str(tmp_path / "dl")) for _ in range(2))
+        first = busy.submit(pano, d_ok, n_ok, "local", 0, 10, api_name="/segment")
+        wait_until(lambda: (app["gate"] / "waiting").exists(), "the first Run reaching the encoder")
+        for kind in ("depth_png_bomb", "depth_all_nan"):
+            f = files[kind]
+            refusal = other.submit(pano, handle_file(str(f.path)), n_ok, "local", 0, 10, api_name="/segment")
+            with pytest.raises(AppError) as err:
+                refusal.result(timeout=120)  # the gate is closed: this answer cannot come from after the first Run
+            assert f.expect in str(err.value) and f.path.name in str(err.value)
+            assert not first.done()
+        second = other.submit(pano, d_ok, n_ok, "local", 0, 10, api_name="/segment")
+
+        def second_waits() -> bool:
+            progress = second.status().progress_data or []
+            return any("Waiting for another user's job" in (p.desc or "") for p in progress)
+
+        wait_until(second_waits, "the second Run saying it waits")
+        assert not first.done()
+        (app["gate"] / "go").touch()
+        for run in (first, second):
+            assert "Segmented 256×128" in run.result(timeout=120)[7]
 
 
 def _depth_png(folder: Path) -> Path:

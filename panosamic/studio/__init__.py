@@ -10,6 +10,7 @@
     render.py       pictures: the ERP view, legend, 3D figures
     downloads.py    the files, written at the input size on request
     messages.py     user-facing texts: errors with a fix, status lines
+    shutdown.py     every handler's job, and a graceful stop on SIGTERM
 
 Importing it does not import torch or gradio (the page opens before any model code loads).
 """

@@ -22,10 +22,11 @@ Importing this module does not import torch (the page opens before any model cod
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
 from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders, release_free_memory
-from .uploads import find_examples, load_inputs
+from .uploads import find_examples, input_path, load_inputs
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ def load_predictor(key: ModelKey):
 
 
 def _file_bytes(upload: Any) -> Optional[np.ndarray]:
-    from .uploads import input_path
-
     path = input_path(upload)
     return None if path is None else np.fromfile(path, dtype=np.uint8)
 
@@ -134,6 +133,12 @@ class StudioBackend:
         self.store = SessionStore(int(session_mb * 2**20), session_idle_s)
         self.examples = find_examples(examples) if examples else []
         self._warm = threading.Event()  # set by warm_up
+        # A UI may let several heavy events in at once so that a bad upload is refused while
+        # another Run works (app.py's HEAVY_CONCURRENCY); the memory-hungry steps still go one
+        # at a time: decoding full-size uploads (two 8K decodes at once would double that peak),
+        # and loading a checkpoint, the encoder and SAM's instance grid.
+        self._decoding = threading.Lock()
+        self._computing = threading.Lock()
 
     def close(self) -> None:
         """Shutdown: sessions and their files go."""
@@ -198,7 +203,8 @@ class StudioBackend:
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
         key = self.checkpoints.key(choice, self.device, self.dtype)  # refuses what is not allowed first
         notes: List[str] = []
-        image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes)
+        image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes,
+                                                  decoding=self._decoding)
         mods = self.checkpoints.modalities(choice)
         if mods is not None:
             given = {"image": True, "depth": depth is not None, "normals": normals is not None}
@@ -206,33 +212,34 @@ class StudioBackend:
             if missing:
                 raise _missing(missing)
         timings: Dict[str, float] = {}
-        if not self.registry.loaded(key):
-            # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
-            self.checkpoints.check_available(choice)
-            progress(0.05, desc="Downloading / loading the checkpoint (first use)")
-        t0 = time.perf_counter()
-        predictor = self.registry.get(key)
-        timings["load"] = time.perf_counter() - t0
-        required = tuple(predictor.required_modalities)
-        self.checkpoints.learn(choice, required)
-        # maps the checkpoint does not use are left out of the cache key too
-        inputs = {"image": image, "depth": depth if "depth" in required else None,
-                  "normals": normals if "normals" in required else None}
-        if "depth" in required and depth is None or "normals" in required and normals is None:
-            raise _missing([MODALITY_NAMES[m] for m in required if inputs[m] is None])
-        # the key hashes the uploaded files (a few MB), not the decoded arrays (up to 330 MB at 8K)
-        files = {"image": pano, "depth": depth_file if inputs["depth"] is not None else None,
-                 "normals": normals_file if inputs["normals"] is not None else None}
-        ckey = content_key(*(_file_bytes(files[m]) for m in ("image", "depth", "normals")), max_depth=max_depth,
-                           depth_scale=depth_scale, checkpoint=repr(key))
-        state = self.cache.get(ckey)
-        cached = state is not None
-        if cached:
-            progress(0.8, desc="Embeddings found in the cache")
-        else:
-            state = self._encode(key, inputs["image"], inputs["depth"], inputs["normals"], max_depth, progress)
-            timings.update(state.timings)
-            self.cache.put(ckey, state)
+        with self._compute(progress):
+            if not self.registry.loaded(key):
+                # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
+                self.checkpoints.check_available(choice)
+                progress(0.05, desc="Downloading / loading the checkpoint (first use)")
+            t0 = time.perf_counter()
+            predictor = self.registry.get(key)
+            timings["load"] = time.perf_counter() - t0
+            required = tuple(predictor.required_modalities)
+            self.checkpoints.learn(choice, required)
+            # maps the checkpoint does not use are left out of the cache key too
+            inputs = {"image": image, "depth": depth if "depth" in required else None,
+                      "normals": normals if "normals" in required else None}
+            if "depth" in required and depth is None or "normals" in required and normals is None:
+                raise _missing([MODALITY_NAMES[m] for m in required if inputs[m] is None])
+            # the key hashes the uploaded files (a few MB), not the decoded arrays (up to 330 MB at 8K)
+            files = {"image": pano, "depth": depth_file if inputs["depth"] is not None else None,
+                     "normals": normals_file if inputs["normals"] is not None else None}
+            ckey = content_key(*(_file_bytes(files[m]) for m in ("image", "depth", "normals")),
+                               max_depth=max_depth, depth_scale=depth_scale, checkpoint=repr(key))
+            state = self.cache.get(ckey)
+            cached = state is not None
+            if cached:
+                progress(0.8, desc="Embeddings found in the cache")
+            else:
+                state = self._encode(key, inputs["image"], inputs["depth"], inputs["normals"], max_depth, progress)
+                timings.update(state.timings)
+                self.cache.put(ckey, state)
         t0 = time.perf_counter()
         size = working_size(*image.shape[:2], self.work_width)
         s = Session(_resize_area(image, size), predictor.labels_at(size, state=state),
@@ -245,6 +252,18 @@ class StudioBackend:
         self.store.add(s, replaces=previous, client=client)
         release_free_memory()  # the input-size arrays are gone: hand their pages back (8K: ~1 GB)
         return s, cached
+
+    @contextlib.contextmanager
+    def _compute(self, progress: Progress) -> Iterator[None]:
+        """Holds the heavy-computation lock (a checkpoint's load, the encoder, SAM's instance
+        grid); the progress bar says so while another user's job has it."""
+        if not self._computing.acquire(blocking=False):
+            progress(0.02, desc="Waiting for another user's job to finish")
+            self._computing.acquire()
+        try:
+            yield
+        finally:
+            self._computing.release()
 
     def _encode_job(self, key: ModelKey, image: np.ndarray, depth: Optional[np.ndarray],
                     normals: Optional[np.ndarray], max_depth: float, progress: Progress) -> Any:
@@ -290,9 +309,10 @@ class StudioBackend:
         pps = _int_in_range(points_per_side, "points per side", 2, 64, default=16)
         with self.store.use(s):
             progress(0.1, desc="SAM instances on the cached embeddings")
-            predictor = self.registry.get(s.model_key)
             t0 = time.perf_counter()
-            instances = self._instances(s.model_key, s.state, pps, s.shape)
+            with self._compute(progress):
+                predictor = self.registry.get(s.model_key)
+                instances = self._instances(s.model_key, s.state, pps, s.shape)
             if self.gpu_device is not None:  # unpack the masks the lent call packed
                 n = s.shape[0] * s.shape[1]
                 for inst in instances:

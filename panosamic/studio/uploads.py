@@ -6,10 +6,11 @@ messages name the user's own file, never a path on the server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, ContextManager, List, Optional
 
 import numpy as np
 
@@ -31,12 +32,13 @@ def input_path(file: Any) -> Optional[str]:
 
 
 def load_inputs(pano: Any, depth_file: Any, normals_file: Any, depth_scale: Optional[float],
-                notes: Optional[List[str]] = None):
+                notes: Optional[List[str]] = None, decoding: Optional[ContextManager] = None):
     """(image uint8 (H, W, 3), depth (H, W) float32 metres or None, normals uint8 (H, W, 3) or
     None, file name); InputError when unusable (not an image, too large, not 2:1, other sizes,
     a depth map without any valid pixel). `depth_scale`: metres per stored depth unit, 0/None =
     the file type's default. `notes`: a list that receives lines for the user (e.g. how much of
-    the depth map was invalid)."""
+    the depth map was invalid). Every file's header is checked (format, size, sizes that match)
+    before any pixel is decoded; `decoding` (e.g. a lock) is held while the pixels are decoded."""
     from .. import io as pio
 
     path = input_path(pano)
@@ -46,26 +48,24 @@ def load_inputs(pano: Any, depth_file: Any, normals_file: Any, depth_scale: Opti
     header = pio.read_header(path, "image")  # size, channels and format before any decoding
     check_aspect(header.height, header.width, f"The panorama {name}")
     dpath, npath = input_path(depth_file), input_path(normals_file)
+    for map_path, what in ((dpath, "depth map"), (npath, "normal map")):
+        if map_path:
+            h = pio.read_header(map_path, what)
+            if (h.height, h.width) != (header.height, header.width):
+                raise InputError(f"The {what} is {h.width}x{h.height} but the panorama is "
+                                 f"{header.width}x{header.height}: use the {what} of this panorama.")
     counts: dict = {}
-    # The three files decode side by side (each checks its own header first): the decoders
-    # release the GIL, so an 8192x4096 RGB-D-N upload reads in about half the time.
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    # The three files decode side by side: the decoders release the GIL, so an 8192x4096
+    # RGB-D-N upload reads in about half the time.
+    with decoding or contextlib.nullcontext(), ThreadPoolExecutor(max_workers=3) as pool:
         jobs = [pool.submit(pio.load_image, path),
                 pool.submit(pio.load_depth, dpath, scale=(float(depth_scale) if depth_scale else None),
                             report=counts) if dpath else None,
                 pool.submit(pio.load_normals, npath) if npath else None]
         image, depth, normals = (job.result() if job is not None else None for job in jobs)
-    if depth is not None:
-        if depth.shape[:2] != image.shape[:2]:
-            raise InputError(f"The depth map is {depth.shape[1]}x{depth.shape[0]} but the panorama is "
-                             f"{image.shape[1]}x{image.shape[0]}: use the depth map of this panorama.")
-        note = pio.depth_note(counts)
-        if note and notes is not None:
-            notes.append(note)
-    if normals is not None:
-        if normals.shape[:2] != image.shape[:2]:
-            raise InputError(f"The normal map is {normals.shape[1]}x{normals.shape[0]} but the panorama is "
-                             f"{image.shape[1]}x{image.shape[0]}: use the normal map of this panorama.")
+    note = pio.depth_note(counts) if depth is not None else None
+    if note and notes is not None:
+        notes.append(note)
     return image, depth, normals, name
 
 

@@ -1,0 +1,194 @@
+"""A graceful stop: SIGTERM (a Space restart, `docker stop`) refuses new jobs in plain words,
+lets running ones finish within the grace period, answers the ones it cuts short, and leaves
+no export folder behind.
+
+`Shutdown` is tested in-process with events the test controls; the app through
+tests/gated_app.py, whose encoder waits until the test opens its gate.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import signal
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app_utils import gated_app, wait_until
+from devtools.hostile_inputs import write_panorama
+from panosamic.studio.shutdown import JobCutShort, ServerRestarting, Shutdown
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "demo"
+RESTARTING = "The server is restarting: try again in a minute."
+RESTARTED = "The server restarted while this ran: press Run again."
+
+
+# ----------------------------------------------------------------------------- Shutdown
+def _drain_in_background(shutdown: Shutdown, grace_s: float, settled=lambda: True):
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("cut", shutdown.drain(grace_s, settled, 5.0)))
+    thread.start()
+    return thread, result
+
+
+def test_jobs_run_with_their_context_and_their_result_or_error():
+    shutdown = Shutdown()
+    var = contextvars.ContextVar("var", default="unset")
+    var.set("caller's")
+    assert shutdown.run(lambda a, b=0: (var.get(), a + b), 1, b=2) == ("caller's", 3)
+
+    def fails():
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        shutdown.run(fails)
+    assert shutdown.running == 0 and not shutdown.closing
+
+
+def test_drain_lets_a_running_job_finish_and_refuses_new_ones():
+    shutdown = Shutdown()
+    started, release = threading.Event(), threading.Event()
+
+    def job():
+        started.set()
+        release.wait()
+        return "done"
+
+    answer = {}
+    caller = threading.Thread(target=lambda: answer.setdefault("value", shutdown.run(job)))
+    caller.start()
+    started.wait()
+    drainer, result = _drain_in_background(shutdown, grace_s=600)
+    wait_until(lambda: shutdown.closing, "the drain starting")
+    with pytest.raises(ServerRestarting, match="try again in a minute"):
+        shutdown.run(lambda: "never")
+    release.set()
+    caller.join()
+    drainer.join()
+    assert answer == {"value": "done"} and result == {"cut": 0}
+    assert shutdown.drain(1) is None  # a second drain leaves the first alone
+
+
+def test_drain_cuts_short_what_outlives_the_grace():
+    shutdown = Shutdown()
+    started, never = threading.Event(), threading.Event()
+
+    def stuck():
+        started.set()
+        never.wait()
+
+    answer = {}
+
+    def call():
+        try:
+            shutdown.run(stuck)
+        except JobCutShort as exc:
+            answer["error"] = str(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    started.wait()
+    drainer, result = _drain_in_background(shutdown, grace_s=0.2)
+    caller.join()
+    drainer.join()
+    assert answer == {"error": RESTARTED} and result == {"cut": 1} and shutdown.running == 0
+    never.set()
+
+
+def test_drain_waits_for_the_answers_to_settle():
+    shutdown = Shutdown()
+    delivered = threading.Event()
+    drainer, result = _drain_in_background(shutdown, grace_s=600, settled=delivered.is_set)
+    wait_until(lambda: shutdown.closing, "the drain starting")
+    assert drainer.is_alive()
+    delivered.set()
+    drainer.join()
+    assert result == {"cut": 0}
+
+
+def test_friendly_answers_a_stopping_server_in_plain_words():
+    import gradio as gr
+
+    import app as studio_app
+
+    shutdown = Shutdown()
+    shutdown.drain(0)
+    with pytest.raises(gr.Error) as err:
+        studio_app.friendly(lambda: "never", shutdown)()
+    assert err.value.message == RESTARTING
+
+
+# ----------------------------------------------------------------------------- the app
+@pytest.fixture
+def inputs(tmp_path):
+    from gradio_client import handle_file
+
+    pano = write_panorama(tmp_path)
+    cv2.imwrite(str(tmp_path / "room_depth.png"), np.full((128, 256), 2500, np.uint16))
+    cv2.imwrite(str(tmp_path / "room_normals.png"), np.full((128, 256, 3), 128, np.uint8))
+    return [handle_file(str(p)) for p in (pano, tmp_path / "room_depth.png", tmp_path / "room_normals.png")]
+
+
+def _client(app, root: Path):
+    from gradio_client import Client
+
+    return Client(app["url"], verbose=False, download_files=str(root / "downloads"))
+
+
+def _log(app) -> str:
+    return Path(app["log"]).read_text(errors="replace")
+
+
+def test_sigterm_lets_a_running_run_finish_and_refuses_new_jobs(inputs, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    args = ["--checkpoint", str(DEMO), "--device", "cpu", "--cache-mb", "0", "--shutdown-grace-s", "300"]
+    with gated_app(args, tmp_path) as app:
+        gate, proc = app["gate"], app["proc"]
+        assert app["export_roots"]
+        # a session with downloads on the server, made with the gate open
+        earlier = _client(app, tmp_path)
+        (gate / "go").touch()
+        earlier.predict(*inputs, "local", 0, 10, api_name="/segment")
+        files, _ = earlier.predict(api_name="/export")
+        assert files and any(p.is_file() for root in app["export_roots"] for p in root.rglob("*"))
+        (gate / "go").unlink()
+        (gate / "waiting").unlink()
+
+        busy, late = _client(app, tmp_path), _client(app, tmp_path)
+        run = busy.submit(*inputs, "local", 0, 10, api_name="/segment")
+        wait_until(lambda: (gate / "waiting").exists(), "the Run reaching the encoder")
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "SIGTERM: shutting down" in _log(app), "the app logging the SIGTERM")
+        for call in (lambda: late.predict(*inputs, "local", 0, 10, api_name="/segment"),
+                     lambda: earlier.predict('{"points": [[10, 10]]}', api_name="/prompt")):
+            with pytest.raises(AppError) as err:
+                call()
+            assert str(err.value) == RESTARTING
+        assert not run.done()
+        (gate / "go").touch()
+        assert "Segmented 256×128" in run.result(timeout=120)[7]  # finished within the grace period
+        assert proc.wait(timeout=120) == 0
+    assert not any(root.exists() for root in app["export_roots"])
+    log = _log(app)
+    assert "cut short" not in log and "Traceback" not in log
+
+
+def test_sigterm_cuts_a_run_short_in_plain_words(inputs, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    args = ["--checkpoint", str(DEMO), "--device", "cpu", "--shutdown-grace-s", "0.5"]
+    with gated_app(args, tmp_path) as app:
+        run = _client(app, tmp_path).submit(*inputs, "local", 0, 10, api_name="/segment")
+        wait_until(lambda: (app["gate"] / "waiting").exists(), "the Run reaching the encoder")
+        app["proc"].send_signal(signal.SIGTERM)  # the gate stays closed: the Run cannot finish
+        with pytest.raises(AppError) as err:
+            run.result(timeout=120)
+        assert str(err.value) == RESTARTED
+        assert app["proc"].wait(timeout=120) == 0
+    assert not any(root.exists() for root in app["export_roots"])
+    assert "1 job(s) were cut short" in _log(app)
