@@ -227,11 +227,12 @@ class Studio:
             cand = gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False)
             cls = gr.Dropdown(choices=list(s.classes))
         stats = s.stats()
-        picture = render.view_image(s, opacity)
+        # one JPEG for both views: the map is served from the file, the viewer gets its bytes
+        jpeg = render.view_jpeg(render.view_image(s, opacity))
         out = {
             ui.session: s,
-            ui.view: picture,
-            ui.viewer: render.viewer_payload(s, picture),
+            ui.view: self.backend.store.write_view(s, jpeg),
+            ui.viewer: render.viewer_payload(s, jpeg),
             ui.legend: render.legend_html(stats),
             ui.candidates: cand,
             ui.cls: cls,

@@ -268,3 +268,24 @@ def test_a_session_is_not_released_under_a_running_event(backend, big_example):
     assert seen == [(256, 512)] and s.closed == "closed"
     with pytest.raises(SessionExpired):
         backend.click(s, 10, 10)
+
+
+def test_the_view_is_encoded_once_for_both_views_and_goes_with_its_session(backend, big_example):
+    import base64
+
+    from panosamic.studio import render
+
+    s = _segment(backend, big_example)
+    backend.click(s, 150, 160)
+    jpeg = render.view_jpeg(render.view_image(s, 0.5))
+    path = Path(backend.store.write_view(s, jpeg))
+    payload = render.viewer_payload(s, jpeg)
+    # the map's file and the viewer's texture are the same bytes: one encode per event
+    assert path.read_bytes() == jpeg
+    assert base64.b64decode(payload["texture"].split(",", 1)[1]) == jpeg
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (256, 512, 3)
+    again = backend.store.write_view(s, render.view_jpeg(render.view_image(s, 0.9)))
+    assert again == str(path) and path.read_bytes() != jpeg  # one file per session, replaced
+    backend.store.close(s)
+    assert not path.exists()

@@ -98,40 +98,40 @@ def highlight_mask(picture: np.ndarray, mask: np.ndarray,
                    mask_color: Tuple[int, int, int] = MASK_COLOR) -> np.ndarray:
     """`picture` (h, w, 3) uint8 with a boolean (h, w) mask tinted and outlined in white.
 
-    Only the mask's bounding box (one pixel wider) is touched, so a click's preview costs
-    little even at 2048x1024; a mask across the seam spans the width, as it should."""
+    Only the rows the mask covers (one more above and below) are touched, so a click's preview
+    costs little even at 2048x1024."""
     import cv2
 
     out = picture.copy()
     rows = np.flatnonzero(mask.any(1))
     if not rows.size:
         return out
-    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(0))
-    h, w = mask.shape
-    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, h)
-    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, w)
-    m8 = mask[r0:r1, c0:c1].astype(np.uint8)
-    crop = out[r0:r1, c0:c1]
-    tint = np.empty_like(crop)
+    # whole rows: a contiguous band that OpenCV edits in place (masked copies in SIMD)
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[0])
+    band = out[r0:r1]
+    m8 = mask[r0:r1].view(np.uint8)
+    tint = np.empty_like(band)
     tint[:] = np.asarray(mask_color, np.uint8)
-    tinted = cv2.addWeighted(crop, 0.45, tint, 0.55, 0.0)
-    np.copyto(crop, tinted, where=m8[..., None].astype(bool))
-    edge = cv2.morphologyEx(m8, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(bool)
-    crop[edge] = (255, 255, 255)
+    cv2.addWeighted(band, 0.45, tint, 0.55, 0.0, dst=tint)
+    cv2.copyTo(tint, m8, band)
+    edge = cv2.morphologyEx(m8, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    tint[:] = 255
+    cv2.copyTo(tint, edge, band)
     return out
 
 
 def draw_prompts(display: np.ndarray, scale: float, points: Sequence[Sequence[float]] = (),
                  point_labels: Sequence[int] = (), box: Optional[Sequence[float]] = None,
-                 pending_corner: Optional[Sequence[float]] = None) -> np.ndarray:
-    """Draws prompts (input-image coordinates, times `scale` = display/input) on a copy of `display`.
+                 pending_corner: Optional[Sequence[float]] = None, copy: bool = True) -> np.ndarray:
+    """Draws prompts (input-image coordinates, times `scale` = display/input) on a copy of `display`
+    (on `display` itself with copy=False, when the caller made it).
 
     Positive points green, negative red, the box yellow; a box whose x1 > x2 wraps across
     the left/right seam and is drawn as two open rectangles at the borders.
     """
     import cv2
 
-    out = np.ascontiguousarray(display.copy())
+    out = np.ascontiguousarray(display.copy() if copy else display)
     h, w = out.shape[:2]
     r = max(5, int(round(w / 150)))
     t = max(1, r // 3)
@@ -227,7 +227,7 @@ def view_image(s, opacity: float) -> np.ndarray:
         s.view_base = (key, overlay(s.image, s.labels, s.palette, opacity))
     img = s.view_base[1]
     img = highlight_mask(img, s.selected_mask) if s.selected_mask is not None else img.copy()
-    return draw_prompts(img, s.scale, s.points, s.point_labels, s.box, s.pending_corner)
+    return draw_prompts(img, s.scale, s.points, s.point_labels, s.box, s.pending_corner, copy=False)
 
 
 VIEWER_LABELS_SIZE = (256, 512)   # (h, w) of the hover label map the 360° viewer gets
@@ -240,20 +240,33 @@ def _data_url(kind: str, encoded: np.ndarray) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
-def viewer_payload(s, view: np.ndarray, quality: int = 85) -> dict:
-    """What the 360° viewer (static/viewer.js) shows for a `Session`: `view` (the ERP picture
-    `view_image` made, uint8 (h, w, 3) at the working size) as a JPEG texture, the class
-    under each direction as a 512x256 grey PNG (class index, 255 = unlabelled) for hovering,
-    and the class names. A few hundred KB at the 2048-pixel working width."""
+def view_jpeg(view: np.ndarray, quality: int = 85) -> bytes:
+    """The ERP picture (uint8 RGB (h, w, 3)) as JPEG bytes: encoded once per event for both the
+    map and the 360° viewer's texture."""
     import cv2
 
     ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(view[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("encoding the view failed")
+    return jpeg.tobytes()
+
+
+def viewer_payload(s, view_jpeg_bytes: bytes) -> dict:
+    """What the 360° viewer (static/viewer.js) shows for a `Session`: the ERP picture (`view_jpeg`
+    of what `view_image` made) as its texture, the class under each direction as a 512x256 grey
+    PNG (class index, 255 = unlabelled) for hovering, and the class names. A few hundred KB at
+    the 2048-pixel working width."""
+    import base64
+
+    import cv2
+
     lab = resize_erp(np.asarray(s.labels), *VIEWER_LABELS_SIZE, nearest=True).astype(np.uint8)
     lab = np.where(lab < s.num_classes, lab, UNLABELLED).astype(np.uint8)
-    ok2, png = cv2.imencode(".png", lab)
-    if not (ok and ok2):
-        raise RuntimeError("encoding the viewer's pictures failed")
-    return {"texture": _data_url("jpeg", jpeg), "labels": _data_url("png", png), "classes": list(s.classes)}
+    ok, png = cv2.imencode(".png", lab)
+    if not ok:
+        raise RuntimeError("encoding the viewer's label map failed")
+    texture = "data:image/jpeg;base64," + base64.b64encode(view_jpeg_bytes).decode("ascii")
+    return {"texture": texture, "labels": _data_url("png", png), "classes": list(s.classes)}
 
 
 def point_cloud_view(s):
@@ -264,4 +277,4 @@ def point_cloud_view(s):
 
 
 __all__ = ["legend_html", "resize_for_display", "overlay", "draw_prompts", "highlight_mask", "point_cloud_figure",
-           "view_image", "point_cloud_view", "viewer_payload"]
+           "view_image", "view_jpeg", "point_cloud_view", "viewer_payload"]

@@ -160,6 +160,7 @@ class Session:
         self.export_dir: Optional[Path] = None
         self.rendered_3d: Optional[tuple] = None  # what the 3D view shows now (labels_version, mode, opacity)
         self.view_base: Optional[tuple] = None    # ((labels_version, opacity), photo blended with labels)
+        self._majority: Optional[tuple] = None    # (candidates, selected, labels_version, majority class)
         self._stats: Optional[Tuple[int, List[Dict]]] = None
 
     # ------------------------------------------------------------------ basics
@@ -283,6 +284,7 @@ class Session:
         self.candidates = None
         self.scores = None
         self.selected = 0
+        self._majority = None
 
     @property
     def has_prompts(self) -> bool:
@@ -391,11 +393,18 @@ class Session:
         return None if self.scores is None else float(self.scores[self.selected])
 
     def majority_class(self, mask: Optional[np.ndarray] = None) -> Optional[int]:
-        """The most frequent current class under the mask (default: the selected candidate)."""
-        mask = self.selected_mask if mask is None else np.asarray(mask, bool)
-        if mask is None:
+        """The most frequent current class under the mask (default: the selected candidate,
+        remembered until the candidates, the selection or the labels change: an event's
+        picture, summary and status all ask for it)."""
+        if mask is not None:
+            return majority_class(self.labels, np.asarray(mask, bool), self.num_classes)
+        if self.candidates is None:
             return None
-        return majority_class(self.labels, mask, self.num_classes)
+        known = self._majority
+        if known is None or known[0] is not self.candidates or known[1:3] != (self.selected, self.labels_version):
+            value = majority_class(self.labels, self.selected_mask, self.num_classes)
+            known = self._majority = (self.candidates, self.selected, self.labels_version, value)
+        return known[3]
 
     # ------------------------------------------------------------------ edits
     def _labels_changed(self) -> None:
