@@ -113,15 +113,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ============================================================================ errors
 
-def friendly(fn, shutdown: Optional[Shutdown] = None):
+def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False):
     """Turns every exception of a handler into a gr.Error with a user-facing message (a job
     cut short included). With `shutdown` the handler runs as one of its jobs: refused while
-    the server stops, answered in plain words when the stop cuts it short."""
+    the server stops, answered in plain words when the stop cuts it short (`quick` handlers,
+    milliseconds long, run inline: see `Shutdown.run`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs) if shutdown is None else shutdown.run(fn, *args, **kwargs)
+            if shutdown is None:
+                return fn(*args, **kwargs)
+            return shutdown.run(fn, *args, inline=quick, **kwargs)
         except gr.Error:
             raise
         except (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt) as exc:
@@ -519,6 +522,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         outputs = studio.ui.outputs()
         style = [opacity]
         job = functools.partial(friendly, shutdown=studio.shutdown)
+        quick_job = functools.partial(friendly, shutdown=studio.shutdown, quick=True)  # clicks and edits
         # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
         # Progress and errors show on one status line each, not on every output panel.
         heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_CONCURRENCY, show_progress_on=[run_status])
@@ -543,20 +547,20 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         show_progress="hidden")
         run.click(job(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
                   outputs, api_name="segment", **heavy)
-        view.select(job(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
-        viewer.pano_click(job(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
+        view.select(quick_job(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
+        viewer.pano_click(quick_job(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
                           **light)
-        apply_prompt.click(job(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
-        candidates.input(job(studio.select_candidate), [candidates, session, *style], outputs,
+        apply_prompt.click(quick_job(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
+        candidates.input(quick_job(studio.select_candidate), [candidates, session, *style], outputs,
                          api_name="select_candidate", **light)
-        assign.click(job(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
-        undo.click(job(studio.undo), [session, *style], outputs, api_name="undo", **light)
-        clear.click(job(studio.clear), [session, *style], outputs, api_name="clear", **light)
+        assign.click(quick_job(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
+        undo.click(quick_job(studio.undo), [session, *style], outputs, api_name="undo", **light)
+        clear.click(quick_job(studio.clear), [session, *style], outputs, api_name="clear", **light)
         refine.click(job(studio.refine_instances), [pps, session, *style], outputs,
                      api_name="refine_instances", **heavy)
         export.click(job(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
         demo.unload(studio.tab_closed)
-        opacity.change(job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
+        opacity.change(quick_job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo
 
 

@@ -49,6 +49,22 @@ def test_jobs_run_with_their_context_and_their_result_or_error():
     assert shutdown.running == 0 and not shutdown.closing
 
 
+def test_quick_jobs_run_inline_and_count_as_running():
+    shutdown = Shutdown()
+    seen = {}
+
+    def job():
+        seen["thread"] = threading.current_thread()
+        seen["running"] = shutdown.running
+        return 7
+
+    assert shutdown.run(job, inline=True) == 7
+    assert seen == {"thread": threading.current_thread(), "running": 1} and shutdown.running == 0
+    shutdown.drain(0.0)
+    with pytest.raises(ServerRestarting):
+        shutdown.run(job, inline=True)
+
+
 def test_drain_lets_a_running_job_finish_and_refuses_new_ones():
     shutdown = Shutdown()
     started, release = threading.Event(), threading.Event()

@@ -77,15 +77,23 @@ class Shutdown:
         with self._lock:
             return len(self._running)
 
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Any], *args: Any, inline: bool = False, **kwargs: Any) -> Any:
         """fn(*args, **kwargs) as one job: its result or its exception; `ServerRestarting`
         once `drain` began, `JobCutShort` when the grace ended first. `fn` runs in a copy of
-        the caller's context (a UI's progress bar and notices keep working)."""
+        the caller's context (a UI's progress bar and notices keep working). `inline`: for
+        jobs that take milliseconds (clicks, edits), which always finish within the grace:
+        they run in the caller's thread, without the hop to a thread of their own."""
         job = _Job()
         with self._lock:
             if self._closing:
                 raise ServerRestarting()
             self._running.add(job)
+        if inline:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._running.discard(job)
         context = contextvars.copy_context()
 
         def work() -> None:
