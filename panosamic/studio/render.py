@@ -80,15 +80,21 @@ def overlay(image: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray
     if labels is not None and opacity > 0:
         lab = resize_erp(np.asarray(labels), h, w, nearest=True)
         k = len(palette)
-        lut = np.zeros((k + 1, 3), np.uint8)
-        lut[:k] = palette
-        idx = np.where((lab >= 0) & (lab < k), lab, k)
-        colors = lut[idx]
+        if lab.dtype == np.uint8:  # the sessions' labels: OpenCV's table look-up, one pass
+            table = np.zeros((256, 1, 3), np.uint8)
+            table[:k, 0] = palette
+            colors = cv2.LUT(cv2.merge([lab, lab, lab]), table)
+            invalid = lab >= k
+        else:
+            table = np.zeros((k + 1, 3), np.uint8)
+            table[:k] = palette
+            idx = np.where((lab >= 0) & (lab < k), lab, k)
+            colors = table[idx]
+            invalid = idx == k
         a = float(np.clip(opacity, 0.0, 1.0))
         out = cv2.addWeighted(img, 1.0 - a, colors, a, 0.0)
-        invalid = idx == k
         if invalid.any():  # unlabelled pixels keep the photo
-            out[invalid] = img[invalid]
+            cv2.copyTo(img, invalid.view(np.uint8), out)
     if mask is not None:
         out = highlight_mask(out, resize_erp(np.asarray(mask, bool), h, w, nearest=True), mask_color)
     return np.ascontiguousarray(out)
@@ -182,18 +188,20 @@ def point_cloud_figure(depth: np.ndarray, labels: Optional[np.ndarray], palette:
     pts, idx = _sample_points(depth, max_points, max_depth)
     if labels is not None:
         lab = np.asarray(labels).ravel()[idx]
-        valid = (lab >= 0) & (lab < len(palette))
-        colors = np.zeros((len(idx), 3), np.uint8)
-        colors[valid] = palette[lab[valid]]
-        names = np.asarray(list(classes) + ["unlabelled"], dtype=object)[np.where(valid, lab, len(classes))]
+        k = len(palette)
+        code = np.where((lab >= 0) & (lab < k), lab, k)
+        # one colour string per class, looked up per point (not formatted per point)
+        color_names = np.asarray(_rgb_strings(palette) + ["#000000"], dtype=object)[code].tolist()
+        names = np.asarray(list(classes) + ["unlabelled"], dtype=object)[code]
     else:
         colors = (np.asarray(image)[..., :3].reshape(-1, 3)[idx] if image is not None
                   else np.full((len(idx), 3), 200, np.uint8))
+        color_names = _rgb_strings(colors)
         names = np.asarray(["point"] * len(idx), dtype=object)
     dist = np.linalg.norm(pts, axis=1)
     scatter = dict(
         type="scatter3d", x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="markers",
-        marker=dict(size=marker_size, color=_rgb_strings(colors), line=dict(width=0)),
+        marker=dict(size=marker_size, color=color_names, line=dict(width=0)),
         text=names.tolist(), customdata=dist.astype(np.float32),
         hovertemplate="%{text}<br>%{customdata:.2f} m<extra></extra>", name="points",
     )
