@@ -12,7 +12,9 @@ loopback port and drives it through `gradio_client`, as a Space's users and API 
 * `--clients` concurrent users on the 1024x512 examples, each Run then clicks, assigns and
   undoes while the others run: per-endpoint p50/p95 and errors;
 * after the users leave (sessions closed by the idle timeout): RSS against its start, and the
-  export files left; after SIGTERM, whether the export folder is gone.
+  export files left; after SIGTERM, whether the export folder is gone;
+* the floor under every round trip on this machine: a Gradio app with one echo endpoint, in
+  this process, driven the same way (`gradio_echo_p50_s`).
 
 Prints one JSON object (progress notes on stderr). Bounded: loopback only, a fixed number of
 requests, every wait has a time limit.
@@ -194,6 +196,27 @@ def _files_under(folders: List[Path]) -> int:
     return sum(1 for d in folders for p in d.rglob("*") if p.is_file())
 
 
+def gradio_echo_round_trip(requests: int = 15) -> Dict:
+    """p50/p90 seconds of a round trip to a Gradio endpoint that returns its input (the
+    queue, the event stream and gradio_client, nothing of ours) on a free loopback port."""
+    import gradio as gr
+    from gradio_client import Client
+
+    from .app_process import free_port
+
+    port = free_port()
+    with gr.Blocks() as echo_app:
+        box = gr.Textbox()
+        gr.Button().click(lambda x: x, box, box, api_name="echo")
+    echo_app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        times = [_timed(client.predict, "x", api_name="/echo")[0] for _ in range(requests)]
+    finally:
+        echo_app.close()
+    return {"gradio_echo_p50_s": _pct(times, 50), "gradio_echo_p90_s": _pct(times, 90)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1024,4096,8192", help="panorama widths (height = width / 2)")
@@ -208,7 +231,9 @@ def main(argv=None) -> int:
     panoramas = make_panoramas(work, widths)
     examples = [[str(ROOT / "assets" / "examples" / f"{n}_{k}") for k in ("rgb.jpg", "depth.png", "normals.png")]
                 for n in ("office", "conference", "lounge", "corridor", "storage", "seam")]
-    result: Dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+    from panosamic.bench import _cpu_name
+
+    result: Dict = {"machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
                     "checkpoint": "assets/demo", "sizes": [], "concurrent": None, "after_users_leave": None}
     idle_min = args.idle_s / 60
     with running_app(["--checkpoint", str(ROOT / "assets" / "demo"), "--session-idle-min", str(idle_min)],
@@ -236,6 +261,7 @@ def main(argv=None) -> int:
                                        "rss_delta_mb": round(rss_after - rss_before, 1), "export_files_left": left}
         roots = _export_root(pid)
     result["after_shutdown"] = {"export_folders_left": sum(1 for r in roots if r.exists())}
+    result["floor"] = gradio_echo_round_trip()
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
