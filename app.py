@@ -149,7 +149,7 @@ def panorama_input(**kwargs) -> gr.Image:
 
     def checked(payload):
         path = getattr(payload, "path", None)
-        if path:  # the header first: Gradio's own preprocess decodes the whole picture
+        if path:  # the header first: Gradio's own preprocess opens the file with PIL
             try:
                 read_header(path, "image")
             except PanoSAMicError as exc:
