@@ -113,7 +113,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ============================================================================ errors
 
-def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False):
+def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0):
     """Turns every exception of a handler into a gr.Error with a user-facing message (a job
     cut short included). With `shutdown` the handler runs as one of its jobs: refused while
     the server stops, answered in plain words when the stop cuts it short (`quick` handlers,
@@ -124,7 +124,7 @@ def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False):
         try:
             if shutdown is None:
                 return fn(*args, **kwargs)
-            return shutdown.run(fn, *args, inline=quick, **kwargs)
+            return shutdown.run(fn, *args, inline=quick, nice=nice, **kwargs)
         except gr.Error:
             raise
         except (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt) as exc:
@@ -430,6 +430,7 @@ LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes millisecond
 # Runs and SAM instances let in at once: the backend still decodes one upload and computes one
 # encoding at a time (StudioBackend's locks), but a second user's bad file is refused from its
 # header or content while another Run encodes, instead of waiting in the queue behind it.
+HEAVY_NICE = 10         # how much lower the CPU priority of heavy jobs is (Linux nice levels)
 HEAVY_CONCURRENCY = 2
 
 
@@ -521,7 +522,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                edit_status)
         outputs = studio.ui.outputs()
         style = [opacity]
-        job = functools.partial(friendly, shutdown=studio.shutdown)
+        # Run, SAM instances and export run at a lower CPU priority than clicks and edits, so
+        # that a click stays quick while other users' heavy jobs keep the cores busy.
+        job = functools.partial(friendly, shutdown=studio.shutdown, nice=HEAVY_NICE)
         quick_job = functools.partial(friendly, shutdown=studio.shutdown, quick=True)  # clicks and edits
         # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
         # Progress and errors show on one status line each, not on every output panel.

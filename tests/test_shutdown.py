@@ -9,6 +9,7 @@ tests/gated_app.py, whose encoder waits until the test opens its gate.
 from __future__ import annotations
 
 import contextvars
+import os
 import signal
 import threading
 from pathlib import Path
@@ -63,6 +64,16 @@ def test_quick_jobs_run_inline_and_count_as_running():
     shutdown.drain(0.0)
     with pytest.raises(ServerRestarting):
         shutdown.run(job, inline=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are set on Linux only")
+def test_a_heavy_job_runs_at_a_lower_priority_in_its_own_thread():
+    def priority():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = priority()
+    assert Shutdown().run(priority, nice=5) == min(mine + 5, 19)
+    assert priority() == mine  # the caller (a UI's worker thread, reused for clicks) keeps its own
 
 
 def test_drain_lets_a_running_job_finish_and_refuses_new_ones():

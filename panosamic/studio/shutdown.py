@@ -20,6 +20,7 @@ the connection drop.
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 import time
 from typing import Any, Callable, Optional, Set
@@ -77,12 +78,14 @@ class Shutdown:
         with self._lock:
             return len(self._running)
 
-    def run(self, fn: Callable[..., Any], *args: Any, inline: bool = False, **kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Any], *args: Any, inline: bool = False, nice: int = 0, **kwargs: Any) -> Any:
         """fn(*args, **kwargs) as one job: its result or its exception; `ServerRestarting`
         once `drain` began, `JobCutShort` when the grace ended first. `fn` runs in a copy of
         the caller's context (a UI's progress bar and notices keep working). `inline`: for
         jobs that take milliseconds (clicks, edits), which always finish within the grace:
-        they run in the caller's thread, without the hop to a thread of their own."""
+        they run in the caller's thread, without the hop to a thread of their own. `nice`:
+        the job's thread runs at this lower CPU priority (Linux), and so do the worker threads
+        it starts (torch's, the decoders'), which inherit it."""
         job = _Job()
         with self._lock:
             if self._closing:
@@ -97,6 +100,8 @@ class Shutdown:
         context = contextvars.copy_context()
 
         def work() -> None:
+            if nice:
+                _lower_priority(nice)
             try:
                 job.result = context.run(fn, *args, **kwargs)
             except BaseException as exc:  # noqa: BLE001  (handed to the caller as it is)
@@ -151,6 +156,16 @@ class Shutdown:
                 return False
             time.sleep(_POLL_S)
             now = time.monotonic()
+
+
+def _lower_priority(nice: int) -> None:
+    """Raises this thread's nice value by `nice` (Linux keeps one per thread); nothing where
+    that is not possible."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        pass
 
 
 __all__ = ["Shutdown", "ServerRestarting", "JobCutShort", "SHUTDOWN_GRACE_S", "DELIVER_S", "SETTLE_S"]
