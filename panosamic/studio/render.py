@@ -242,10 +242,10 @@ VIEWER_LABELS_SIZE = (256, 512)   # (h, w) of the hover label map the 360° view
 UNLABELLED = 255
 
 
-def _data_url(kind: str, encoded: np.ndarray) -> str:
+def _data_url(kind: str, data: bytes) -> str:
     import base64
 
-    return f"data:image/{kind};base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
 
 def view_jpeg(view: np.ndarray, quality: int = 85) -> bytes:
@@ -264,8 +264,6 @@ def viewer_payload(s, view_jpeg_bytes: bytes) -> dict:
     of what `view_image` made) as its texture, the class under each direction as a 512x256 grey
     PNG (class index, 255 = unlabelled) for hovering, and the class names. A few hundred KB at
     the 2048-pixel working width."""
-    import base64
-
     import cv2
 
     lab = resize_erp(np.asarray(s.labels), *VIEWER_LABELS_SIZE, nearest=True).astype(np.uint8)
@@ -273,8 +271,8 @@ def viewer_payload(s, view_jpeg_bytes: bytes) -> dict:
     ok, png = cv2.imencode(".png", lab)
     if not ok:
         raise RuntimeError("encoding the viewer's label map failed")
-    texture = "data:image/jpeg;base64," + base64.b64encode(view_jpeg_bytes).decode("ascii")
-    return {"texture": texture, "labels": _data_url("png", png), "classes": list(s.classes)}
+    return {"texture": _data_url("jpeg", view_jpeg_bytes), "labels": _data_url("png", png.tobytes()),
+            "classes": list(s.classes)}
 
 
 def point_cloud_view(s):

@@ -171,11 +171,14 @@ class SessionStore:
         """Writes the session's current ERP picture (JPEG bytes) to its one view file and returns
         the path, for the UI to serve (it copies the file into its own cache). Atomic: a reader
         sees the previous picture or this one, never part of one."""
-        path = self.root / f"{id(s):x}-view.jpg"
+        path = self._view_path(s)
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         tmp.write_bytes(jpeg)
         os.replace(tmp, path)
         return str(path)
+
+    def _view_path(self, s: Session) -> Path:
+        return self.root / f"{id(s):x}-view.jpg"
 
     # ----------------------------------------------------------------- release
     def close(self, s: Session, reason: str = "closed") -> None:
@@ -192,7 +195,7 @@ class SessionStore:
             if s.export_dir is not None:
                 shutil.rmtree(s.export_dir, ignore_errors=True)
                 s.export_dir = None
-            (self.root / f"{id(s):x}-view.jpg").unlink(missing_ok=True)
+            self._view_path(s).unlink(missing_ok=True)
             s.release(reason)
 
     def _enforce_budget(self, keep: Optional[Session] = None) -> int:
