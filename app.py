@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gradio as gr
+from gradio.components.plot import PlotData  # the point cloud arrives as plotly JSON (render.plotly_json)
 
 from panosamic.errors import PanoSAMicError
 from panosamic.io import read_header
@@ -245,7 +246,8 @@ class Studio:
         key_3d = (s.labels_version,)
         if s.rendered_3d != key_3d:
             s.rendered_3d = key_3d
-            out[ui.plot] = render.point_cloud_view(s)
+            cloud = render.point_cloud_view(s)
+            out[ui.plot] = None if cloud is None else PlotData(type="plotly", plot=cloud)
         if clear_downloads:
             out[ui.downloads] = None
         return out

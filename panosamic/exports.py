@@ -28,13 +28,16 @@ _STATS_TILE_ROWS = 256
 
 
 def class_stats(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
-                depth: Optional[np.ndarray] = None) -> List[Dict]:
+                depth: Optional[np.ndarray] = None,
+                known_medians: Optional[Dict[int, Optional[float]]] = None) -> List[Dict]:
     """One dict per class: index, name, color [r, g, b], hex (#rrggbb), pixels, pixel_share,
     sphere_share, steradians and, with depth, median_distance_m (valid depth only, else None).
     The app's downloads and the CLI's <stem>_stats.json share this format.
 
     sphere_share weights each pixel by its solid angle (cos latitude); shares sum to 1
     over the classes present (labels outside 0..K-1 count as unlabelled).
+    `known_medians` {class: median} are taken as they are (a caller that knows which classes
+    an edit touched passes the others' medians: the medians are most of the cost).
     """
     labels = np.asarray(labels)
     h, w = labels.shape
@@ -56,12 +59,17 @@ def class_stats(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
     total_sr = float(sr.sum()) or 1.0
     medians: List[Optional[float]] = [None] * k
     if depth is not None:
-        d = np.asarray(depth, dtype=np.float64)
-        good = (labels >= 0) & (labels < k) & np.isfinite(d) & (d > 0)
+        known = known_medians or {}
+        todo = [int(c) for c in np.flatnonzero(pixels) if int(c) not in known]
         for c in np.flatnonzero(pixels):
-            sel = good & (labels == c)
-            if sel.any():
-                medians[c] = round(float(np.median(d[sel])), 4)
+            medians[c] = known.get(int(c))
+        if todo:
+            d = np.asarray(depth)
+            good = np.isfinite(d) & (d > 0)
+            for c in todo:
+                values = d[good & (labels == c)]
+                if values.size:  # the median in float64, as before, of the class's (float32) depths
+                    medians[c] = round(float(np.median(values.astype(np.float64))), 4)
     out = []
     for c in range(k):
         r, g, b = (int(x) for x in palette[c])
@@ -117,7 +125,9 @@ def save_rgb_png(path: str, rgb: np.ndarray, compression: int = 3) -> str:
     """uint8 RGB (H, W, 3) as PNG; zlib level 3 keeps an 8K map to about a second."""
     import cv2
 
-    bgr = np.ascontiguousarray(np.asarray(rgb, np.uint8)[..., ::-1])
+    from .io import swap_red_blue
+
+    bgr = swap_red_blue(np.asarray(rgb, np.uint8))
     if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]):
         raise OSError(f"could not write {path}")
     return str(path)

@@ -139,16 +139,34 @@ def test_draw_prompts_marks_points_and_wrapping_box():
 
 
 def test_point_cloud_figure_at_true_distances():
+    import base64
+    import json
+
+    from panosamic.exports import _sample_points
+
     depth = np.full((32, 64), 3.0)
     depth[:, :10] = np.nan
     labels = np.full((32, 64), 8)
-    fig = render.point_cloud_figure(depth, labels, DS.palette, DS.classes, max_points=500)
-    pts = fig.data[0]
-    n = len(pts.x)
+    labels[:16] = 2
+    points, idx = _sample_points(depth, 500)
+    fig = json.loads(render.plotly_json(render.point_cloud_figure(points, labels.ravel()[idx], DS.palette, DS.classes)))
+    traces = {t["name"]: t for t in fig["data"]}
+    assert set(traces) == {DS.classes[2], DS.classes[8], "camera"}   # one trace per class present
+
+    def values(v):  # typed arrays as plotly.js reads them
+        return np.frombuffer(base64.b64decode(v["bdata"]), np.dtype(v["dtype"]))
+
+    n = 0
+    for c in (2, 8):
+        t = traces[DS.classes[c]]
+        x, y, z = (values(t[a]) for a in "xyz")
+        n += len(x)
+        r = np.sqrt(x.astype(np.float64) ** 2 + y ** 2 + z ** 2)
+        np.testing.assert_allclose(r, 3.0, rtol=1e-5)
+        np.testing.assert_allclose(values(t["customdata"]), 3.0, rtol=1e-5)
+        assert t["marker"]["color"] == "#%02x%02x%02x" % tuple(DS.palette[c])
+        assert (z > 0).all() if c == 2 else (z < 0).all()   # the upper half is class 2
     assert 100 < n <= 600
-    r = np.sqrt(np.asarray(pts.x) ** 2 + np.asarray(pts.y) ** 2 + np.asarray(pts.z) ** 2)
-    np.testing.assert_allclose(r, 3.0, rtol=1e-5)
-    assert pts.text[0] == "floor" and float(pts.customdata[0]) == pytest.approx(3.0)
 
 
 def test_label_png_round_trip(tmp_path):

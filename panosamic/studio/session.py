@@ -160,8 +160,10 @@ class Session:
         self.export_dir: Optional[Path] = None
         self.rendered_3d: Optional[tuple] = None  # what the 3D view shows now (labels_version, mode, opacity)
         self.view_base: Optional[tuple] = None    # ((labels_version, opacity), photo blended with labels)
+        self.cloud: Optional[tuple] = None        # the 3D view's sampled depth: (points (N, 3) m, flat indices)
         self._majority: Optional[tuple] = None    # (candidates, selected, labels_version, majority class)
         self._stats: Optional[Tuple[int, List[Dict]]] = None
+        self._medians: Dict[int, Optional[float]] = {}  # classes whose median distance is still right
 
     # ------------------------------------------------------------------ basics
     @property
@@ -182,7 +184,7 @@ class Session:
     def nbytes(self) -> int:
         """Memory this session holds (the shared embeddings included)."""
         arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates,
-                  self.view_base[1] if self.view_base else None]
+                  self.view_base[1] if self.view_base else None, *(self.cloud or ())]
         total = sum(a.nbytes for a in arrays if a is not None)
         total += sum(u.nbytes for u in self._undo) + sum(r.nbytes for r in self.refined)
         state_bytes = getattr(self.state, "nbytes", 0)
@@ -194,7 +196,8 @@ class Session:
         self.image = self.depth = self.candidates = self.scores = None  # type: ignore[assignment]
         self.labels = self.initial_labels = self.edited = None  # type: ignore[assignment]
         self.state = None
-        self.refined, self._undo, self._stats, self.view_base = [], [], None, None
+        self.refined, self._undo, self._stats, self.view_base, self.cloud = [], [], None, None, None
+        self._medians = {}
 
     def class_index(self, cls: Any) -> int:
         """Index of a class given as index, numeric string or (case-insensitive) name."""
@@ -223,7 +226,7 @@ class Session:
     def _push_prompts(self) -> None:
         self._push(UndoStep("prompts", self._prompt_snapshot()))
 
-    def _push_labels(self, changed: np.ndarray) -> None:
+    def _push_labels(self, changed: np.ndarray) -> UndoStep:
         """Remembers the labels and edited flags in the bounding box of `changed`."""
         region = _bbox(changed)
         step = UndoStep("labels", self._prompt_snapshot(), region, refined_count=len(self.refined))
@@ -232,6 +235,7 @@ class Session:
             step.labels = self.labels[r0:r1, c0:c1].copy()
             step.edited = np.packbits(self.edited[r0:r1, c0:c1])
         self._push(step)
+        return step
 
     @property
     def can_undo(self) -> bool:
@@ -252,10 +256,11 @@ class Session:
             return "prompts"
         if step.region is not None:
             r0, r1, c0, c1 = step.region
+            before = self.labels[r0:r1, c0:c1].copy()
             self.labels[r0:r1, c0:c1] = step.labels
             n = (r1 - r0) * (c1 - c0)
             self.edited[r0:r1, c0:c1] = np.unpackbits(step.edited, count=n).astype(bool).reshape(r1 - r0, c1 - c0)
-            self._labels_changed()
+            self._labels_changed(step.region, before)
         del self.refined[step.refined_count:]
         self._restore_prompts(step.prompts)
         return "labels"
@@ -407,9 +412,19 @@ class Session:
         return known[3]
 
     # ------------------------------------------------------------------ edits
-    def _labels_changed(self) -> None:
+    def _labels_changed(self, region: Optional[Tuple[int, int, int, int]], before: Optional[np.ndarray]) -> None:
+        """The labels in `region` (r0, r1, c0, c1) changed from `before`: the classes that lost or
+        gained pixels there get their median distance recomputed by `stats`, the others keep it."""
         self.labels_version += 1
         self._stats = None
+        if region is None or before is None:
+            return
+        r0, r1, c0, c1 = region
+        after = self.labels[r0:r1, c0:c1]
+        diff = before != after
+        touched = np.bincount(before[diff], minlength=256) + np.bincount(after[diff], minlength=256)
+        for c in np.flatnonzero(touched):
+            self._medians.pop(int(c), None)
 
     def assign(self, cls: Any, mask: Optional[np.ndarray] = None) -> int:
         """Writes class `cls` into the label map under `mask` (working size; default: the
@@ -427,13 +442,13 @@ class Session:
         if not mask.any():
             raise InputError("the mask is empty: nothing to assign")
         changed = int(np.count_nonzero(mask & (self.labels != idx)))
-        self._push_labels(mask)
+        step = self._push_labels(mask)
         self.labels[mask] = idx
         self.edited |= mask
         self.refined.append(RefinedMask.from_mask(mask, idx, score, "prompt"))
         self.points, self.point_labels, self.box, self.pending_corner = [], [], None, None
         self._drop_candidates()
-        self._labels_changed()
+        self._labels_changed(step.region, step.labels)
         return changed
 
     def apply_labels(self, labels: np.ndarray, masks: Sequence[Tuple[np.ndarray, int, Optional[float]]] = (),
@@ -445,19 +460,22 @@ class Session:
         if labels.shape != self.shape:
             raise InputError(f"labels {labels.shape} do not match the working size {self.shape}")
         changed = labels != self.labels
-        self._push_labels(changed)
+        step = self._push_labels(changed)
         self.labels[changed] = labels[changed]
         self.edited |= changed
         for m, c, s in masks:
             self.refined.append(RefinedMask.from_mask(m, c, s, source))
-        self._labels_changed()
+        self._labels_changed(step.region, step.labels)
         return int(np.count_nonzero(changed))
 
     # ------------------------------------------------------------------ outputs
     def stats(self) -> List[Dict]:
-        """`class_stats` of the working map (cached until the labels change)."""
+        """`class_stats` of the working map (cached until the labels change; after an edit only
+        the classes it touched get their median distance recomputed)."""
         if self._stats is None or self._stats[0] != self.labels_version:
-            self._stats = (self.labels_version, class_stats(self.labels, self.classes, self.palette, self.depth))
+            stats = class_stats(self.labels, self.classes, self.palette, self.depth, known_medians=self._medians)
+            self._medians = {row["index"]: row.get("median_distance_m") for row in stats if row["pixels"]}
+            self._stats = (self.labels_version, stats)
         return self._stats[1]
 
     def summary(self) -> Dict[str, Any]:
