@@ -3,7 +3,9 @@
     python -m devtools.bench_app [--sizes 1024,4096,8192] [--clients 20] [--out bench_app.json]
 
 Starts `python app.py --checkpoint assets/demo` (the bundled demo model, offline) on a free
-loopback port and drives it through `gradio_client`, as a Space's users and API clients do:
+loopback port and drives it through `gradio_client`, as a Space's users and API clients do,
+and (for clicks, assign and undo, the `_http` figures) through Gradio's HTTP API in the same
+session, as curl and the page's JavaScript do, without gradio_client's 50 ms polling:
 
 * per size (the office example enlarged to W x W/2): Run (total, model stages, and the
   overhead = total - model stages), clicks (prompt round trips, p50/p90), assign, undo,
@@ -14,7 +16,7 @@ loopback port and drives it through `gradio_client`, as a Space's users and API 
 * after the users leave (sessions closed by the idle timeout): RSS against its start, and the
   export files left; after SIGTERM, whether the export folder is gone;
 * the floor under every round trip on this machine: a Gradio app with one echo endpoint, in
-  this process, driven the same way (`gradio_echo_p50_s`).
+  this process, driven the same two ways (`gradio_echo_p50_s`, `gradio_echo_p50_s_http`).
 
 Prints one JSON object (progress notes on stderr). Bounded: loopback only, a fixed number of
 requests, every wait has a time limit.
@@ -95,6 +97,39 @@ def _segment(c, p):
                      api_name="/segment")
 
 
+class HttpApi:
+    """Gradio's documented HTTP API, as curl and the page's own JavaScript client use it: POST
+    /gradio_api/call/<name>, then read that event's stream. It waits on the stream itself, where
+    gradio_client checks for new messages every 50 ms (two or three checks per call), so its
+    round trips show the app's own latency. `session_hash` shares a gradio_client's session."""
+
+    def __init__(self, url: str, session_hash: str):
+        import httpx
+
+        self.base = url.rstrip("/") + "/gradio_api/call/"
+        self.session_hash = session_hash
+        self.http = httpx.Client(timeout=120)
+        # the endpoints' parameters, to fill in defaults as gradio_client does
+        self.endpoints = self.http.get(url.rstrip("/") + "/gradio_api/info").json()["named_endpoints"]
+
+    def predict(self, *data, api_name: str):
+        name = api_name.lstrip("/")
+        params = self.endpoints["/" + name]["parameters"]
+        data = list(data) + [q.get("parameter_default") for q in params[len(data):]]
+        r = self.http.post(self.base + name, json={"data": data, "session_hash": self.session_hash})
+        r.raise_for_status()
+        event = None
+        with self.http.stream("GET", f"{self.base}{name}/{r.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    if event == "error":
+                        raise RuntimeError(f"{api_name}: {line[5:].strip()[:200]}")
+                    return json.loads(line[5:])
+        raise RuntimeError(f"{api_name}: the event stream ended without a result")
+
+
 def _timed(fn, *a, **k):
     t0 = time.perf_counter()
     out = fn(*a, **k)
@@ -112,17 +147,21 @@ def bench_size(url: str, pid: int, paths: List[str], width: int, clicks: int, se
     info = out[5]
     model_s = sum(v for k, v in info["timings_s"].items() if k in MODEL_STAGES)
     peak = _proc_status(pid)["VmHWM"]
-    click_s = []
-    for _ in range(clicks):
-        pt = [rng.uniform(0, width - 1), rng.uniform(h * 0.2, h * 0.8)]
-        dt, _ = _timed(c.predict, json.dumps({"points": [pt], "labels": [1]}), api_name="/prompt")
-        click_s.append(dt)
-    assign_s, undo_s = [], []
-    for i in range(3):
-        c.predict(json.dumps({"points": [[width * (0.2 + 0.2 * i), h * 0.6]]}), api_name="/prompt")
-        assign_s.append(_timed(c.predict, "", None, api_name="/assign")[0])
-    for _ in range(3):
-        undo_s.append(_timed(c.predict, api_name="/undo")[0])
+    # the same session through both clients: gradio_client (Python users) and the HTTP API
+    timings: Dict[str, Dict[str, List[float]]] = {}
+    for via, api in (("client", c), ("http", HttpApi(url, c.session_hash))):
+        click_s = []
+        for _ in range(clicks):
+            pt = [rng.uniform(0, width - 1), rng.uniform(h * 0.2, h * 0.8)]
+            dt, _ = _timed(api.predict, json.dumps({"points": [pt], "labels": [1]}), api_name="/prompt")
+            click_s.append(dt)
+        assign_s, undo_s = [], []
+        for i in range(3):
+            api.predict(json.dumps({"points": [[width * (0.2 + 0.2 * i), h * 0.6]]}), api_name="/prompt")
+            assign_s.append(_timed(api.predict, "", None, api_name="/assign")[0])
+        for _ in range(3):
+            undo_s.append(_timed(api.predict, api_name="/undo")[0])
+        timings[via] = {"click": click_s, "assign": assign_s, "undo": undo_s}
     c.predict(json.dumps({"points": [[width * 0.3, h * 0.6]]}), api_name="/prompt")
     c.predict("", None, api_name="/assign")
     export_s, (files, _) = _timed(c.predict, api_name="/export")
@@ -140,8 +179,9 @@ def bench_size(url: str, pid: int, paths: List[str], width: int, clicks: int, se
         "width": width, "height": h,
         "segment_s": round(seg_s, 3), "model_stages_s": round(model_s, 3),
         "segment_overhead_s": round(seg_s - model_s, 3),
-        "click_p50_s": _pct(click_s, 50), "click_p90_s": _pct(click_s, 90),
-        "assign_p50_s": _pct(assign_s, 50), "undo_p50_s": _pct(undo_s, 50), "export_s": round(export_s, 3),
+        **{f"{what}_{q}_s" + ("" if via == "client" else "_http"): _pct(timings[via][what], int(q[1:]))
+           for via in timings for what, q in (("click", "p50"), ("click", "p90"), ("assign", "p50"), ("undo", "p50"))},
+        "export_s": round(export_s, 3),
         "export_files": len(files),
         "peak_rss_during_segment_mb": round(peak, 1),
         "kept_per_idle_session_mb": round((rss1 - rss0) / max(1, sessions), 1),
@@ -212,9 +252,12 @@ def gradio_echo_round_trip(requests: int = 15) -> Dict:
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         times = [_timed(client.predict, "x", api_name="/echo")[0] for _ in range(requests)]
+        http = HttpApi(f"http://127.0.0.1:{port}/", client.session_hash)
+        http_times = [_timed(http.predict, "x", api_name="/echo")[0] for _ in range(requests)]
     finally:
         echo_app.close()
-    return {"gradio_echo_p50_s": _pct(times, 50), "gradio_echo_p90_s": _pct(times, 90)}
+    return {"gradio_echo_p50_s": _pct(times, 50), "gradio_echo_p90_s": _pct(times, 90),
+            "gradio_echo_p50_s_http": _pct(http_times, 50), "gradio_echo_p90_s_http": _pct(http_times, 90)}
 
 
 def main(argv=None) -> int:
