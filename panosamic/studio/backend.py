@@ -203,15 +203,16 @@ class StudioBackend:
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
         key = self.checkpoints.key(choice, self.device, self.dtype)  # refuses what is not allowed first
         notes: List[str] = []
+        t0 = time.perf_counter()
         image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes,
                                                   decoding=self._decoding)
+        timings: Dict[str, float] = {"read": time.perf_counter() - t0}
         mods = self.checkpoints.modalities(choice)
         if mods is not None:
             given = {"image": True, "depth": depth is not None, "normals": normals is not None}
             missing = [MODALITY_NAMES[m] for m in mods if not given[m]]
             if missing:
                 raise _missing(missing)
-        timings: Dict[str, float] = {}
         with self._compute(progress):
             if not self.registry.loaded(key):
                 # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
