@@ -7,8 +7,9 @@ loopback port and drives it through `gradio_client`, as a Space's users and API 
 and (for clicks, assign and undo, the `_http` figures) through Gradio's HTTP API in the same
 session, as curl and the page's JavaScript do, without gradio_client's 50 ms polling:
 
-* per size (the office example enlarged to W x W/2): Run (total, model stages, and the
-  overhead = total - model stages), clicks (prompt round trips, p50/p90), assign, undo,
+* per size (the office example enlarged to W x W/2): Run (`--runs` Runs of panoramas that
+  differ in one corner, so each encodes anew; medians of the total, the model stages, the
+  overhead = total - model stages, and of reading the uploads), clicks (prompt round trips, p50/p90), assign, undo,
   export (full resolution), peak RSS of the app during the Run, and the memory kept per idle
   session (RSS growth over several sessions of that panorama, per session);
 * `--clients` concurrent users on the 1024x512 examples, each Run then clicks, assigns and
@@ -69,24 +70,30 @@ def _pct(values: List[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 4) if values else float("nan")
 
 
-def make_panoramas(out: Path, widths: List[int]) -> Dict[int, List[str]]:
-    """The office example enlarged to each width (JPEG 90 as cameras write, depth/normals PNG)."""
+def make_panoramas(out: Path, widths: List[int], variants: int = 1) -> Dict[int, List[List[str]]]:
+    """The office example enlarged to each width (JPEG 90 as cameras write, depth/normals PNG):
+    `variants` panoramas per width that differ in one corner of the photo, so that each Run
+    encodes anew (the embedding cache keys on the files' content)."""
     import cv2
 
     src = ROOT / "assets" / "examples"
     rgb = cv2.imread(str(src / "office_rgb.jpg"))
     depth = cv2.imread(str(src / "office_depth.png"), cv2.IMREAD_UNCHANGED)
     normals = cv2.imread(str(src / "office_normals.png"))
-    paths = {}
+    paths: Dict[int, List[List[str]]] = {}
     for w in widths:
         h = w // 2
-        d = out / f"w{w}"
-        d.mkdir(parents=True, exist_ok=True)
-        p = [str(d / "office_rgb.jpg"), str(d / "office_depth.png"), str(d / "office_normals.png")]
-        cv2.imwrite(p[0], cv2.resize(rgb, (w, h), interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        cv2.imwrite(p[1], cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST))
-        cv2.imwrite(p[2], cv2.resize(normals, (w, h), interpolation=cv2.INTER_NEAREST))
-        paths[w] = p
+        big = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_CUBIC)
+        paths[w] = []
+        for k in range(variants):
+            d = out / f"w{w}" / f"v{k}"
+            d.mkdir(parents=True, exist_ok=True)
+            p = [str(d / "office_rgb.jpg"), str(d / "office_depth.png"), str(d / "office_normals.png")]
+            big[:8, :8] = 40 * k
+            cv2.imwrite(p[0], big, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(p[1], cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST))
+            cv2.imwrite(p[2], cv2.resize(normals, (w, h), interpolation=cv2.INTER_NEAREST))
+            paths[w].append(p)
     return paths
 
 
@@ -136,17 +143,24 @@ def _timed(fn, *a, **k):
     return time.perf_counter() - t0, out
 
 
-def bench_size(url: str, pid: int, paths: List[str], width: int, clicks: int, sessions: int) -> Dict:
+def bench_size(url: str, pid: int, variants: List[List[str]], width: int, clicks: int, sessions: int) -> Dict:
     from gradio_client import Client
 
     rng = random.Random(width)
     h = width // 2
-    _reset_peak(pid)
     c = Client(url, verbose=False)
-    seg_s, out = _timed(_segment, c, paths)
-    info = out[5]
-    model_s = sum(v for k, v in info["timings_s"].items() if k in MODEL_STAGES)
-    peak = _proc_status(pid)["VmHWM"]
+    # one Run per variant, each encoding anew: medians of the times, the highest peak
+    seg_s, model_s, read_s, peak = [], [], [], 0.0
+    for paths in variants:
+        _reset_peak(pid)
+        dt, out = _timed(_segment, c, paths)
+        timings = out[5]["timings_s"]
+        seg_s.append(dt)
+        model_s.append(sum(v for k, v in timings.items() if k in MODEL_STAGES))
+        read_s.append(timings.get("read", float("nan")))
+        peak = max(peak, _proc_status(pid)["VmHWM"])
+    paths = variants[0]
+    overhead_s = [a - b for a, b in zip(seg_s, model_s)]
     # the same session through both clients: gradio_client (Python users) and the HTTP API
     timings: Dict[str, Dict[str, List[float]]] = {}
     for via, api in (("client", c), ("http", HttpApi(url, c.session_hash))):
@@ -177,8 +191,9 @@ def bench_size(url: str, pid: int, paths: List[str], width: int, clicks: int, se
     rss1 = _proc_status(pid)["VmRSS"]
     return {
         "width": width, "height": h,
-        "segment_s": round(seg_s, 3), "model_stages_s": round(model_s, 3),
-        "segment_overhead_s": round(seg_s - model_s, 3),
+        "runs": len(seg_s), "segment_s": _pct(seg_s, 50), "model_stages_s": _pct(model_s, 50),
+        "segment_overhead_s": _pct(overhead_s, 50), "segment_overhead_max_s": round(max(overhead_s), 3),
+        "read_uploads_s": _pct(read_s, 50),
         **{f"{what}_{q}_s" + ("" if via == "client" else "_http"): _pct(timings[via][what], int(q[1:]))
            for via in timings for what, q in (("click", "p50"), ("click", "p90"), ("assign", "p50"), ("undo", "p50"))},
         "export_s": round(export_s, 3),
@@ -266,12 +281,13 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=20, help="concurrent users for the load part (0 = skip)")
     ap.add_argument("--clicks", type=int, default=15, help="clicks per size (and per concurrent user: a third)")
     ap.add_argument("--sessions", type=int, default=3, help="extra sessions per size for the memory kept")
+    ap.add_argument("--runs", type=int, default=3, help="Runs per size, each a new panorama (medians)")
     ap.add_argument("--idle-s", type=float, default=20.0, help="the app's session idle timeout for this run")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     widths = [int(w) for w in args.sizes.split(",") if w]
     work = Path(tempfile.mkdtemp(prefix="panosamic-bench-app-"))
-    panoramas = make_panoramas(work, widths)
+    panoramas = make_panoramas(work, widths, args.runs)
     examples = [[str(ROOT / "assets" / "examples" / f"{n}_{k}") for k in ("rgb.jpg", "depth.png", "normals.png")]
                 for n in ("office", "conference", "lounge", "corridor", "storage", "seam")]
     from panosamic.bench import _cpu_name
