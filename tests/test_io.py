@@ -70,6 +70,29 @@ def test_load_image_conversions(tmp_path):
     assert ex.shape == (512, 1024, 3)
 
 
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "444", "grey", "trailer", "cmyk"])
+def test_jpeg_pixels_equal_pils_and_truncated_jpegs_are_refused(tmp_path, kind):
+    """JPEGs decode through OpenCV when they end cleanly: the pixels equal PIL's, whatever the
+    encoding; a truncated one is refused (OpenCV alone would fill it with grey)."""
+    photo = Image.open(EXAMPLES / "office_rgb.jpg")
+    path = tmp_path / "p.jpg"
+    if kind == "grey":
+        photo.convert("L").save(path, quality=90)
+    elif kind == "cmyk":
+        photo.convert("CMYK").save(path, quality=90)
+    else:
+        photo.save(path, quality=88, progressive=kind == "progressive", subsampling=0 if kind == "444" else 2)
+    if kind == "trailer":  # data after the image (a phone's motion photo appends its video)
+        path.write_bytes(path.read_bytes() + b"\x00\x00ftypmp42" * 50)
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(io.load_image(path), expected)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match="truncated"):
+        io.load_image(path)
+
+
 def test_clear_errors_for_bad_files(tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not an image")
