@@ -7,7 +7,8 @@ loopback port and drives it through `gradio_client`, as a Space's users and API 
 and (for clicks, assign and undo, the `_http` figures) through Gradio's HTTP API in the same
 session, as curl and the page's JavaScript do, without gradio_client's 50 ms polling:
 
-* per size (the office example enlarged to W x W/2): Run (`--runs` Runs of panoramas that
+* per size (the office example enlarged to W x W/2), each from a settled process (the previous
+  size's sessions released by the idle timeout): Run (`--runs` Runs of panoramas that
   differ in one corner, so each encodes anew; medians of the total, the model stages, the
   overhead = total - model stages, and of reading the uploads), clicks (prompt round trips, p50/p90), assign, undo,
   export (full resolution), peak RSS of the app during the Run, and the memory kept per idle
@@ -300,16 +301,21 @@ def main(argv=None) -> int:
         pid = app["proc"].pid
         result["startup_s"] = round(app["startup_s"], 2)
         result["rss_at_start_mb"] = round(_proc_status(pid)["VmRSS"], 1)
+        expected = 0
         for w in widths:
             _note(f"size {w}x{w // 2} ...")
+            rss_settled = _proc_status(pid)["VmRSS"]
             result["sizes"].append(bench_size(app["url"], pid, panoramas[w], w, args.clicks, args.sessions))
+            result["sizes"][-1]["rss_before_mb"] = round(rss_settled, 1)
             _note(json.dumps(result["sizes"][-1]))
-        # wait for those sessions to go, then measure the load part from a settled process
-        expected = len(widths) * (1 + args.sessions)
-        _wait_for_releases(app["log"], expected, args.idle_s * 4 + 30)
+            # each size (and then the load part) starts from a settled process: this size's
+            # sessions (each Run replaces the one before, plus the extra ones) released
+            expected += args.runs + args.sessions
+            _wait_for_releases(app["log"], expected, args.idle_s * 4 + 30)
         rss_before = _proc_status(pid)["VmRSS"]
         if args.clients:
             _note(f"{args.clients} concurrent users ...")
+            _reset_peak(pid)
             result["concurrent"] = bench_concurrent(app["url"], examples, args.clients, max(1, args.clicks // 3))
             result["concurrent"]["rss_before_mb"] = round(rss_before, 1)
             result["concurrent"]["rss_peak_mb"] = round(_proc_status(pid)["VmHWM"], 1)
