@@ -298,9 +298,7 @@ class StudioBackend:
         predictor.to(self.gpu_device)
         instances = predictor.generate_instances(points_per_side=points_per_side, state=state.to(self.gpu_device),
                                                  output_size=output_size)
-        for inst in instances:
-            inst["segmentation"] = np.packbits(inst["segmentation"], axis=None)
-        return instances
+        return _pack_masks(instances)
 
     def refine_instances(self, s: Session, points_per_side: Any = 16,
                          progress: Progress = _no_progress) -> Tuple[int, int]:
@@ -314,10 +312,8 @@ class StudioBackend:
             with self._compute(progress):
                 predictor = self.registry.get(s.model_key)
                 instances = self._instances(s.model_key, s.state, pps, s.shape)
-            if self.gpu_device is not None:  # unpack the masks the lent call packed
-                n = s.shape[0] * s.shape[1]
-                for inst in instances:
-                    inst["segmentation"] = np.unpackbits(inst["segmentation"], count=n).astype(bool).reshape(s.shape)
+            if self.gpu_device is not None:  # the lent call packed them
+                instances = _unpack_masks(instances, s.shape)
             progress(0.8, desc="Majority class per instance")
             labels = predictor.refine_semantics(instances, labels=s.labels)
             masks = []
@@ -449,6 +445,20 @@ def _duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _pack_masks(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The instances' boolean masks bit-packed (np.packbits), to cross between processes."""
+    for inst in instances:
+        inst["segmentation"] = np.packbits(inst["segmentation"], axis=None)
+    return instances
+
+
+def _unpack_masks(instances: List[Dict[str, Any]], shape: Tuple[int, int]) -> List[Dict[str, Any]]:
+    """`_pack_masks` undone: (h, w) boolean masks again."""
+    for inst in instances:
+        inst["segmentation"] = np.unpackbits(inst["segmentation"], count=shape[0] * shape[1]).astype(bool).reshape(shape)
+    return instances
 
 
 def _missing(names: List[str]) -> InputError:
