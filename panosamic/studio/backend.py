@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import InputError
 from .cache import EmbeddingCache, content_key
 from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
+from .messages import about_duration
 from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
 from .session import Session, working_size
@@ -180,13 +181,13 @@ class StudioBackend:
         if len(config["modalities"]) > 1:
             rgb = estimate_seconds(config, device, dtype, modalities=("image",))
             lighter.append(f"an RGB checkpoint needs {rgb.passes} ViT passes instead of {full.passes} "
-                           f"(about {_duration(rgb.seconds)})")
+                           f"(about {about_duration(rgb.seconds)})")
         demo = self.checkpoints.architecture(self.checkpoints.DEMO) if self.checkpoints.demo_dir else None
         if demo is not None:
-            lighter.append(f"**Demo** runs in about {_duration(estimate_seconds(demo, device, dtype).seconds)} "
+            lighter.append(f"**Demo** runs in about {about_duration(estimate_seconds(demo, device, dtype).seconds)} "
                            "(rendered rooms only)")
         where = "this CPU" if device.type == "cpu" else f"this {device.type.upper()} device"
-        text = (f"⏱ Expect about **{_duration(full.seconds)}** per panorama on {where} "
+        text = (f"⏱ Expect about **{about_duration(full.seconds)}** per panorama on {where} "
                 f"({full.passes} ViT passes, {full.tflop:.0f} TFLOP); a GPU takes seconds.")
         return text + (f" Lighter: {'; '.join(lighter)}." if lighter else "")
 
@@ -434,17 +435,6 @@ class StudioBackend:
         """Removes all prompts and candidate masks (undoable)."""
         with self.store.use(s):
             return s.clear_prompts()
-
-
-def _duration(seconds: float) -> str:
-    """'3 s', '40 s', '12 min', '1.5 h': rounded the way a person says it."""
-    if seconds < 1.5:
-        return "a second"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _pack_masks(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -110,6 +110,22 @@ def edit_status(s: Session) -> str:
     return " · ".join(parts)
 
 
+def about_duration(seconds: float) -> str:
+    """'a second', '40 s', '12 min', '1.5 h': an estimate rounded the way a person says it."""
+    if seconds < 1.5:
+        return "a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def exact_duration(seconds: float) -> str:
+    """'90 s', '2.5 min': a setting as it was given (e.g. the idle time in the expiry message)."""
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
 def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[str, float]] = None) -> str:
     """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings),
     then the session's notes about its inputs (one paragraph each)."""
@@ -121,4 +137,5 @@ def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[s
     return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "edit_status", "run_message"]
+__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "edit_status", "run_message",
+           "about_duration", "exact_duration"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import InputError
+from .messages import exact_duration
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,6 @@ def clean_stale_folders(parent: Optional[Path] = None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 class SessionStore:
@@ -148,7 +145,7 @@ class SessionStore:
             raise InputError("Press Run first: clicks, prompts and edits work on a segmented panorama.")
         with s.lock:
             if s.closed:
-                raise SessionExpired(EXPIRED[s.closed].format(idle=_duration(self.idle_s)))
+                raise SessionExpired(EXPIRED[s.closed].format(idle=exact_duration(self.idle_s)))
             with self._lock:
                 if id(s) in self._sessions:
                     self._sessions.move_to_end(id(s))
