@@ -43,11 +43,9 @@ class Dataset:
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         """(H, W) class indices -> (H, W, 3) uint8 RGB; indices outside 0..K-1 are black."""
-        labels = np.asarray(labels)
-        out = np.zeros(labels.shape + (3,), dtype=np.uint8)
-        valid = (labels >= 0) & (labels < self.num_classes)
-        out[valid] = self.palette[labels[valid]]
-        return out
+        from .exports import label_colors
+
+        return label_colors(labels, self.palette)
 
 
 def _distinct_colors(n: int, seed: int) -> Tuple[RGB, ...]:

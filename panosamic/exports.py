@@ -1,7 +1,8 @@
 """Files and statistics made from a semantic ERP label map (numpy only; no model, no UI).
 
 * per-class statistics weighted by the solid angle of each pixel (`class_stats`, `stats_csv`),
-* an RGB PNG writer (`save_rgb_png`; label PNGs are `panosamic.io.save_labels_png`),
+* colours of a label map (`label_colors`, `save_label_colors_png`; label PNGs of class
+  indices are `panosamic.io.save_labels_png`),
 * COCO RLE masks (`encode_rle`, `decode_rle`, `mask_bbox`) through pycocotools,
 * a binary glTF point cloud (`point_cloud_glb`, `write_glb`, `read_glb`).
 
@@ -121,14 +122,30 @@ def _sample_points(depth: np.ndarray, max_points: int, max_depth: Optional[float
 
 # --------------------------------------------------------------------------- PNG files
 
-def save_rgb_png(path: str, rgb: np.ndarray, compression: int = 3) -> str:
-    """uint8 RGB (H, W, 3) as PNG; zlib level 3 keeps an 8K map to about a second."""
+def label_colors(labels: np.ndarray, palette: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours of `palette` ((K, 3) RGB), in RGB or,
+    with `bgr`, in OpenCV's order; indices outside 0..K-1 are black. uint8 maps go through
+    OpenCV's table look-up (8192x4096: ~0.1 s, numpy's fancy indexing ~1 s)."""
     import cv2
 
-    from .io import swap_red_blue
+    labels = np.asarray(labels)
+    pal = np.asarray(palette, np.uint8)[:, ::-1] if bgr else np.asarray(palette, np.uint8)
+    k = len(pal)
+    if labels.dtype == np.uint8:
+        table = np.zeros((256, 1, 3), np.uint8)
+        table[:min(k, 256), 0] = pal[:256]
+        return cv2.LUT(cv2.merge([labels, labels, labels]), table)
+    out = np.zeros(labels.shape + (3,), np.uint8)
+    valid = (labels >= 0) & (labels < k)
+    out[valid] = pal[labels[valid]]
+    return out
 
-    bgr = swap_red_blue(np.asarray(rgb, np.uint8))
-    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]):
+
+def save_label_colors_png(path: str, labels: np.ndarray, palette: np.ndarray, compression: int = 3) -> str:
+    """The label map in its palette's colours (`label_colors`) as an RGB PNG."""
+    import cv2
+
+    if not cv2.imwrite(str(path), label_colors(labels, palette, bgr=True), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]):
         raise OSError(f"could not write {path}")
     return str(path)
 
@@ -269,5 +286,5 @@ def point_cloud_glb(path: str, depth: np.ndarray, labels: Optional[np.ndarray], 
     return write_glb(path, pts, colors, cls)
 
 
-__all__ = ["class_stats", "stats_csv", "save_rgb_png", "encode_rle", "decode_rle", "mask_bbox",
+__all__ = ["class_stats", "stats_csv", "label_colors", "save_label_colors_png", "encode_rle", "decode_rle", "mask_bbox",
            "write_glb", "read_glb", "point_cloud_glb"]

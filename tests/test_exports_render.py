@@ -178,3 +178,16 @@ def test_label_png_round_trip(tmp_path):
     back = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint8 and back[0, 0] == 255
     np.testing.assert_array_equal(back.astype(np.int64)[labels >= 0], labels[labels >= 0])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_label_colors_follow_the_palette_and_blacken_unknown_classes(dtype):
+    from panosamic.exports import label_colors
+
+    labels = np.random.default_rng(4).integers(0, len(DS.palette), (20, 40)).astype(dtype)
+    labels[0, :3] = 255 if dtype == np.uint8 else [-1, 13, 99]
+    rgb = label_colors(labels, DS.palette)
+    known = labels < len(DS.palette) if dtype == np.uint8 else (labels >= 0) & (labels < len(DS.palette))
+    np.testing.assert_array_equal(rgb[known], np.asarray(DS.palette, np.uint8)[labels[known]])
+    assert not rgb[~known].any()
+    np.testing.assert_array_equal(label_colors(labels, DS.palette, bgr=True), rgb[..., ::-1])

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from ..geometry import nearest_indices, resize_erp
-from ..exports import class_stats, encode_rle, mask_bbox, point_cloud_glb, save_rgb_png, stats_csv
+from ..exports import class_stats, encode_rle, mask_bbox, point_cloud_glb, save_label_colors_png, stats_csv
 from ..io import panorama_stem, save_labels_png
 from .session import Session
 
@@ -62,18 +63,28 @@ def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
     per-class segments and the refined masks), masks_png (16-bit ids of the refined masks,
     0 = none; only with refined masks) and pointcloud_glb (only with depth).
     """
-    import cv2
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = panorama_stem(s.name, safe=True)
     path = lambda suffix: str(folder / f"{stem}_{suffix}")  # noqa: E731
-    H, W = s.input_size
     labels = final_labels(s, model_labels)
     out: Dict[str, str] = {}
-    out["labels"] = str(save_labels_png(path("labels.png"), labels, compression=3))
-    out["colors"] = save_rgb_png(path("colors.png"), s.palette[np.minimum(labels, s.num_classes - 1)])
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        # the two PNGs compress (OpenCV, without the GIL) beside the statistics and the RLE
+        pngs = {"labels": writer.submit(save_labels_png, path("labels.png"), labels, compression=3),
+                "colors": writer.submit(save_label_colors_png, path("colors.png"), labels, s.palette)}
+        _write_tables(s, labels, path, out, glb_max_points)
+        out.update({kind: str(job.result()) for kind, job in pngs.items()})
+    return {k: out[k] for k in KINDS if k in out}
 
+
+def _write_tables(s: Session, labels: np.ndarray, path: Callable[[str], str], out: Dict[str, str],
+                  glb_max_points: int) -> None:
+    """The statistics, the RLE masks, the refined masks' ids and the point cloud of
+    `write_downloads` (everything but the two label PNGs), their paths into `out`."""
+    import cv2
+
+    H, W = s.input_size
     stats = class_stats(labels, s.classes, s.palette)
     if s.depth is not None:  # distances from the working-size depth (the session keeps no other)
         for row, small in zip(stats, class_stats(s.labels, s.classes, s.palette, s.depth)):
@@ -100,7 +111,6 @@ def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
     if s.depth is not None:
         out["pointcloud_glb"] = point_cloud_glb(path("pointcloud.glb"), s.depth, s.labels, s.palette,
                                                 max_points=glb_max_points, max_depth=None)
-    return {k: out[k] for k in KINDS if k in out}
 
 
 def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:

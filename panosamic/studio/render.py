@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..exports import _sample_points
+from ..exports import _sample_points, label_colors
 from ..geometry import resize_erp
 
 MASK_COLOR = (30, 144, 255)   # preview of the selected candidate mask (dodger blue)
@@ -80,17 +80,8 @@ def overlay(image: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray
     if labels is not None and opacity > 0:
         lab = resize_erp(np.asarray(labels), h, w, nearest=True)
         k = len(palette)
-        if lab.dtype == np.uint8:  # the sessions' labels: OpenCV's table look-up, one pass
-            table = np.zeros((256, 1, 3), np.uint8)
-            table[:k, 0] = palette
-            colors = cv2.LUT(cv2.merge([lab, lab, lab]), table)
-            invalid = lab >= k
-        else:
-            table = np.zeros((k + 1, 3), np.uint8)
-            table[:k] = palette
-            idx = np.where((lab >= 0) & (lab < k), lab, k)
-            colors = table[idx]
-            invalid = idx == k
+        colors = label_colors(lab, palette)
+        invalid = lab >= k if lab.dtype == np.uint8 else (lab < 0) | (lab >= k)
         a = float(np.clip(opacity, 0.0, 1.0))
         out = cv2.addWeighted(img, 1.0 - a, colors, a, 0.0)
         if invalid.any():  # unlabelled pixels keep the photo
