@@ -143,6 +143,11 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         run_s = time.perf_counter() - t0
         page.locator("#legend .pano-legend-row").first.wait_for()
         page.locator("#pano-3d .js-plotly-plot").first.wait_for()
+        # plotly.js read the point cloud's typed arrays: one trace per class (and the camera),
+        # each with its points
+        points = page.evaluate("""() => document.querySelector('#pano-3d .js-plotly-plot')._fullData
+            .filter(t => t.name !== 'camera').map(t => [t.name, t.x.length])""")
+        assert len(points) >= 2 and all(n > 0 for _, n in points), points
 
         # ---- the 360° viewer: a WebGL canvas showing the segmented panorama
         canvas = page.locator("#pano-viewer canvas.pv-gl")
