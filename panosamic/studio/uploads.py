@@ -57,8 +57,7 @@ def load_inputs(pano: Any, depth_file: Any, normals_file: Any, depth_scale: Opti
     counts: dict = {}
     # Two decoders side by side (they release the GIL): the depth map, the slowest, on one;
     # the panorama, then the normals, on the other. An 8192x4096 RGB-D-N upload reads in
-    # about half the time, and the panorama's and the normals' decoding buffers never
-    # coexist (three at once peaked ~200 MB higher for no gain on two cores).
+    # about half the time; on two cores a third decoder gains nothing.
     with decoding or contextlib.nullcontext(), ThreadPoolExecutor(max_workers=2) as pool:
         depth_job = pool.submit(pio.load_depth, dpath, scale=(float(depth_scale) if depth_scale else None),
                                 report=counts) if dpath else None
