@@ -433,10 +433,10 @@ VIEWER_HTML = """<div class="pv">
 
 MAX_UPLOAD = "512mb"     # the largest legal input: float32 8192x4096x3 normals as .npy (403 MB)
 LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
+HEAVY_NICE = 19         # how much lower the CPU priority of heavy jobs is (Linux nice levels)
 # Runs and SAM instances let in at once: the backend still decodes one upload and computes one
 # encoding at a time (StudioBackend's locks), but a second user's bad file is refused from its
 # header or content while another Run encodes, instead of waiting in the queue behind it.
-HEAVY_NICE = 19         # how much lower the CPU priority of heavy jobs is (Linux nice levels)
 HEAVY_CONCURRENCY = 2
 
 

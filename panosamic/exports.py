@@ -61,9 +61,10 @@ def class_stats(labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
     medians: List[Optional[float]] = [None] * k
     if depth is not None:
         known = known_medians or {}
-        todo = [int(c) for c in np.flatnonzero(pixels) if int(c) not in known]
-        for c in np.flatnonzero(pixels):
-            medians[c] = known.get(int(c))
+        present = [int(c) for c in np.flatnonzero(pixels)]
+        for c in present:
+            medians[c] = known.get(c)
+        todo = [c for c in present if c not in known]
         if todo:
             d = np.asarray(depth)
             good = np.isfinite(d) & (d > 0)

@@ -81,7 +81,7 @@ def overlay(image: np.ndarray, labels: Optional[np.ndarray], palette: np.ndarray
         lab = resize_erp(np.asarray(labels), h, w, nearest=True)
         k = len(palette)
         colors = label_colors(lab, palette)
-        invalid = lab >= k if lab.dtype == np.uint8 else (lab < 0) | (lab >= k)
+        invalid = (lab < 0) | (lab >= k)  # black in `colors`: they keep the photo below
         a = float(np.clip(opacity, 0.0, 1.0))
         out = cv2.addWeighted(img, 1.0 - a, colors, a, 0.0)
         if invalid.any():  # unlabelled pixels keep the photo
