@@ -3,6 +3,8 @@
     python scripts/train_demo.py                       # trains, saves assets/demo, evaluates
     python scripts/train_demo.py --eval-only           # re-measure the saved checkpoint
     python scripts/train_demo.py --steps 20 --pool 12 --out /tmp/demo   # smoke test
+    python scripts/train_demo.py --modalities image              # the RGB demo, assets/demo-rgb
+    python scripts/train_demo.py --modalities image,depth        # the RGB-D demo, assets/demo-rgbd
 
 The architecture is the tiny reference one (shared/reference/tiny_rgbdn_dual/config.json:
 ViT 96x4, 256x128 ERP, image+depth+normals, 13 Stanford2D3DS classes, dual view), trained
@@ -65,6 +67,9 @@ MAX_DEPTH = 10.0
 NUM_CLASSES = 13
 RENDER_WIDTH = 512  # rendered at 2x the model ERP and area-averaged, like the Predictor shrinks inputs
 SEED_BASE = 1000  # training seeds: SEED_BASE + i; the examples use 11..66
+ALL_MODALITIES = ("image", "depth", "normals")  # the order of the rendered layers in the pool
+#: Where each modality set's demo lives (the app and the README name them the same way).
+DEMO_FOLDERS = {("image",): "demo-rgb", ("image", "depth"): "demo-rgbd", ALL_MODALITIES: "demo"}
 
 
 # --------------------------------------------------------------------------- data
@@ -104,8 +109,10 @@ def _rotate_normals(n_enc: torch.Tensor, angle: float, flip: bool) -> torch.Tens
     return (torch.stack([x, y, z]) + 1.0) * 127.5
 
 
-def augment(sample: Dict[str, np.ndarray], rng: np.random.Generator) -> Tuple[torch.Tensor, np.ndarray]:
-    """Random yaw (roll by an even number of render pixels) and horizontal flip, brightness jitter."""
+def augment(sample: Dict[str, np.ndarray], rng: np.random.Generator,
+            modalities: Tuple[str, ...] = ALL_MODALITIES) -> Tuple[torch.Tensor, np.ndarray]:
+    """Random yaw (roll by an even number of render pixels) and horizontal flip, brightness jitter.
+    Returns the (M, 3, h, w) layers of `modalities` and the (2h, 2w) labels."""
     x = torch.from_numpy(sample["x"]).float()  # (3, 3, h, w)
     lab = sample["labels"]  # (2h, 2w)
     w = x.shape[-1]
@@ -121,7 +128,8 @@ def augment(sample: Dict[str, np.ndarray], rng: np.random.Generator) -> Tuple[to
     angle = -2 * math.pi * shift / w
     x[2] = _rotate_normals(x[2], angle, flip)
     x[0] = (x[0] * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-12, 12))).clamp(0, 255)
-    return x, np.ascontiguousarray(lab)
+    keep = [ALL_MODALITIES.index(m) for m in modalities]
+    return x[keep], np.ascontiguousarray(lab)
 
 
 def components(labels: np.ndarray, min_area: int) -> List[np.ndarray]:
@@ -292,7 +300,10 @@ def evaluate_checkpoint(folder: Path, clicks: int = 50, seed: int = 0) -> Dict:
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "assets" / "demo")
+    ap.add_argument("--modalities", default="image,depth,normals",
+                    help="comma-separated: image | image,depth | image,depth,normals (the default)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: assets/demo, assets/demo-rgb or assets/demo-rgbd by --modalities")
     ap.add_argument("--pool", type=int, default=300, help="rendered training scenes (all kinds, round robin)")
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -307,6 +318,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-clicks", type=int, default=50)
     ap.add_argument("--eval-only", action="store_true")
     args = ap.parse_args(argv)
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    if modalities not in DEMO_FOLDERS:
+        ap.error(f"--modalities must be one of {', '.join(','.join(k) for k in DEMO_FOLDERS)}")
+    if args.out is None:
+        args.out = ROOT / "assets" / DEMO_FOLDERS[modalities]
     torch.set_num_threads(args.threads)
 
     if args.eval_only:
@@ -315,8 +331,8 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    config = resolve_config(CONFIG)
-    if REFERENCE_CONFIG.is_file():
+    config = resolve_config({**CONFIG, "modalities": list(modalities)})
+    if REFERENCE_CONFIG.is_file() and modalities == ALL_MODALITIES:
         assert resolve_config(REFERENCE_CONFIG) == config, "the reference config changed"
     t_start = time.perf_counter()
     pool = render_pool(args.pool, workers=args.render_workers)
@@ -351,7 +367,7 @@ def main(argv=None) -> int:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x, labels = augment(pool[int(order[step])], rng)
+        x, labels = augment(pool[int(order[step])], rng, modalities)
         y = torch.from_numpy(labels.astype(np.int64))
         embeddings, taps = model.encode(model.preprocess(x))
         logits = model.postprocess(model.decode_semantics(model.fuse(taps)), (2 * h, 2 * w))

@@ -93,7 +93,9 @@ class Attention(SamAttention):
             view = attn.view(BH, H, W, H, W)
             # (attn + rel_h) + rel_w, element by element: the same sums as the reference
             view.add_(rel_h[:, :, :, :, None]).add_(rel_w[:, :, :, None, :])
-        attn = torch.softmax(attn, dim=-1, out=attn) if _SOFTMAX_OUT else attn.softmax(dim=-1)
+        # softmax(out=) has no derivative: training (scripts/train_demo.py) takes the plain call
+        in_place = _SOFTMAX_OUT and not attn.requires_grad
+        attn = torch.softmax(attn, dim=-1, out=attn) if in_place else attn.softmax(dim=-1)
         return attn @ v
 
     def _sdpa(self, qkv: torch.Tensor, H: int, W: int) -> torch.Tensor:
