@@ -2,7 +2,7 @@
 """PanoSAMic Studio: a Gradio app for semantic segmentation of 360-degree panoramas.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share]
-                  [--checkpoint dfki-av/PanoSAMic | LOCAL_DIR] [--subfolder stanford2d3ds-vith-rgbdn-fold1]
+                  [--checkpoint dfki-av/PanoSAMic | LOCAL_DIR] [--subfolder stanford2d3ds-vith-rgb-fold1]
                   [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype float32|bfloat16|float16]
                   [--cache-mb 2048] [--session-mb 4096] [--session-idle-min 60] [--examples assets/examples]
                   [--shutdown-grace-s 7]
@@ -89,8 +89,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", default=_env_bool("SHARE"), help="create a public gradio.live link")
     p.add_argument("--checkpoint", default=_env("CHECKPOINT", HUB_REPO),
                    help="Hub repo id or local folder (model.safetensors, sam.pth, optional config.json)")
-    p.add_argument("--subfolder", default=_env("SUBFOLDER", DEFAULT_SUBFOLDER),
-                   help="checkpoint subfolder selected at start")
+    p.add_argument("--subfolder", default=_env("SUBFOLDER"),
+                   help="checkpoint subfolder selected at start (default: Automatic, the released "
+                        "checkpoint for the maps a user gives, or the bundled demo for them offline)")
     p.add_argument("--sam-checkpoint", default=_env("SAM_CHECKPOINT"),
                    help="SAM weights (file, URL or vit_b/vit_l/vit_h); default: beside the checkpoint")
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:1, mps or cpu (default: best available)")
@@ -265,7 +266,7 @@ class Studio:
         """What the checkpoint needs, how long a Run will take when that is long, and Run's state."""
         text, ok = self.requirements_text(choice, pano, depth, normals)
         try:
-            note = self.backend.run_time_note(choice)
+            note = self.backend.run_time_note(self.checkpoints.concrete(choice, messages.given_maps(pano, depth, normals)))
         except Exception:  # noqa: BLE001  (an estimate must never block the picker)
             log.exception("run time estimate failed")
             note = ""

@@ -233,6 +233,28 @@ def normals_from_depth(depth, valid: Optional[np.ndarray] = None) -> np.ndarray:
     return n
 
 
+def normals_for_model(depth, height: int, width: int) -> np.ndarray:
+    """Unit normals ``(height, width, 3)`` float32 estimated from ERP depth (metres, any 2:1 size),
+    for a checkpoint that reads normals when only depth was given; zero vectors where unknown.
+
+    Same frame and orientation as `normals_from_depth` (world frame: x forward at the image
+    centre, y left, z up; facing the camera), which is what the RGB-D-N checkpoints read once
+    encoded as ``127.5 * (n + 1)``. The depth is first shrunk by nearest neighbour to at most
+    twice ``(height, width)`` (averaging would blend invalid 0 pixels into their neighbours, and
+    at 8192x4096 each float64 array of `normals_from_depth` would take 0.8 GB), the normals are
+    taken there and area-averaged to ``(height, width)``, then renormalised.
+    """
+    d = np.asarray(depth, dtype=np.float32)
+    H, W = d.shape[:2]
+    h2, w2 = min(H, 2 * height), min(W, 2 * width)
+    d = resize_erp(d, h2, w2, nearest=True) if (h2, w2) != (H, W) else d
+    n = normals_from_depth(d).astype(np.float32)
+    if (h2, w2) != (height, width):
+        n = resize_erp(n, height, width)
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    return np.where(norm > 0.5, n / np.maximum(norm, 1e-6), 0.0).astype(np.float32)
+
+
 def encode_normals(normals, valid: Optional[np.ndarray] = None) -> np.ndarray:
     """Unit normals ``(H, W, 3)`` float -> uint8 RGB ``(H, W, 3)``: ``round(127.5 * (n + 1))``.
 

@@ -65,7 +65,8 @@ def check_aspect(height: int, width: int, what: str = "the panorama") -> None:
 
 
 def check_panorama(image: Any, depth: Any = None, normals: Any = None,
-                   modalities: Sequence[str] = ("image",), what: str = "the panorama") -> Panorama:
+                   modalities: Sequence[str] = ("image",), what: str = "the panorama",
+                   normals_from_depth: bool = False) -> Panorama:
     """Checks a panorama and its maps against a checkpoint's `modalities` and returns them as arrays.
 
     Args:
@@ -76,6 +77,8 @@ def check_panorama(image: Any, depth: Any = None, normals: Any = None,
         modalities: what the checkpoint reads, e.g. ("image", "depth"); maps it does not read
             are not checked and come back as None.
         what: how messages name the panorama (e.g. "the panorama room.jpg").
+        normals_from_depth: missing normals are not an error when depth is given (the caller
+            derives them: `panosamic.geometry.normals_for_model`); they come back as None.
 
     Raises InputError naming the problem and the fix: not an array, wrong shape, not 2:1, too
     small, NaN/inf, a needed map missing, a map of another size than the image.
@@ -89,7 +92,7 @@ def check_panorama(image: Any, depth: Any = None, normals: Any = None,
     H, W = img.shape[:2]
     check_aspect(H, W, what)
     check_finite(img, "image")
-    given = {"depth": depth is not None, "normals": normals is not None}
+    given = {"depth": depth is not None, "normals": normals is not None or (normals_from_depth and depth is not None)}
     missing = [m for m in modalities if m != "image" and not given[m]]
     if missing:
         raise InputError(
@@ -107,7 +110,7 @@ def check_panorama(image: Any, depth: Any = None, normals: Any = None,
         if d.shape != (H, W):
             size = f"{d.shape[1]}x{d.shape[0]}" if d.ndim >= 2 else f"of shape {d.shape}"
             raise InputError(f"depth is {size} but the image is {W}x{H}: give a depth map of the same size (metres)")
-    if "normals" in modalities:
+    if "normals" in modalities and normals is not None:
         n = as_array(normals, "normals")  # its own dtype: an 8K uint8 map as float32 would be 400 MB
         if n.shape != (H, W, 3):
             raise InputError(f"normals must be (H, W, 3) = ({H}, {W}, 3) like the image, got {n.shape}")

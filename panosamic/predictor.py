@@ -20,7 +20,7 @@ from .config import MAX_PROMPT_POINTS
 from .datasets import Dataset, dataset_for_num_classes
 from .device import DTYPES, default_device, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from .errors import InputError
-from .geometry import roll_half, unroll_half, x_to_view
+from .geometry import normals_for_model, roll_half, unroll_half, x_to_view
 from .hub import HUB_REPO_ID
 from .inputs import as_array, check_panorama
 from .eta import Progress, ProgressTracker, encoder_flops, encoder_passes, record_rate
@@ -230,7 +230,8 @@ class Predictor:
             image: (H, W, 3) RGB, uint8 or float in 0..255, equirectangular (W = 2H).
             depth: (H, W) metres; 0 or non-finite marks invalid pixels. Needed by RGB-D models.
             normals: (H, W, 3) RGB-encoded normals in 0..255 (centre 127.5), or unit vectors
-                in -1..1 (encoded here). Needed by RGB-D-N models.
+                in -1..1 (encoded here). Read by RGB-D-N models; without them, such a model
+                gets normals derived from `depth` (`panosamic.geometry.normals_for_model`).
             progress: optional callable, called once per stage with its name: "preprocess",
                 "encode", "fuse", "decode".
             on_progress: optional callable that gets `panosamic.eta.Progress` events: at each
@@ -298,9 +299,11 @@ class Predictor:
 
         Large panoramas are converted to float and resized one channel at a time, so an
         8192x4096 input never exists as a float32 stack (1.2 GB for RGB-D-N)."""
-        pano = check_panorama(image, depth, normals, self.required_modalities)
+        pano = check_panorama(image, depth, normals, self.required_modalities, normals_from_depth=True)
         size = self.model.erp_size
         layers = {"image": _channels_to_model_size(pano.image, size)}
+        if "normals" in self.required_modalities and pano.normals is None:
+            layers["normals"] = _channels_to_model_size(normals_for_model(pano.depth, *size), size, unit_vectors=True)
         if pano.depth is not None:
             T = self.max_depth if max_depth is None else _metres(max_depth)
             encoded = _encode_depth_channel(pano.depth, T)

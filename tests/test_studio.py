@@ -17,7 +17,9 @@ from panosamic import studio
 from panosamic.config import RELEASED_SUBFOLDERS
 from panosamic.errors import InputError, WeightsError
 from panosamic.studio import Checkpoints, ModelKey, ModelRegistry, StudioBackend
-from panosamic.studio.checkpoints import DEMO_DIR
+from panosamic.studio.checkpoints import DEMO_DIR, DEMO_FOLDERS
+
+DEMOS = list(DEMO_FOLDERS)  # demo-rgb, demo-rgbd, demo: the bundled toy models, one per modality set
 from panosamic.studio.render import view_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +42,8 @@ def test_offline_without_the_weights_demo_is_preselected_and_run_answers_at_once
     from panosamic.studio.checkpoints import HubProbe
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))   # nothing downloaded
-    hub = Checkpoints("dfki-av/PanoSAMic", None, None)
     name = studio.DEFAULT_SUBFOLDER
+    hub = Checkpoints("dfki-av/PanoSAMic", name, None)   # the command line named an RGB-D-N checkpoint
     assert hub.needs_download(name) and not hub.needs_download("demo")
     monkeypatch.setattr(HubProbe, "offline_mode", staticmethod(lambda: True))      # HF_HUB_OFFLINE
     assert hub.initial() == "demo" and hub.default == name
@@ -67,12 +69,52 @@ def test_offline_without_the_weights_demo_is_preselected_and_run_answers_at_once
         silent.close()
 
 
+def test_automatic_checkpoint_follows_the_maps_given(monkeypatch, tmp_path, reference_dir):
+    """Until a user picks one, the checkpoint is the one that uses exactly the maps given: the
+    released fold-1 ViT-H checkpoint when the Hub answers (or it is cached), the bundled demo
+    for the same maps offline; a picked checkpoint is kept."""
+    from huggingface_hub import constants
+
+    from panosamic.studio.checkpoints import HubProbe
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    hub = Checkpoints("dfki-av/PanoSAMic", None, None)
+    assert hub.initial() == "auto"
+    online = {("image",): "stanford2d3ds-vith-rgb-fold1", ("image", "depth"): "stanford2d3ds-vith-rgbd-fold1",
+              ("image", "depth", "normals"): "stanford2d3ds-vith-rgbdn-fold1",
+              ("image", "normals"): "stanford2d3ds-vith-rgb-fold1"}   # normals without depth: unused
+    offline = {("image",): "demo-rgb", ("image", "depth"): "demo-rgbd", ("image", "depth", "normals"): "demo",
+               ("image", "normals"): "demo-rgb"}
+    for maps in online:
+        assert hub.concrete("auto", maps, online=True) == online[maps]
+        assert hub.concrete("", maps, online=False) == offline[maps]
+        assert hub.concrete("demo", maps, online=True) == "demo"                  # a pick is kept
+        assert hub.concrete("stanford2d3ds-vith-rgb-fold2", maps, online=False) == "stanford2d3ds-vith-rgb-fold2"
+        assert hub.modalities(offline[maps]) == hub.modalities(online[maps])      # the demo reads the same maps
+    monkeypatch.setattr(HubProbe, "offline_mode", staticmethod(lambda: True))     # HF_HUB_OFFLINE
+    assert hub.concrete(None, ("image",)) == "demo-rgb"                           # known offline without waiting
+    # what the page says before Run: the checkpoint it will take, and Run enabled for a photo alone
+    text, ok = studio.requirements_text(hub, "auto", "photo.jpg", None, None)
+    assert ok and "Automatic" in text and hub.label("demo-rgb") in text and "Ready" in text
+    text, ok = studio.requirements_text(hub, "auto", None, None, None)
+    assert not ok and "Upload a panorama" in text
+    # a checkpoint that reads normals, given depth alone, derives them: Run is enabled and says so
+    text, ok = studio.requirements_text(hub, "demo", "photo.jpg", "depth.png", None)
+    assert ok and "derived from the depth" in text and "Missing" not in text
+    text, ok = studio.requirements_text(hub, "demo", "photo.jpg", None, None)
+    assert not ok and "Missing: depth" in text and "Automatic" in text
+    # a local checkpoint folder is the command line's choice: Automatic takes its value for the maps
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    local = Checkpoints(str(ckpt), None, None)
+    assert local.default == "local" and local.concrete("auto", ("image",), online=True) == "local"
+
+
 def test_released_subfolders_are_the_hub_choices():
     hub = Checkpoints("dfki-av/PanoSAMic", None, None)
     assert hub.local_dir is None and hub.local_values == []
-    assert hub.default == studio.DEFAULT_SUBFOLDER
+    assert hub.default == "auto"
     values = [v for _, v in hub.choices()]
-    assert values == list(RELEASED_SUBFOLDERS) + ["demo"]
+    assert values == ["auto"] + list(RELEASED_SUBFOLDERS) + DEMOS
     for name, mods in RELEASED_SUBFOLDERS.items():
         assert hub.modalities(name) == mods
         assert hub.resolve(name) == ("dfki-av/PanoSAMic", name)
@@ -88,7 +130,10 @@ def test_released_subfolders_are_the_hub_choices():
     assert hub.modalities("whatever") == ("image",)
     with pytest.raises(InputError, match="no local checkpoint"):
         hub.resolve("local")
-    assert hub.key(None, "cpu", None) == ModelKey("dfki-av/PanoSAMic", studio.DEFAULT_SUBFOLDER, None, "cpu", None)
+    with pytest.raises(InputError):   # "auto" names no checkpoint until the maps are known
+        hub.key(None, "cpu", None)
+    rgb = hub.concrete(None, ("image",), online=True)
+    assert hub.key(rgb, "cpu", None) == ModelKey("dfki-av/PanoSAMic", "stanford2d3ds-vith-rgb-fold1", None, "cpu", None)
 
 
 def test_local_dir_with_config_reads_its_modalities(reference_dir, tmp_path):
@@ -96,7 +141,7 @@ def test_local_dir_with_config_reads_its_modalities(reference_dir, tmp_path):
     ck = Checkpoints(str(ckpt), "ignored-subfolder", "sam.pth")
     assert ck.default == "local" and ck.local_values == ["local"]
     values = [v for _, v in ck.choices()]
-    assert values[0] == "local" and values[1:] == list(RELEASED_SUBFOLDERS) + ["demo"]
+    assert values[:2] == ["auto", "local"] and values[2:] == list(RELEASED_SUBFOLDERS) + DEMOS
     assert ck.modalities("local") == ("image", "depth", "normals")
     assert ck.label("local") == "Local: ckpt (RGB image + depth + normals)"
     assert ck.resolve("local") == (str(ckpt), None)
@@ -231,8 +276,8 @@ def test_edit_status_run_message_and_instance_masks():
 
     s.timings.update({"load": 1.0, "encode": 0.5, "last_prompt": 0.1})
     assert studio.run_message(s, 2.0, cached=True) == (
-        "**Segmented 64×32 in 2.00 s** — embeddings reused from the cache · load 1.00 s · encode 0.50 s")
-    assert studio.run_message(s, 2.0, False, {"render": 0.25}) == "**Segmented 64×32 in 2.00 s** — render 0.25 s"
+        "**Segmented 64×32 in 2.00 s** with tiny — embeddings reused from the cache · load 1.00 s · encode 0.50 s")
+    assert studio.run_message(s, 2.0, False, {"render": 0.25}) == "**Segmented 64×32 in 2.00 s** with tiny — render 0.25 s"
 
     assert view_image(s, 0.5).shape == (32, 64, 3)
 
@@ -267,7 +312,7 @@ def test_the_bundled_demo_is_always_offered_and_segments(tmp_path):
     """The demo checkpoint (assets/demo) works offline from the picker, with its own SAM part."""
     hub = Checkpoints("dfki-av/PanoSAMic", None, "/elsewhere/sam_vit_h_4b8939.pth")
     assert hub.modalities("demo") == ("image", "depth", "normals")
-    assert hub.label("demo").startswith("Demo: tiny model trained on rendered rooms")
+    assert hub.label("demo").startswith("Demo RGB-D-N: toy model for rendered rooms")
     key = hub.key("demo", "cpu", None)
     assert key.checkpoint == str(DEMO_DIR) and key.sam is None
     # Started on the demo folder itself, it is the local checkpoint, not listed twice.
@@ -302,16 +347,21 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     ex = write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
     backend = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, examples=str(tmp_path / "examples"))
     assert [Path(p).name for p in backend.examples[0]] == ["office_rgb.jpg", "office_depth.png", "office_normals.png"]
-    with pytest.raises(InputError, match="needs the normals map too"):
-        backend.segment(str(ex["image"]), str(ex["depth"]), None, "local", 0, 10)
+    with pytest.raises(InputError, match="needs the depth map too"):
+        backend.segment(str(ex["image"]), None, str(ex["normals"]), "local", 0, 10)
 
     stages = []
     s, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), None, 0, None,
                                 progress=lambda f, desc=None: stages.append(desc))
-    assert not cached and s.shape == (128, 256) and s.max_depth == 10.0 and s.checkpoint == "ckpt:"
+    assert not cached and s.shape == (128, 256) and s.max_depth == 10.0 and s.checkpoint == "local"
+    assert studio.run_message(s, 1.0, False).startswith("**Segmented 256×128 in 1.00 s** with Local: ckpt")
     assert stages[:2] == ["Reading the inputs", "Downloading / loading the checkpoint (first use)"]
     assert {"load", "encode"} <= set(s.timings)
     assert backend.checkpoints.known["local"] == ("image", "depth", "normals")
+    # depth alone: the normals are derived from it, and the Run says so
+    s0, _ = backend.segment(str(ex["image"]), str(ex["depth"]), None, "local", 0, 10)
+    assert any("derived from the depth" in n for n in s0.notes) and s0.has_normals
+    assert "derived from the depth" in studio.run_message(s0, 1.0, False)
     s2, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10)
     assert cached and "encode" not in s2.timings
     np.testing.assert_array_equal(s2.labels, s.labels)

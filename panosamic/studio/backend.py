@@ -32,8 +32,8 @@ import numpy as np
 
 from ..errors import InputError
 from .cache import EmbeddingCache, content_key
-from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
-from .messages import about_duration
+from .checkpoints import HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
+from .messages import about_duration, given_maps
 from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
 from .session import Session, working_size
@@ -98,7 +98,8 @@ class StudioBackend:
     """State shared by all users and the work behind the UI's events (see the module docstring).
 
     Args:
-        checkpoint, subfolder, sam: the default checkpoint (Hub id or local folder).
+        checkpoint, subfolder, sam: the default checkpoint (Hub id or local folder); subfolder
+            None with a Hub id starts on "auto" (the checkpoint for the maps given).
         device, dtype: where and how models run.
         max_models: checkpoints kept loaded at once.
         cache_mb: memory for cached embeddings shared by all users.
@@ -111,7 +112,7 @@ class StudioBackend:
         gpu_device: the device inside lent calls.
     """
 
-    def __init__(self, checkpoint: str = HUB_REPO, subfolder: Optional[str] = DEFAULT_SUBFOLDER,
+    def __init__(self, checkpoint: str = HUB_REPO, subfolder: Optional[str] = None,
                  sam: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
                  max_models: int = 1, cache_mb: float = 2048, examples: Optional[str] = None,
                  session_mb: float = 4096, session_idle_s: float = 3600, work_width: int = 2048,
@@ -182,7 +183,8 @@ class StudioBackend:
             rgb = estimate_seconds(config, device, dtype, modalities=("image",))
             lighter.append(f"an RGB checkpoint needs {rgb.passes} ViT passes instead of {full.passes} "
                            f"(about {about_duration(rgb.seconds)})")
-        demo = self.checkpoints.architecture(self.checkpoints.DEMO) if self.checkpoints.demo_dir else None
+        demo_value = self.checkpoints.demo_for(config["modalities"])
+        demo = self.checkpoints.architecture(demo_value) if demo_value else None
         if demo is not None:
             lighter.append(f"**Demo** runs in about {about_duration(estimate_seconds(demo, device, dtype).seconds)} "
                            "(rendered rooms only)")
@@ -202,18 +204,19 @@ class StudioBackend:
         progress(0.0, desc="Reading the inputs")
         max_depth = _positive(max_depth, "Max depth T", default=10.0)
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
+        maps = given_maps(input_path(pano), input_path(depth_file), input_path(normals_file))
+        choice = (str(choice).strip() if choice is not None else "") or self.checkpoints.default
+        if choice == Checkpoints.AUTO:
+            # the Hub answers within ~2 s (or HF_HUB_OFFLINE at once); offline, a demo takes over
+            online = self.checkpoints.hub.reachable() if maps else False
+            choice = self.checkpoints.concrete(choice, maps, online=online)
         key = self.checkpoints.key(choice, self.device, self.dtype)  # refuses what is not allowed first
         notes: List[str] = []
         t0 = time.perf_counter()
         image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes,
                                                   decoding=self._decoding)
         timings: Dict[str, float] = {"read": time.perf_counter() - t0}
-        mods = self.checkpoints.modalities(choice)
-        if mods is not None:
-            given = {"image": True, "depth": depth is not None, "normals": normals is not None}
-            missing = [MODALITY_NAMES[m] for m in mods if not given[m]]
-            if missing:
-                raise _missing(missing)
+        _check_maps(self.checkpoints.modalities(choice), depth is not None, normals is not None)
         with self._compute(progress):
             if not self.registry.loaded(key):
                 # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
@@ -227,8 +230,9 @@ class StudioBackend:
             # maps the checkpoint does not use are left out of the cache key too
             inputs = {"image": image, "depth": depth if "depth" in required else None,
                       "normals": normals if "normals" in required else None}
-            if "depth" in required and depth is None or "normals" in required and normals is None:
-                raise _missing([MODALITY_NAMES[m] for m in required if inputs[m] is None])
+            _check_maps(required, depth is not None, normals is not None)
+            if "normals" in required and normals is None:  # the Predictor derives them from the depth
+                notes.append("No normal map was given: the normals were derived from the depth map.")
             # the key hashes the uploaded files (a few MB), not the decoded arrays (up to 330 MB at 8K)
             files = {"image": pano, "depth": depth_file if inputs["depth"] is not None else None,
                      "normals": normals_file if inputs["normals"] is not None else None}
@@ -246,8 +250,9 @@ class StudioBackend:
         size = working_size(*image.shape[:2], self.work_width)
         s = Session(_resize_area(image, size), predictor.labels_at(size, state=state),
                     predictor.dataset.classes, predictor.dataset.palette, input_size=image.shape[:2],
-                    depth=None if depth is None else _resize_depth(depth, size), has_normals=normals is not None,
-                    key=ckey, checkpoint=f"{key.checkpoint.rsplit('/', 1)[-1]}:{key.subfolder or ''}",
+                    depth=None if depth is None else _resize_depth(depth, size),
+                    has_normals="normals" in required, key=ckey, checkpoint=choice,
+                    checkpoint_label=self.checkpoints.label(choice),
                     state=state, model_key=key, max_depth=max_depth, name=name, timings=timings, notes=notes)
         s.timings["working_maps"] = time.perf_counter() - t0
         del image, depth, normals, inputs  # the input-size arrays go now
@@ -451,9 +456,15 @@ def _unpack_masks(instances: List[Dict[str, Any]], shape: Tuple[int, int]) -> Li
     return instances
 
 
-def _missing(names: List[str]) -> InputError:
-    return InputError(f"This checkpoint needs the {' and '.join(names)} map too: upload it, "
-                        "or pick a checkpoint that uses only the RGB image.")
+def _check_maps(modalities: Optional[Tuple[str, ...]], has_depth: bool, has_normals: bool) -> None:
+    """InputError when the checkpoint reads a map that was not given (normals follow from depth)."""
+    if modalities is None:
+        return
+    missing = [MODALITY_NAMES[m] for m in modalities
+               if m == "depth" and not has_depth or m == "normals" and not (has_normals or has_depth)]
+    if missing:
+        raise InputError(f"This checkpoint needs the {' and '.join(missing)} map too: upload it, "
+                         "or pick Automatic, which takes the checkpoint for the maps you have.")
 
 
 def _positive(value: Any, what: str, default: float, allow_zero: bool = False) -> float:

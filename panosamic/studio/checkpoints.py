@@ -1,7 +1,8 @@
 """The checkpoint picker's choices and the models loaded for them.
 
-* `Checkpoints`: released Hub subfolders, the local checkpoint (when the app was started with
-  `--checkpoint <folder>`: "local" and "local/<subfolder>"), the bundled demo model ("demo")
+* `Checkpoints`: "auto" (the checkpoint for the maps a user gives: `for_maps`), released Hub
+  subfolders, the local checkpoint (when the app was started with `--checkpoint <folder>`:
+  "local" and "local/<subfolder>"), the bundled demo models ("demo-rgb", "demo-rgbd", "demo")
   and subfolder names typed in. What a client sends is checked here, without touching the
   file system first: a listed choice, a Hub subfolder name of the configured repo, or a
   folder inside the local checkpoint. Anything else (absolute paths, "..") is refused.
@@ -26,10 +27,14 @@ from ..errors import InputError
 HUB_REPO = "dfki-av/PanoSAMic"
 DEFAULT_SUBFOLDER = "stanford2d3ds-vith-rgbdn-fold1"
 MODALITY_NAMES = {"image": "RGB image", "depth": "depth", "normals": "normals"}
+MAPS_NAMES = {("image",): "RGB", ("image", "depth"): "RGB-D", ("image", "depth", "normals"): "RGB-D-N"}
 
-# The tiny model trained on the project's rendered rooms (assets/demo/README.md): always
-# offered, so the app shows a real segmentation offline; useless on real photographs.
-DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
+# The tiny models trained on the project's rendered rooms (assets/demo/README.md), one per
+# modality set: always offered, so the app segments offline whatever maps a user has; useless
+# on real photographs.
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+DEMO_DIR = ASSETS_DIR / "demo"
+DEMO_FOLDERS = {"demo-rgb": ASSETS_DIR / "demo-rgb", "demo-rgbd": ASSETS_DIR / "demo-rgbd", "demo": DEMO_DIR}
 
 # A Hub subfolder (or a folder inside the local checkpoint): one or two plain names.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
@@ -158,11 +163,25 @@ def _config_modalities(folder: Path) -> Optional[Tuple[str, ...]]:
     return tuple(m for m in ("image", "depth", "normals") if m in mods) if mods else None
 
 
+def _maps_used(maps: Any) -> Tuple[str, ...]:
+    """The modality set a checkpoint needs to use exactly the given maps ("image" always; normals
+    only with depth: no released checkpoint reads RGB + normals, they are then left unused)."""
+    given = set(maps or ())
+    if "depth" not in given:
+        return ("image",)
+    return ("image", "depth", "normals") if "normals" in given else ("image", "depth")
+
+
 class Checkpoints:
-    """The choices of the checkpoint picker (see the module docstring)."""
+    """The choices of the checkpoint picker (see the module docstring).
+
+    `subfolder` None (and no local `checkpoint` folder) starts the picker on "auto": each Run
+    takes the checkpoint for the maps given (`for_maps`); a value the user picks is kept.
+    """
 
     LOCAL = "local"
     DEMO = "demo"
+    AUTO = "auto"
 
     def __init__(self, checkpoint: str, subfolder: Optional[str], sam: Optional[str]):
         self.checkpoint = str(checkpoint)
@@ -174,8 +193,10 @@ class Checkpoints:
         self.hub = HubProbe()
         self.known: Dict[str, Tuple[str, ...]] = {}   # value -> modalities learned from a loaded model
         self.local_values: List[str] = []
-        same_as_local = self.local_dir is not None and self.local_dir == DEMO_DIR
-        self.demo_dir = DEMO_DIR if (DEMO_DIR / "model.safetensors").is_file() and not same_as_local else None
+        #: picker value -> folder of each bundled demo model present (not the local checkpoint itself)
+        self.demos: Dict[str, Path] = {v: d for v, d in DEMO_FOLDERS.items()
+                                       if (d / "model.safetensors").is_file() and d != self.local_dir}
+        self.demo_dir = self.demos.get(self.DEMO)
         if self.local_dir is not None:
             if (self.local_dir / "model.safetensors").is_file():
                 self.local_values.append(self.LOCAL)
@@ -186,12 +207,12 @@ class Checkpoints:
         elif self.local_values:
             self.default = self.local_values[0]
         else:
-            self.default = subfolder or DEFAULT_SUBFOLDER
+            self.default = subfolder or self.AUTO
 
     def is_hub(self, value: Optional[str]) -> bool:
         """Whether the picker value loads from the Hugging Face Hub (not local, not the demo)."""
         v = str(value if value is not None else self.default).strip() or self.default
-        if v == self.DEMO and self.demo_dir is not None or v == self.LOCAL or v.startswith(self.LOCAL + "/"):
+        if v in self.demos or v == self.AUTO or v == self.LOCAL or v.startswith(self.LOCAL + "/"):
             return False
         try:
             self.resolve(v)
@@ -219,16 +240,51 @@ class Checkpoints:
         if not self.needs_download(value) or self.hub.reachable(wait):
             return
         value = (value or self.default).strip()
-        demo = " Pick Demo (a tiny model that works offline), or" if self.demo_dir else ""
+        demo = (" Pick Automatic or a Demo (tiny models that work offline), or" if self.demos else "")
         raise InputError(f"{value} is not downloaded yet and the Hugging Face Hub cannot be reached (offline?).{demo} "
                          "start the app with `--checkpoint <folder>` holding model.safetensors and sam.pth.")
 
     def initial(self, wait: Optional[float] = None) -> str:
-        """The value the picker starts with: the default, or Demo when the default must be
-        downloaded and the Hub cannot be reached."""
-        if self.demo_dir is not None and self.needs_download(self.default) and not self.hub.reachable(wait):
-            return self.DEMO
+        """The value the picker starts with: the default, or the Demo for the same maps when the
+        default is a Hub checkpoint that must be downloaded and the Hub cannot be reached."""
+        if self.default != self.AUTO and self.needs_download(self.default) and not self.hub.reachable(wait):
+            demo = self.demo_for(self.modalities(self.default) or ("image",))
+            if demo is not None:
+                return demo
         return self.default
+
+    def demo_for(self, modalities: Any) -> Optional[str]:
+        """The bundled demo that reads `modalities`, else the one reading the most of them, or None."""
+        mods = _maps_used(modalities)
+        for value, folder in self.demos.items():
+            if _config_modalities(folder) == mods:
+                return value
+        fits = [v for v, d in self.demos.items() if set(_config_modalities(d) or ("image",)) <= set(mods)]
+        return fits[-1] if fits else None
+
+    def for_maps(self, maps: Any, online: Optional[bool] = None) -> str:
+        """The checkpoint that uses exactly the maps given (`maps`: e.g. ("image", "depth");
+        normals without depth are left unused). A local checkpoint (`--checkpoint <folder>`): its
+        value with those inputs, else its first. Otherwise the released fold-1 ViT-H checkpoint
+        for them (RGB: stanford2d3ds-vith-rgb-fold1, as the authors' own demo), or, when that must
+        be downloaded and the Hub cannot be reached, the bundled demo for them.
+
+        `online`: whether the Hub can be reached; None = not known to be unreachable (never waits).
+        """
+        mods = _maps_used(maps)
+        if self.local_values:
+            return next((v for v in self.local_values if self.modalities(v) == mods), self.local_values[0])
+        hub = next(name for name, m in self.released.items() if m == mods)  # fold 1 comes first
+        if online is None:
+            online = not self.hub.known_unreachable()
+        if self.cached(hub) or online:
+            return hub
+        return self.demo_for(mods) or hub
+
+    def concrete(self, value: Optional[str], maps: Any, online: Optional[bool] = None) -> str:
+        """The picker value itself, or what "auto" (also an empty value) means for `maps`."""
+        v = str(value if value is not None else self.default).strip() or self.default
+        return self.for_maps(maps, online) if v == self.AUTO else v
 
     def local_subfolders(self) -> List[str]:
         """Subfolders (1 or 2 levels deep) of the local checkpoint holding a model.safetensors."""
@@ -242,14 +298,16 @@ class Checkpoints:
 
     def listed(self) -> List[str]:
         """The values the picker offers."""
-        return list(self.local_values) + list(self.released) + ([self.DEMO] if self.demo_dir else [])
+        return [self.AUTO] + list(self.local_values) + list(self.released) + list(self.demos)
 
     def resolve(self, value: Optional[str]) -> Tuple[str, Optional[str]]:
         """(checkpoint, subfolder) to load for a picker value; InputError for anything outside
         the allowed set (decided from the text alone, before any file is looked at)."""
         value = str(value if value is not None else self.default).strip() or self.default
-        if value == self.DEMO and self.demo_dir is not None:
-            return str(self.demo_dir), None
+        if value == self.AUTO:
+            raise InputError("Internal: 'auto' names no checkpoint until the inputs are known (Checkpoints.concrete).")
+        if value in self.demos:
+            return str(self.demos[value]), None
         if value == self.LOCAL or value.startswith(self.LOCAL + "/"):
             if self.local_dir is None:
                 raise InputError("There is no local checkpoint: start the app with --checkpoint <folder>.")
@@ -266,7 +324,7 @@ class Checkpoints:
 
     def key(self, value: Optional[str], device: Optional[str], dtype: Optional[str]) -> ModelKey:
         ckpt, sub = self.resolve(value)
-        sam = None if (value or "").strip() == self.DEMO else self.sam  # the demo brings its own SAM part
+        sam = None if (value or "").strip() in self.demos else self.sam  # a demo brings its own SAM part
         return ModelKey(ckpt, sub, sam, device, dtype)
 
     def modalities(self, value: Optional[str]) -> Optional[Tuple[str, ...]]:
@@ -276,8 +334,10 @@ class Checkpoints:
             return self.known[value]
         if value in self.released:
             return tuple(self.released[value])
-        if value == self.DEMO and self.demo_dir is not None:
-            return _config_modalities(self.demo_dir)
+        if value == self.AUTO:
+            return None
+        if value in self.demos:
+            return _config_modalities(self.demos[value])
         if self.local_dir is not None and value in self.local_values:
             ckpt, sub = self.resolve(value)
             mods = _config_modalities(Path(ckpt) / (sub or ""))
@@ -291,6 +351,8 @@ class Checkpoints:
         None when unknown."""
         from ..config import config_from_subfolder, resolve_config
 
+        if (value or self.default).strip() == self.AUTO:
+            return None
         ckpt, sub = self.resolve(value)
         folder = Path(ckpt) / (sub or "")
         if self.is_hub(value):
@@ -311,8 +373,11 @@ class Checkpoints:
             assert self.local_dir is not None
             name = self.local_dir.name + (value[len(self.LOCAL):] if value != self.LOCAL else "")
             return f"Local: {name} ({need})"
-        if value == self.DEMO:
-            return f"Demo: tiny model trained on rendered rooms, offline ({need})"
+        if value == self.AUTO:
+            return "Automatic: the checkpoint for the maps you give (RGB, RGB-D or RGB-D-N)"
+        if value in self.demos:
+            maps = MAPS_NAMES.get(tuple(mods or ()), need)
+            return f"Demo {maps}: toy model for rendered rooms, offline ({need})"
         label = f"{pretty_subfolder(value)} ({need})"
         if self.needs_download(value):
             label += " · needs a download" + (" (offline now)" if self.hub.known_unreachable() else "")
@@ -375,4 +440,5 @@ def empty_gpu_cache() -> None:
 
 
 __all__ = ["Checkpoints", "HubProbe", "ModelKey", "ModelRegistry", "pretty_subfolder", "check_subfolder_name",
-           "empty_gpu_cache", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES", "DEMO_DIR"]
+           "empty_gpu_cache", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES", "MAPS_NAMES", "DEMO_DIR",
+           "DEMO_FOLDERS"]

@@ -53,13 +53,25 @@ def user_message(exc: BaseException) -> str:
     return f"Unexpected error ({name}). Details are in the server log."
 
 
+def given_maps(pano: Any, depth: Any, normals: Any) -> Tuple[str, ...]:
+    """The modalities present among the inputs (only presence matters: any non-None marker)."""
+    return tuple(m for m, v in (("image", pano), ("depth", depth), ("normals", normals)) if v is not None)
+
+
 def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any, depth: Any,
                       normals: Any) -> Tuple[str, bool]:
     """(Markdown: what the selected checkpoint needs and what is missing, whether Run can start).
 
     Only presence matters: `pano`, `depth` and `normals` are the inputs, or any non-None marker.
+    "Automatic" names the checkpoint it takes for the maps given (`Checkpoints.for_maps`).
     """
-    mods = checkpoints.modalities(choice)
+    maps = given_maps(pano, depth, normals)
+    value = (choice or checkpoints.default).strip() or checkpoints.default
+    prefix = ""
+    if value == checkpoints.AUTO:
+        value = checkpoints.concrete(value, maps)
+        prefix = f"Automatic: **{checkpoints.label(value)}**. "
+    mods = checkpoints.modalities(value)
     unavailable = False
     have = {"image": pano is not None, "depth": depth is not None, "normals": normals is not None}
     if mods is None:
@@ -68,23 +80,30 @@ def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any
     else:
         need = "Needs " + ", ".join(f"**{MODALITY_NAMES[m]}**" for m in mods) + "."
         missing = [m for m in mods if not have[m]]
-    if (choice or "").strip() == checkpoints.DEMO and checkpoints.needs_download(checkpoints.default) \
-            and checkpoints.hub.known_unreachable():
-        need += " (The Hugging Face Hub cannot be reached: the released checkpoints need a download.)"
-    elif checkpoints.needs_download(choice):
+    if value in checkpoints.demos:
+        need += " A toy model: it knows only the project's rendered rooms."
+    elif checkpoints.needs_download(value):
         if checkpoints.hub.known_unreachable():
-            demo = " Pick **Demo** to work offline." if checkpoints.demo_dir else ""
-            need += f" ⚠ Not downloaded, and the Hugging Face Hub cannot be reached.{demo}"
+            demo = checkpoints.demo_for(maps)
+            offline = f" Pick **{checkpoints.label(demo)}** to work offline." if demo else ""
+            need += f" ⚠ Not downloaded, and the Hugging Face Hub cannot be reached.{offline}"
             unavailable = True
         else:
             need += " Downloaded on the first Run."
+    need = prefix + need
     if pano is None:
         return f"{need} Upload a panorama or pick an example.", False
+    derived = "normals" in missing and have["depth"]
+    if derived:
+        missing.remove("normals")
     if missing:
         names = " and ".join(MODALITY_NAMES[m] for m in missing)
-        return f"⚠ {need} Missing: {names}. Upload it, or pick an RGB checkpoint.", False
+        return (f"⚠ {need} Missing: {names}. Upload it, or pick **Automatic**, which takes the checkpoint "
+                "for the maps you have.", False)
     unused = [m for m in ("depth", "normals") if have[m] and mods is not None and m not in mods]
     note = f" The {' and '.join(unused)} map is not used by this checkpoint." if unused else ""
+    if derived:
+        note += " The normals will be derived from the depth map."
     return f"{need}{'' if unavailable else ' Ready.'}{note}", True
 
 
@@ -134,8 +153,10 @@ def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[s
     src = "embeddings reused from the cache · " if cached else ""
     h, w = s.input_size
     notes = "".join(f"\n\n⚠ {n}" for n in getattr(s, "notes", ()))
-    return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}{notes}"
+    by = getattr(s, "checkpoint_label", None)
+    by = f" with {by}" if by else ""
+    return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {src}{stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "edit_status", "run_message",
+__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "given_maps", "edit_status", "run_message",
            "about_duration", "exact_duration"]

@@ -112,7 +112,7 @@ class Session:
                  has_normals: bool = False, key: Optional[str] = None, checkpoint: Optional[str] = None,
                  state: Any = None, model_key: Any = None, max_depth: Optional[float] = None,
                  name: str = "panorama", timings: Optional[Dict[str, float]] = None,
-                 notes: Optional[Sequence[str]] = None):
+                 notes: Optional[Sequence[str]] = None, checkpoint_label: Optional[str] = None):
         labels = np.asarray(labels)
         image = np.asarray(image)
         if image.shape[:2] != labels.shape:
@@ -135,6 +135,8 @@ class Session:
         self.notes: List[str] = list(notes or [])
         self.key = key
         self.checkpoint = checkpoint
+        #: how the page names the checkpoint that made the labels (e.g. "Demo RGB: toy model ...")
+        self.checkpoint_label = checkpoint_label or checkpoint
         self.state = state
         self.model_key = model_key
         self.max_depth = max_depth
