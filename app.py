@@ -51,7 +51,7 @@ from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
 from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown
-from panosamic.studio.uploads import input_path, preview_image
+from panosamic.studio.uploads import example_caption, input_path, preview_image
 
 log = logging.getLogger("panosamic.app")
 
@@ -449,12 +449,6 @@ def _closer(store):
     return close
 
 
-def _example_caption(row: Sequence[Optional[str]]) -> str:
-    """'office · RGB-D-N': the example's name and the maps it brings (RGB, Depth, Normals)."""
-    maps = "RGB" + "".join(tag for tag, path in zip(("-D", "-N"), row[1:]) if path)
-    return f"{Path(row[0]).name.rsplit('_rgb', 1)[0]} · {maps}"
-
-
 def build_ui(studio: Studio) -> gr.Blocks:
     ck = studio.checkpoints
     start_value = ck.initial()   # Demo when the default needs a download and the Hub cannot be reached
@@ -486,8 +480,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                     info="For 'Refine with SAM instances'; fewer points are faster")
                 run = gr.Button("Run", variant="primary", interactive=False, elem_id="run-button")
                 run_status = gr.Markdown(elem_id="run-status", label="Run status")
-                examples = gr.Gallery([(row[0], _example_caption(row)) for row in studio.examples],
-                                      label="Examples (RGB-D-N: with depth and normals): click one", columns=2, height="auto", object_fit="cover",
+                examples = gr.Gallery([(row[0], example_caption(row)) for row in studio.examples],
+                                      label="Examples: photos (RGB only) and rendered rooms (RGB-D-N: with depth "
+                                            "and normals): click one", columns=2, height="auto", object_fit="cover",
                                       allow_preview=False, interactive=False, elem_id="examples",
                                       visible=bool(studio.examples))
             with gr.Column(scale=3):

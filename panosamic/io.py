@@ -728,11 +728,15 @@ def find_companions(path: PathLike) -> Dict[str, Optional[Path]]:
 
 # --------------------------------------------------------------------------- bundled examples
 def list_examples(folder: Optional[PathLike] = None) -> List[str]:
-    """Names of the example panoramas in ``folder`` (default: the bundled assets/examples)."""
+    """Names of the labelled example panoramas in ``folder`` (default: the bundled
+    assets/examples): each ``<name>_rgb.jpg`` with its ``<name>_labels.png`` ground truth, the
+    rendered rooms that evaluation and training iterate. The photographs beside them (RGB only,
+    listed in photos.json) have no labels and are not among them."""
     folder = Path(folder) if folder is not None else EXAMPLES_DIR
     if not folder.is_dir():
         return []
-    return sorted(p.name[: -len("_rgb.jpg")] for p in folder.glob("*_rgb.jpg"))
+    names = (p.name[: -len("_rgb.jpg")] for p in folder.glob("*_rgb.jpg"))
+    return sorted(n for n in names if (folder / f"{n}_labels.png").is_file())
 
 
 def example_paths(name: str, folder: Optional[PathLike] = None) -> Dict[str, Path]:

@@ -132,8 +132,9 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         assert run.is_disabled(), "Run must be disabled before a panorama is given"
         page.locator("#requirements").get_by_text("Upload a panorama").wait_for()
 
-        # click the first example thumbnail: panorama, depth and normals are filled in
-        page.locator("#examples .thumbnail-item").first.click()
+        # click the first RGB-D-N example (the photos before it are RGB only): panorama, depth
+        # and normals are filled in
+        page.locator("#examples .thumbnail-item").filter(has_text="RGB-D-N").first.click()
         page.wait_for_function("() => !document.querySelector('#run-button').disabled")
         assert "❌" not in page.locator("#requirements").inner_text()
 
@@ -271,7 +272,7 @@ def test_first_run_offline_with_an_empty_cache(browser, tmp_path):
             page.get_by_role("heading", name="PanoSAMic Studio").wait_for()
             assert page.locator("#checkpoint input").input_value().startswith("Demo")
             assert "cannot be reached" in page.locator("#requirements").inner_text()
-            page.locator("#examples .thumbnail-item").first.click()
+            page.locator("#examples .thumbnail-item").filter(has_text="RGB-D-N").first.click()
             page.wait_for_function("() => !document.querySelector('#run-button').disabled")
             t0 = time.perf_counter()
             page.locator("#run-button").click()

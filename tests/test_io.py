@@ -147,6 +147,24 @@ def test_labels_and_normals_round_trip(tmp_path):
     np.testing.assert_array_equal(io.load_normals(n), rgb)
 
 
+def test_list_examples_are_the_labelled_rendered_rooms(tmp_path):
+    """Evaluation and training iterate list_examples(): the six rendered rooms with ground truth,
+    not the photographs (RGB only) beside them."""
+    from devtools import scenes
+
+    names = io.list_examples()
+    assert names == sorted(scenes.EXAMPLES)
+    photos = sorted(p.name for p in EXAMPLES.glob("*_rgb.jpg") if p.name[: -len("_rgb.jpg")] not in names)
+    assert len(photos) >= 4 and "hotel_room_rgb.jpg" in photos
+    for name in names:
+        paths = io.example_paths(name)
+        assert all(p.is_file() for p in paths.values()), name
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / "photo_rgb.jpg")
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / "room_rgb.jpg")
+    Image.fromarray(np.zeros((4, 8), np.uint8)).save(tmp_path / "room_labels.png")
+    assert io.list_examples(tmp_path) == ["room"]
+
+
 def test_find_companions(tmp_path):
     for name in io.list_examples(EXAMPLES):
         c = io.find_companions(EXAMPLES / f"{name}_rgb.jpg")

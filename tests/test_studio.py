@@ -255,6 +255,63 @@ def test_preview_and_examples(tmp_path):
     assert studio.find_examples(str(tmp_path / "missing")) == []
 
 
+def test_bundled_photos_come_first_and_say_what_they_are():
+    """The real photographs (photos.json, indoor first) lead the gallery as 'title · photo · RGB',
+    each a plain 2:1 RGB JPEG with no companions; the rendered rooms follow with depth and normals."""
+    import hashlib
+    import json
+
+    from devtools import scenes
+    from PIL import Image
+
+    from panosamic import io
+    from panosamic.studio.uploads import PHOTOS_MANIFEST, example_photos
+
+    folder = io.EXAMPLES_DIR
+    photos = example_photos(str(folder))
+    assert len(photos) >= 4 and list(photos)[:2] == ["hotel_room", "photo_studio"]
+    assert [e["scene"] for e in photos.values()][:2] == ["indoor", "indoor"]
+    rows = studio.find_examples(str(folder))
+    names = [io.panorama_stem(r[0]) for r in rows]
+    assert names == list(photos) + sorted(scenes.EXAMPLES)
+    captions = [studio.example_caption(r) for r in rows]
+    assert captions[0] == "hotel room · photo · RGB"
+    for row, caption, entry in zip(rows, captions, photos.values()):
+        assert row[1:] == [None, None] and caption == f"{entry['title']} · photo · RGB"
+        path = Path(row[0])
+        assert path.name == entry["file"] == f"{entry['name']}_rgb.jpg"
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.mode == "RGB" and im.size == (entry["width"], entry["height"])
+            assert im.size[0] == 2 * im.size[1]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        assert not [p.name for p in folder.glob(f"{entry['name']}[_.]*") if p != path]  # no depth/normals/labels/json
+        assert entry["licence"] == "CC0-1.0" and entry["source"]["package"] == "blender-data"
+        assert entry["original"]["page"].startswith("https://polyhaven.com/a/")
+    for row, caption, name in zip(rows[len(photos):], captions[len(photos):], sorted(scenes.EXAMPLES)):
+        assert caption == f"{name} · rendered · RGB-D-N"
+        assert row[1].endswith(f"{name}_depth.png") and row[2].endswith(f"{name}_normals.png")
+    assert json.loads((folder / PHOTOS_MANIFEST).read_text())["photos"][0]["name"] == "hotel_room"
+
+
+def test_example_order_and_captions_from_the_manifest(tmp_path):
+    import json
+
+    for name in ("attic", "kitchen", "zoo"):
+        cv2.imwrite(str(tmp_path / f"{name}_rgb.jpg"), np.full((8, 16, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "attic_depth.png"), np.zeros((8, 16), np.uint16))
+    (tmp_path / "attic.json").write_text("{}")
+    manifest = tmp_path / "photos.json"
+    manifest.write_text(json.dumps({"photos": [{"name": "zoo", "title": "Zoo gate"}, {"name": "gone"}]}))
+    rows = studio.find_examples(str(tmp_path))
+    assert [Path(r[0]).name for r in rows] == ["zoo_rgb.jpg", "attic_rgb.jpg", "kitchen_rgb.jpg"]
+    assert [studio.example_caption(r) for r in rows] == ["Zoo gate · photo · RGB", "attic · rendered · RGB-D",
+                                                         "kitchen · RGB"]
+    manifest.write_text("{not json")   # a damaged manifest: no photos, order by name, the app still starts
+    rows = studio.find_examples(str(tmp_path))
+    assert [Path(r[0]).name for r in rows] == ["attic_rgb.jpg", "kitchen_rgb.jpg", "zoo_rgb.jpg"]
+    assert studio.example_caption(rows[2]) == "zoo · RGB"
+
+
 # ----------------------------------------------------------------------------- texts
 
 def test_edit_status_run_message_and_instance_masks():

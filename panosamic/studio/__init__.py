@@ -21,9 +21,9 @@ from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoint
 from .messages import edit_status, requirements_text, run_message, user_message
 from .session import WORK_MAX_WIDTH, Session, working_size
 from .store import SessionExpired, SessionStore
-from .uploads import find_examples, input_path, load_inputs, preview_image
+from .uploads import example_caption, find_examples, input_path, load_inputs, preview_image
 
 __all__ = ["StudioBackend", "load_predictor", "EmbeddingCache", "content_key", "Checkpoints", "ModelKey",
            "ModelRegistry", "Session", "SessionStore", "SessionExpired", "working_size", "user_message",
-           "requirements_text", "edit_status", "run_message", "find_examples", "input_path", "load_inputs",
+           "requirements_text", "edit_status", "run_message", "find_examples", "example_caption", "input_path", "load_inputs",
            "preview_image", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES", "WORK_MAX_WIDTH"]

@@ -7,10 +7,11 @@ messages name the user's own file, never a path on the server.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ContextManager, List, Optional
+from typing import Any, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -86,18 +87,58 @@ def preview_image(pano: Any, max_width: int = WORK_MAX_WIDTH) -> Optional[np.nda
         return None
 
 
+#: The manifest of the real photographs among the examples (written by
+#: scripts/make_photo_examples.py): their gallery order, titles, sources and licences.
+PHOTOS_MANIFEST = "photos.json"
+
+
+def example_photos(folder: str) -> Dict[str, Dict[str, Any]]:
+    """{name: entry} of the photographs listed in `folder`'s photos.json, in its order (indoor
+    first); {} without one. A damaged manifest only loses the photos' order and titles."""
+    try:
+        manifest = json.loads((Path(folder) / PHOTOS_MANIFEST).read_text(encoding="utf-8"))
+        return {str(e["name"]): e for e in manifest["photos"] if isinstance(e, dict) and "name" in e}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def find_examples(folder: str) -> List[List[Optional[str]]]:
-    """[[rgb, depth or None, normals or None], ...] for each <name>_rgb.(jpg|png) in `folder`."""
-    from ..io import find_companions
+    """[[rgb, depth or None, normals or None], ...] for each <name>_rgb.(jpg|png) in `folder`:
+    the photographs of its photos.json first, in the manifest's order, then the rest by name."""
+    from ..io import find_companions, panorama_stem
 
     root = Path(folder)
     if not root.is_dir():
         return []
+    rank = {name: i for i, name in enumerate(example_photos(folder))}
+    images = sorted(list(root.glob("*_rgb.jpg")) + list(root.glob("*_rgb.png")))
+    images.sort(key=lambda p: rank.get(panorama_stem(p), len(rank)))  # stable: by name within each group
     rows = []
-    for rgb in sorted(list(root.glob("*_rgb.jpg")) + list(root.glob("*_rgb.png"))):
+    for rgb in images:
         found = find_companions(rgb)
         rows.append([str(rgb)] + [str(found[k]) if found[k] else None for k in ("depth", "normals")])
     return rows
 
 
-__all__ = ["input_path", "load_inputs", "preview_image", "find_examples"]
+def example_caption(row: Sequence[Optional[str]]) -> str:
+    """'hotel room · photo · RGB', 'office · rendered · RGB-D-N': what a gallery row is.
+
+    A photograph is listed in its folder's photos.json (which gives its title); a rendered
+    example has the <name>.json that scripts/make_examples.py writes beside it; anything else
+    is named by its file and the maps it brings (RGB, Depth, Normals).
+    """
+    from ..io import panorama_stem
+
+    rgb = Path(row[0])
+    name = panorama_stem(rgb)
+    photo = example_photos(str(rgb.parent)).get(name)
+    if photo is not None:
+        kind, title = "photo", str(photo.get("title") or name)
+    else:
+        kind, title = ("rendered" if (rgb.parent / f"{name}.json").is_file() else None), name.replace("_", " ")
+    maps = "RGB" + "".join(tag for tag, path in zip(("-D", "-N"), row[1:]) if path)
+    return " · ".join(part for part in (title, kind, maps) if part)
+
+
+__all__ = ["input_path", "load_inputs", "preview_image", "find_examples", "example_photos", "example_caption",
+           "PHOTOS_MANIFEST"]
