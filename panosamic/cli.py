@@ -651,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=sorted(LAYOUTS), help="which dataset layout --root holds")
     p.add_argument("--root", required=True, metavar="DIR", help="the processed dataset folder")
     p.add_argument("--fold", required=True, type=int, metavar="N",
-                   help="Stanford2D3DS 1-3 (cross-validation); Matterport3D/Structured3D 1 (validation) or 2 (test)")
+                   help="Stanford2D3DS 1-3 (cross-validation); Matterport3D/Structured3D 1 (validation) or 2 (test); "
+                        "ToF-360 1 (all four scenes, zero-shot)")
     _add_model_args(p)
     p.add_argument("--max-depth", type=float, default=None, metavar="T",
                    help="depth encoding range in metres (default: the fold's training split's 99.5%% inlier "

@@ -90,3 +90,73 @@ def run_main(*args) -> tuple:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main([str(a) for a in args])
     return code, out.getvalue(), err.getvalue()
+
+
+# --- ToF-360 ---------------------------------------------------------------------------------------
+# Written the way the authors' ToF-360 preparation writes it: semantics.png holds ToF-360's raw
+# category ids, depth.png 1/512 m with 0 = no reading, depth_mask.webp = (raw depth != 0).
+# The test's own statement of the facts: raw ids per Stanford2D3DS class, void ids, and the
+# ids the test uses for clutter (6, 9, 50, 200 are listed nowhere, so they are clutter).
+TOF_RAW_IDS = {"beam": (17,), "board": (26,), "bookcase": (31,), "ceiling": (2, 20, 42), "chair": (5,),
+               "clutter": (6, 9, 50, 200), "column": (14,), "door": (7,), "floor": (3, 18), "sofa": (4,),
+               "table": (12,), "wall": (1, 40), "window": (8,)}
+TOF_VOID_IDS = (0, 33, 34)
+TOF_SCENES = ("Hospital", "Office_Room_1", "Office_Room_2", "Parking_Lot")
+TOF_PLACEMENT = {"office": "Hospital", "conference": "Office_Room_1", "seam": "Office_Room_2",
+                 "corridor": "Parking_Lot"}
+TOF_KEYS = [f"{scene}/{name}" for name, scene in TOF_PLACEMENT.items()]
+
+
+def tof_class_of(raw: int) -> int:
+    """The test's reading of one raw ToF-360 id: its class index, -1 for void, clutter otherwise."""
+    if raw in TOF_VOID_IDS:
+        return -1
+    for cls_name, ids in TOF_RAW_IDS.items():
+        if raw in ids and cls_name != "clutter":
+            return CLASSES.index(cls_name)
+    return CLASSES.index("clutter")
+
+
+def build_tof360(root: Path) -> Path:
+    """One sample per scene, made from the bundled examples; returns ``root``."""
+    w, h = SIZE
+    for name, scene in TOF_PLACEMENT.items():
+        src = example_paths(name)
+        folder = root / scene / name
+        folder.mkdir(parents=True, exist_ok=True)
+        rgb = cv2.resize(load_image(src["image"]), SIZE, interpolation=cv2.INTER_AREA)
+        depth = cv2.resize(load_depth(src["depth"]), SIZE, interpolation=cv2.INTER_NEAREST)
+        normals = cv2.resize(load_normals(src["normals"]), SIZE, interpolation=cv2.INTER_NEAREST)
+        labels = cv2.resize(load_labels(src["labels"]), SIZE, interpolation=cv2.INTER_NEAREST).astype(np.int64)
+        # every raw id of a class appears: the variants alternate by column
+        cols = np.broadcast_to(np.arange(w), (h, w))
+        raw = np.zeros((h, w), np.uint8)
+        for k, cls_name in enumerate(CLASSES):
+            ids = np.array(TOF_RAW_IDS[cls_name])
+            raw = np.where(labels == k, ids[cols % len(ids)], raw).astype(np.uint8)
+        for j, void in enumerate(TOF_VOID_IDS):                 # three stripes of void
+            raw[h - 30 + 6 * j: h - 24 + 6 * j, 200:300] = void
+        rgb[100:120, 300:360] = 0                              # black pixels stay labelled on ToF-360
+        units = np.clip(np.rint(depth * 512), 1, 65535).astype(np.uint16)
+        units[h // 2: h // 2 + 20, 40:120] = 0                 # no reading
+        valid = units != 0
+        valid[20:30, 400:450] = False                          # masked although depth.png has a value
+        Image.fromarray(rgb).save(folder / "rgb.webp", format="webp", lossless=True)
+        Image.fromarray(units).save(folder / "depth.png", format="png")
+        Image.fromarray(valid).save(folder / "depth_mask.webp", format="webp", lossless=True)
+        Image.fromarray(normals).save(folder / "normals.webp", format="webp", lossless=True)
+        Image.fromarray(raw).save(folder / "semantics.png", format="png")
+    return root
+
+
+def truth_tof360(sample: Path) -> Dict[str, np.ndarray]:
+    """The test's own decoding of one ToF-360 sample (as :func:`truth`)."""
+    raw = np.asarray(Image.open(sample / "semantics.png")).astype(np.int64)
+    table = np.array([tof_class_of(i) for i in range(int(raw.max()) + 1)])
+    units = np.asarray(Image.open(sample / "depth.png")).astype(np.float64)
+    valid = np.asarray(Image.open(sample / "depth_mask.webp"))[..., -1] != 0
+    return {"image": np.asarray(Image.open(sample / "rgb.webp").convert("RGB")),
+            "depth": np.where(valid, units / 512, 0).astype(np.float32),
+            "valid": valid,
+            "normals": np.asarray(Image.open(sample / "normals.webp").convert("RGB")),
+            "labels": table[raw]}

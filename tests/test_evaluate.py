@@ -1,6 +1,6 @@
-"""`python -m panosamic evaluate` on a small Stanford2D3DS dataset in the authors' processed layout.
+"""`python -m panosamic evaluate` on small Stanford2D3DS and ToF-360 datasets in the authors' processed layouts.
 
-The dataset is written from the bundled examples (tests/eval_utils.py); the expected numbers
+The datasets are written from the bundled examples (tests/eval_utils.py); the expected numbers
 come from the test's own decoding of those files and its own numpy accumulation.
 """
 
@@ -17,7 +17,11 @@ import pytest
 from PIL import Image
 
 import panosamic
-from eval_utils import DEMO, TEST_KEYS, build_stanford, run_main, truth
+from eval_utils import (CLASSES, DEMO, TEST_KEYS, TOF_KEYS, TOF_SCENES, build_stanford, build_tof360, run_main,
+                        tof_class_of, truth, truth_tof360)
+from panosamic.evaluation import evaluate as evaluate_module
+from panosamic.evaluation.layouts import get_layout
+from panosamic.evaluation.max_depth import split_max_depth
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +39,12 @@ def training_t(root: Path) -> float:
     return round(float(edges[np.nonzero(cum >= 0.995 * cum[-1])[0][0]]), 1)
 
 
-def expected_metrics(root: Path, out: Path) -> dict:
+def expected_metrics(root: Path, out: Path, keys=TEST_KEYS, decode=truth) -> dict:
     """Intersection / ground truth / prediction summed over the test split, then IoU, NaN-means."""
     k = 13
     sums = {key: np.zeros(k) for key in ("i", "t", "p", "wi", "wt", "wp")}
-    for key in TEST_KEYS:
-        gt = truth(root / key)["labels"]
+    for key in keys:
+        gt = decode(root / key)["labels"]
         pred = np.asarray(Image.open(out / "labels" / f"{key}.png")).astype(np.int64)
         valid = gt >= 0
         h = gt.shape[0]
@@ -63,18 +67,18 @@ def expected_metrics(root: Path, out: Path) -> dict:
     return out_m
 
 
-def check_against_independent(root: Path, out: Path, t: float) -> dict:
+def check_against_independent(root: Path, out: Path, t: float, keys=TEST_KEYS, decode=truth) -> dict:
     m = json.loads((out / "metrics.json").read_text())
     assert m["max_depth"] == t
-    assert m["num_samples"] == 3 and m["num_failed"] == 0
+    assert m["num_samples"] == len(keys) and m["num_failed"] == 0
     # The saved predictions are what the model gives on the test's own decoding with this T.
     predictor = panosamic.from_pretrained(str(DEMO), device="cpu", max_depth=t)
-    for key in TEST_KEYS:
-        s = truth(root / key)
+    for key in keys:
+        s = decode(root / key)
         predictor.set_panorama(s["image"], depth=s["depth"], normals=s["normals"])
         saved = np.asarray(Image.open(out / "labels" / f"{key}.png"))
         np.testing.assert_array_equal(saved, predictor.labels)
-    exp = expected_metrics(root, out)
+    exp = expected_metrics(root, out, keys, decode)
     for name in ("miou", "macc", "pixel_accuracy", "miou_weighted", "macc_weighted", "pixel_accuracy_weighted"):
         assert m[name] == pytest.approx(exp[name], rel=1e-9), name
     iou = [np.nan if v is None else v for v in m["per_class_iou"].values()]
@@ -181,3 +185,108 @@ def test_ray_not_installed(monkeypatch, dataset, tmp_path, command):
     assert code == 2
     assert "pip install 'ray[data]'" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+# --- ToF-360: zero-shot, one fold of all four scenes ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tof360(tmp_path_factory) -> Path:
+    return build_tof360(tmp_path_factory.mktemp("tof360"))
+
+
+def tof360_t(root: Path) -> float:
+    """99.5 % inlier depth of all four scenes (ToF-360 has no training split), 0.1 m bins over 0..128 m."""
+    depths = [truth_tof360(root / k)["depth"][truth_tof360(root / k)["valid"]] for k in TOF_KEYS]
+    hist, edges = np.histogram(np.concatenate(depths), bins=1280, range=(0, 128))
+    cum = np.cumsum(hist)
+    return round(float(edges[np.nonzero(cum >= 0.995 * cum[-1])[0][0]]), 1)
+
+
+def test_tof360_evaluate_matches_an_independent_computation(tof360, tmp_path, monkeypatch):
+    # a Stanford2D3DS number for this checkpoint must not be shown as ToF-360's
+    monkeypatch.setitem(evaluate_module.PUBLISHED, "", {"miou": 0.5})
+    out = tmp_path / "eval"
+    code, stdout, err = run_main("evaluate", "--dataset", "tof360", "--root", tof360, "--fold", 1,
+                                 "--checkpoint", DEMO, "--out", out, "--save-labels", "--no-progress")
+    assert code == 0, err
+    t = tof360_t(tof360)
+    m = check_against_independent(tof360, out, t, TOF_KEYS, truth_tof360)
+    assert m["dataset"] == "tof360" and m["areas"] == list(TOF_SCENES)
+    assert m["published"] is None and "none recorded" in stdout
+    rows = list(csv.DictReader(open(out / "per_sample.csv", newline="")))
+    assert [r["sample"] for r in rows] == TOF_KEYS
+    for r in rows:
+        gt = truth_tof360(tof360 / r["sample"])["labels"]
+        # void ids (0, 33, 34) are counted nowhere; black RGB pixels are counted
+        assert sum(int(r[f"t_{c}"]) for c in CLASSES) == int((gt >= 0).sum()) < int(r["width"]) * int(r["height"])
+        assert int(r["t_clutter"]) == int((gt == CLASSES.index("clutter")).sum()) > 0
+    # (the samples hold a black block of labelled pixels)
+    s = truth_tof360(tof360 / TOF_KEYS[-1])
+    assert (s["image"][100:120, 300:360] == 0).all() and (s["labels"][100:120, 300:360] >= 0).all()
+
+
+def test_tof360_decodes_raw_ids_depth_and_mask(tmp_path):
+    ids = np.array(list(range(46)) + [199, 255, 256, 1000, 65535], dtype=np.uint16)
+    w = ids.size
+    folder = tmp_path / "Parking_Lot" / "0001"
+    folder.mkdir(parents=True)
+    units = np.zeros((2, w), np.uint16)
+    units[0, :5] = [0, 1, 512, 1280, 65535]       # no reading, 1/512 m, 1 m, 2.5 m, 127.998 m
+    units[1, :] = 700
+    mask = units != 0
+    mask[1, 3] = False                             # masked although depth.png has a value
+    rgb = np.full((2, w, 3), 90, np.uint8)
+    rgb[:, :4] = 0                                 # black pixels
+    Image.fromarray(rgb).save(folder / "rgb.webp", format="webp", lossless=True)
+    Image.fromarray(units).save(folder / "depth.png", format="png")
+    Image.fromarray(mask).save(folder / "depth_mask.webp", format="webp", lossless=True)
+    Image.fromarray(rgb).save(folder / "normals.webp", format="webp", lossless=True)
+    Image.fromarray(np.stack([ids, ids])).save(folder / "semantics.png", format="png")  # 16-bit ids
+    layout = get_layout("tof360", tmp_path)
+    [sample] = layout.samples(layout.split(1, "test"))
+    assert sample.key == "Parking_Lot/0001"
+    data = layout.load(sample, ("image", "depth", "normals"))
+    expected = [tof_class_of(int(i)) for i in ids]
+    np.testing.assert_array_equal(data.labels[0], expected)
+    by_name = {int(i): (CLASSES[c] if c >= 0 else None) for i, c in zip(ids, data.labels[0])}
+    assert [by_name[i] for i in (0, 33, 34)] == [None, None, None]
+    assert [by_name[i] for i in (1, 40, 2, 20, 42, 3, 18, 31, 4)] == [
+        "wall", "wall", "ceiling", "ceiling", "ceiling", "floor", "floor", "bookcase", "sofa"]
+    assert {by_name[i] for i in (6, 9, 10, 13, 43, 199, 256, 65535)} == {"clutter"}
+    np.testing.assert_allclose(data.depth[0, :5], [0, 1 / 512, 1.0, 2.5, 65535 / 512], rtol=1e-6)
+    assert data.depth[1, 3] == 0 and data.depth[1, 4] == pytest.approx(700 / 512)
+    # black pixels are never void on ToF-360, image-only checkpoints included
+    assert not layout.black_void_for(("image",))
+    assert (layout.load(sample, ("image",), mask_black=layout.black_void_for(("image",))).labels[:, :4]
+            == data.labels[:, :4]).all()
+
+
+def test_tof360_t_from_the_authors_split_cache(tof360, tmp_path):
+    root = tmp_path / "tof"
+    shutil.copytree(tof360, root)
+    # the authors' ToF-360 preparation writes one list (no folds): T per ratio 0.9 .. 1
+    (root / "cache_splits_depth_statistics.json").write_text(json.dumps([3.1, 3.6, 4.4, 4.7, 5.2, 9.0]))
+    t, source = split_max_depth(get_layout("tof360", root), 1)
+    assert t == 4.7 and "cache_splits_depth_statistics.json" in source
+    (root / "cache_splits_depth_statistics.json").unlink()
+    assert split_max_depth(get_layout("tof360", root), 1)[0] == tof360_t(tof360)
+
+
+def test_tof360_wrong_layout_and_folds(tof360, dataset, tmp_path):
+    code, _, err = run_main("evaluate", "--dataset", "tof360", "--root", tof360, "--fold", 2,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o")
+    assert code == 2 and "no fold 2" in err and "choose one of 1 " in err and "Parking_Lot" in err
+
+    root = tmp_path / "broken"
+    shutil.copytree(tof360, root)
+    (root / "Office_Room_2" / "seam" / "normals.webp").unlink()
+    code, _, err = run_main("evaluate", "--dataset", "tof360", "--root", root, "--fold", 1,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o", "--max-depth", 5)
+    assert code == 1 and "Office_Room_2/seam/normals.webp" in err
+    assert ("ROOT/<scene>/<sample>/{rgb.webp, depth.png, depth_mask.webp, normals.webp, semantics.png}, "
+            "<scene> one of Hospital, Office_Room_1, Office_Room_2, Parking_Lot") in err
+    assert "Traceback" not in err
+
+    code, _, err = run_main("evaluate", "--dataset", "tof360", "--root", dataset, "--fold", 1,
+                            "--checkpoint", DEMO, "--out", tmp_path / "o")
+    assert code == 1 and "no samples of Hospital" in err and "ToF-360" in err  # a Stanford folder

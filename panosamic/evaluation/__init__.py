@@ -1,7 +1,7 @@
 """Evaluation on the released datasets' processed layouts (`python -m panosamic evaluate`).
 
-* :mod:`.layouts`: one reader per dataset (Stanford2D3DS, Matterport3D, Structured3D): samples,
-  file encodings, folds, void pixels.
+* :mod:`.layouts`: one reader per dataset (Stanford2D3DS, Matterport3D, Structured3D, ToF-360):
+  samples, file encodings, folds, void pixels.
 * :mod:`.max_depth`: T, the training split's 99.5 % inlier depth, with a cache.
 * :mod:`.evaluate`: the accumulation over a split, resumable, metrics.json + per_sample.csv.
 """

@@ -282,7 +282,9 @@ def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, 
     result.update(summarize_rows(rows, layout.dataset.classes))
     result["num_failed"] = sum(1 for r in rows if r.get("status") != "ok")
     result["wall_seconds_this_run"] = round(wall, 3)
-    result["published"] = PUBLISHED.get(model.get("subfolder") or "")
+    # published numbers belong to the checkpoint's own dataset, not to a zero-shot one (ToF-360)
+    own = facts["dataset"] == layout.name
+    result["published"] = PUBLISHED.get(model.get("subfolder") or "") if own else None
     tmp = metrics_path.with_name(metrics_path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, metrics_path)
@@ -348,5 +350,5 @@ def format_report(result: Dict[str, Any]) -> str:
         lines.append(f"  published ({sub}): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in pub.items())
                      + "   ours: " + ", ".join(f"{k} {_pct(result.get(k)).strip()}" for k in pub))
     else:
-        lines.append(f"  published numbers for {sub}: none recorded in this project")
+        lines.append(f"  published numbers for {sub} on {result['dataset']}: none recorded in this project")
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Readers for the processed dataset layouts that the PanoSAMic authors' preparation scripts write.
 
 One class per dataset knows where the samples are, how its files are encoded, which
-areas (Stanford2D3DS) or scenes (Matterport3D, Structured3D) form each fold, and which
-pixels are void. Everything a reader returns is in this project's conventions: RGB uint8
+areas (Stanford2D3DS) or scenes (Matterport3D, Structured3D, ToF-360) form each fold, and
+which pixels are void. Everything a reader returns is in this project's conventions: RGB uint8
 ``(H, W, 3)``, depth in metres float32 ``(H, W)`` with 0 = invalid, normals RGB uint8
 ``(H, W, 3)`` (127.5-centred), labels int64 ``(H, W)`` of class indices with
 ``IGNORE_INDEX`` (-1) for void.
@@ -16,10 +16,13 @@ Layouts (``ROOT`` is the ``--output_root`` of the authors' preparation script)::
                     [, normals.webp]}
     Structured3D    ROOT/scene_NNNNN/<sample>/{rgb.webp, depth.png, depth_mask.webp,
                     normals.webp, semantics.png}
+    ToF-360         ROOT/{Hospital, Office_Room_1, Office_Room_2, Parking_Lot}/<idx>/{rgb.webp,
+                    depth.png, depth_mask.webp, normals.webp, semantics.png}
 
 Encodings
     * depth.png, 16 bit: metres = value * 128 / 65535 (Stanford2D3DS), value / 4000
-      (Matterport3D, 0.25 mm units), value / 1000 (Structured3D, mm).
+      (Matterport3D, 0.25 mm units), value / 1000 (Structured3D, mm), value / 512
+      (ToF-360, 1/512 m units; 0 = no reading).
     * depth_mask.webp: validity; the last channel of the decoded image (the alpha
       channel when it has one) is non-zero where the depth is valid.
     * Stanford2D3DS instances.webp: RGB; a pixel with R != 0 is unknown, otherwise its
@@ -27,8 +30,21 @@ Encodings
       ``<class>_<...>``); ``assets/name2label.json`` maps class names to 1..13, 0 = void.
     * Matterport3D semantics.png: 0..41 raw categories, grouped into 20 classes here.
     * Structured3D semantics.png: 1..40 = NYU-40 class + 1, 0 = void.
+    * ToF-360 semantics.png: ToF-360's raw category ids (those of its .npy label files),
+      grouped into Stanford2D3DS's 13 classes (``_TOF360_RAW_TO_CLASS``); 0, 33, 34 are
+      void and every id not listed is clutter.
     * Matterport3D and Structured3D evaluate black RGB pixels (R = G = B = 0) as void,
-      Stanford2D3DS only for image-only checkpoints (the authors' test-set settings).
+      Stanford2D3DS only for image-only checkpoints, ToF-360 never (the authors' test-set
+      settings).
+
+ToF-360 (``COLE-Ricoh/ToF-360``, 179 real captures) has no training split: a Stanford2D3DS
+checkpoint is evaluated on it zero-shot, fold 1 being all four scenes. Its T is therefore
+ToF-360's own 99.5 % inlier depth (0.1 m bins over 0..128 m), which the authors' preparation
+writes to ``cache_splits_depth_statistics.json``; ``--max-depth`` gives the checkpoint's own
+training T instead. Sources, read for the facts only (dfki-av/PanoSAMic, commit 75d5dff):
+``panosamic/datasets/tof360.py`` (scenes, the one fold, 1/512 m, the id table, void ids,
+clutter for the rest), ``panosamic/data_preparation/tof360.py`` (the files, mask = raw depth
+!= 0, the depth statistics) and ``panosamic/datasets/dataset_builder.py`` (no black masking).
 """
 
 from __future__ import annotations
@@ -45,7 +61,7 @@ from ..errors import InputError
 
 __all__ = [
     "IGNORE_INDEX", "LayoutError", "FoldError", "Sample", "SampleData", "Layout", "Stanford2D3DSLayout",
-    "Matterport3DLayout", "Structured3DLayout", "LAYOUTS", "get_layout",
+    "Matterport3DLayout", "Structured3DLayout", "ToF360Layout", "LAYOUTS", "get_layout",
 ]
 
 IGNORE_INDEX = -1
@@ -372,10 +388,13 @@ class _SemanticsPngLayout(Layout):
     black_is_void = True
     _lut: np.ndarray
 
-    def read_labels(self, sample: Sample) -> np.ndarray:
+    def _raw_labels(self, sample: Sample) -> np.ndarray:
+        """semantics.png as int64 ``(H, W)`` (the first channel of a colour PNG)."""
         raw = np.asarray(_open(sample.path / "semantics.png", "label map")).astype(np.int64)
-        if raw.ndim == 3:
-            raw = raw[..., 0]
+        return raw[..., 0] if raw.ndim == 3 else raw
+
+    def read_labels(self, sample: Sample) -> np.ndarray:
+        raw = self._raw_labels(sample)
         if raw.size and (raw.min() < 0 or raw.max() >= len(self._lut)):
             raise LayoutError(f"{sample.key}/semantics.png holds value {int(raw.max())}; {self.dataset_title} "
                               f"labels are 0..{len(self._lut) - 1}")
@@ -413,11 +432,59 @@ class Structured3DLayout(_SemanticsPngLayout):
     _lut = np.arange(-1, 40, dtype=np.int64)  # value v -> class v - 1, 0 -> void
 
 
-LAYOUTS = {cls.name: cls for cls in (Stanford2D3DSLayout, Matterport3DLayout, Structured3DLayout)}
+# ToF-360's raw category ids that map to a Stanford2D3DS class (variants of one class share it);
+# _TOF360_VOID are unlabelled/invalid, every other id is clutter (lights, pipes, bins, signs, ...).
+_TOF360_RAW_TO_CLASS: Dict[int, str] = {
+    1: "wall", 40: "wall", 2: "ceiling", 20: "ceiling", 42: "ceiling", 3: "floor", 18: "floor",
+    4: "sofa", 5: "chair", 7: "door", 8: "window", 12: "table", 14: "column", 17: "beam",
+    26: "board", 31: "bookcase",
+}
+_TOF360_VOID = (0, 33, 34)
+
+
+def _tof360_lut() -> np.ndarray:
+    """Raw id -> class index for ids 0..43; the last entry (clutter) stands for every larger id."""
+    lut = np.full(max(_TOF360_RAW_TO_CLASS) + 2, STANFORD2D3DS.index("clutter"), dtype=np.int64)
+    for raw, cls_name in _TOF360_RAW_TO_CLASS.items():
+        lut[raw] = STANFORD2D3DS.index(cls_name)
+    lut[list(_TOF360_VOID)] = IGNORE_INDEX
+    return lut
+
+
+class ToF360Layout(_SemanticsPngLayout):
+    """ToF-360 (real RGB-D-N captures) in Stanford2D3DS's 13 classes, for zero-shot evaluation:
+    one fold whose test split is all four scenes (and so is its "training" split, for T)."""
+
+    name = "tof360"
+    dataset = STANFORD2D3DS
+    group = "scene"
+    areas = ("Hospital", "Office_Room_1", "Office_Room_2", "Parking_Lot")
+    folds = {1: ((0, 1, 2, 3), (0, 1, 2, 3))}
+    depth_metres_per_unit = 1.0 / 512.0
+    depth_hist_bins = 1280      # 128 m (65535 / 512, rounded) in 0.1 m bins
+    depth_hist_range = (0.0, 128.0)
+    black_is_void = False
+    _lut = _tof360_lut()
+
+    @property
+    def dataset_title(self) -> str:
+        return "ToF-360"
+
+    def black_void_for(self, modalities: Sequence[str]) -> bool:
+        return False  # the authors' ToF-360 test set keeps black pixels, for image-only checkpoints too
+
+    def read_labels(self, sample: Sample) -> np.ndarray:
+        raw = self._raw_labels(sample)
+        if raw.size and raw.min() < 0:
+            raise LayoutError(f"{sample.key}/semantics.png holds value {int(raw.min())}; ToF-360 ids are >= 0")
+        return self._lut[np.minimum(raw, len(self._lut) - 1)]
+
+
+LAYOUTS = {cls.name: cls for cls in (Stanford2D3DSLayout, Matterport3DLayout, Structured3DLayout, ToF360Layout)}
 
 
 def get_layout(name: str, root) -> Layout:
-    """The reader for dataset ``name`` (stanford2d3ds, matterport3d, structured3d) over ``root``."""
+    """The reader for dataset ``name`` (stanford2d3ds, matterport3d, structured3d, tof360) over ``root``."""
     try:
         cls = LAYOUTS[name.lower()]
     except KeyError:
