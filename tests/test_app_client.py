@@ -233,10 +233,10 @@ def test_bad_inputs_give_messages_not_stack_traces(app_env, tmp_path):
     msg = _error(lambda: c.predict(handle_file(str(ex["image"])), handle_file(str(small)),
                                    handle_file(str(ex["normals"])), api_name="/segment"))
     assert "128x64" in msg and "256x128" in msg
-    # a missing modality (the checkpoint needs normals)
-    msg = _error(lambda: c.predict(handle_file(str(ex["image"])), handle_file(str(ex["depth"])), None,
+    # a missing modality (the checkpoint needs depth; normals alone cannot stand in for it)
+    msg = _error(lambda: c.predict(handle_file(str(ex["image"])), None, handle_file(str(ex["normals"])),
                                    api_name="/segment"))
-    assert "normals" in msg
+    assert "needs the depth map" in msg and "Automatic" in msg
     # a released checkpoint that is not downloaded, offline: says what failed and how to fix it
     msg = _error(lambda: c.predict(handle_file(str(ex["image"])), None, None, "stanford2d3ds-vith-rgb-fold1",
                                    api_name="/segment"))
@@ -281,8 +281,10 @@ def test_the_app_builds_its_picker_from_the_command_line(reference_dir, tmp_path
     studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
     assert studio.checkpoints.default == "local" and studio.checkpoints.local_dir == ckpt.resolve()
     assert studio.examples == []
+    text, ok = studio.requirements_text("local", "p.jpg", None, "n.png")
+    assert not ok and "Missing: depth" in text
     text, ok = studio.requirements_text("local", "p.jpg", "d.png", None)
-    assert not ok and "Missing: normals" in text
+    assert ok and "derived from the depth" in text
     text, ok = studio.requirements_text("local", "p.jpg", "d.png", "n.png")
     assert ok and "Ready" in text
 
@@ -300,3 +302,25 @@ def test_settings_come_from_env(monkeypatch):
     with pytest.raises(SystemExit):
         app.parse_args(["--shutdown-grace-s", "nan"])
     assert app.parse_args(["--cache-mb", "5"]).cache_mb == 5.0
+
+
+def test_segment_with_only_a_photo_works_offline_with_no_flags(tmp_path):
+    """`python app.py` as the README and the Space start it (no --checkpoint, no --subfolder),
+    offline: /segment with only a real RGB photo segments with the RGB demo, and the status and
+    the info name the checkpoint that ran; depth alone takes the RGB-D demo."""
+    photo = ROOT / "assets" / "examples" / "hotel_room_rgb.jpg"
+    rendered = make_examples(tmp_path / "examples", names=("office",), width=256)["office"]
+    with running_app(["--examples", str(tmp_path / "examples")], tmp_path / "app.log") as app:
+        c = Client(app["url"], verbose=False, download_files=str(tmp_path / "downloads"))
+        out = c.predict(handle_file(str(photo)), api_name="/segment")
+        assert out[INFO]["checkpoint"] == "demo-rgb" and (out[INFO]["width"], out[INFO]["height"]) == (1024, 512)
+        assert "Segmented 1024×512" in out[RUN_STATUS] and "Demo RGB" in out[RUN_STATUS]
+        assert len(out[INFO]["stats"]) >= 2                       # a real map, more than one class
+        picked = c.predict('{"points": [[512, 400]], "labels": [1]}', api_name="/prompt")
+        assert picked[INFO]["candidates"] is not None
+        out = c.predict(handle_file(str(rendered["image"])), handle_file(str(rendered["depth"])), api_name="/segment")
+        assert out[INFO]["checkpoint"] == "demo-rgbd" and out[INFO]["has_depth"]
+        # a picked checkpoint is kept: the RGB-D-N demo, given depth alone, derives the normals
+        out = c.predict(handle_file(str(rendered["image"])), handle_file(str(rendered["depth"])), None, "demo",
+                        api_name="/segment")
+        assert out[INFO]["checkpoint"] == "demo" and "derived from the depth" in out[RUN_STATUS]

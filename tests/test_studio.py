@@ -467,3 +467,22 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     second_dir = s.export_dir
     backend.close()
     assert not Path(second_dir).exists() and s.closed
+
+
+def test_the_page_uses_only_glyphs_its_fonts_draw():
+    """Every non-ASCII character the app writes into the page (app.py, panosamic/studio) is one
+    that DejaVu Sans (Chromium's fallback on Debian, and on a Space) draws: a "⏱" showed as an
+    empty box. With fontconfig present, the set itself is checked against the installed fonts."""
+    import shutil
+    import subprocess
+
+    drawable = set("—…↶⚠°±·×")
+    files = [ROOT / "app.py", *sorted((ROOT / "panosamic" / "studio").rglob("*.py")),
+             ROOT / "panosamic" / "studio" / "static" / "viewer.js"]
+    used = {ch for f in files for ch in f.read_text(encoding="utf-8") if ord(ch) > 0x7F}
+    assert used <= drawable, f"glyphs the page's fonts may not draw: {sorted(used - drawable)}"
+    if shutil.which("fc-list"):
+        for ch in sorted(drawable):
+            fonts = subprocess.run(["fc-list", f":charset={ord(ch):x}", "family"], capture_output=True,
+                                   text=True, timeout=30).stdout
+            assert "DejaVu" in fonts, f"{ch!r} (U+{ord(ch):04X}) is in no DejaVu font here"

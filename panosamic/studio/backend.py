@@ -189,7 +189,7 @@ class StudioBackend:
             lighter.append(f"**Demo** runs in about {about_duration(estimate_seconds(demo, device, dtype).seconds)} "
                            "(rendered rooms only)")
         where = "this CPU" if device.type == "cpu" else f"this {device.type.upper()} device"
-        text = (f"⏱ Expect about **{about_duration(full.seconds)}** per panorama on {where} "
+        text = (f"Expect about **{about_duration(full.seconds)}** per panorama on {where} "
                 f"({full.passes} ViT passes, {full.tflop:.0f} TFLOP); a GPU takes seconds.")
         return text + (f" Lighter: {'; '.join(lighter)}." if lighter else "")
 
