@@ -119,11 +119,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ============================================================================ errors
 
-def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0):
-    """Turns every exception of a handler into a gr.Error with a user-facing message (a job
-    cut short included). With `shutdown` the handler runs as one of its jobs: refused while
-    the server stops, answered in plain words when the stop cuts it short (`quick` handlers,
-    milliseconds long, run inline: see `Shutdown.run`)."""
+def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0, status: Any = None):
+    """Turns every exception of a handler into a user-facing message (a job cut short
+    included): a gr.Error for API clients, or, with `status` (the page's own events), the
+    whole message on that status line, the other outputs left as they were. With `shutdown`
+    the handler runs as one of its jobs: refused while the server stops, answered in plain
+    words when the stop cuts it short (`quick` handlers, milliseconds long, run inline: see
+    `Shutdown.run`)."""
+
+    def refuse(exc: BaseException):
+        text = messages.user_message(exc)
+        if status is not None:
+            return {status: messages.status_error(text)}
+        raise gr.Error(text, duration=None, print_exception=False) from None
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -137,11 +145,11 @@ def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice:
             # A job cut short (a cancelled task, a GPU worker stopped, the server shutting down):
             # asyncio's CancelledError is a BaseException, so `except Exception` would let it out bare.
             log.warning("handler %s was cut short (%s)", fn.__name__, type(exc).__name__)
-            raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
+            return refuse(exc)
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, PanoSAMicError):
                 log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
+            return refuse(exc)
 
     return wrapper
 
@@ -158,11 +166,13 @@ def panorama_input(**kwargs) -> gr.Image:
         if path:  # the header first: Gradio's own preprocess opens the file with PIL
             try:
                 read_header(path, "image")
-            except PanoSAMicError as exc:
-                raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
+            except PanoSAMicError:
+                return path  # the handler reads the header again and says what is wrong, on its status
         try:
             return preprocess(payload)
         except Exception:  # noqa: BLE001
+            if path:
+                return path
             name = getattr(payload, "orig_name", None) or "the file"
             raise gr.Error(f"{name} is not an image that can be read: upload a JPEG or PNG panorama "
                            "(equirectangular, width = 2 x height).", duration=None,
@@ -387,10 +397,10 @@ class Studio:
         self.backend.store.close_client(getattr(request, "session_hash", None))
 
     def export_files(self, s):
-        """Writes the downloads at the input size; returns (files, session summary with statistics)."""
+        """Writes the downloads at the input size: the files and the session summary with statistics."""
         with self.backend.store.use(s):
             files = self.backend.export(s)
-            return files, {**s.summary(), "stats": s.stats()}
+            return {self.ui.downloads: files, self.ui.info: {**s.summary(), "stats": s.stats()}}
 
 
 CSS = """
@@ -462,7 +472,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
                 pano = panorama_input(label="Panorama (equirectangular, 2:1)", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], height=190)
+                                     sources=["upload", "clipboard"], height=190, elem_id="panorama-input")
                 with gr.Row():
                     depth = gr.File(label="Depth (16-bit PNG mm, .npy/.exr m)", file_types=[".png", ".npy", ".exr", ".tif", ".tiff"],
                                     height=110)
@@ -550,20 +560,36 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
                         show_progress="hidden")
-        run.click(job(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
-                  outputs, api_name="segment", **heavy)
-        view.select(quick_job(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
-        viewer.pano_click(quick_job(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
-                          **light)
-        apply_prompt.click(quick_job(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
-        candidates.input(quick_job(studio.select_candidate), [candidates, session, *style], outputs,
-                         api_name="select_candidate", **light)
-        assign.click(quick_job(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
-        undo.click(quick_job(studio.undo), [session, *style], outputs, api_name="undo", **light)
-        clear.click(quick_job(studio.clear), [session, *style], outputs, api_name="clear", **light)
-        refine.click(job(studio.refine_instances), [pps, session, *style], outputs,
-                     api_name="refine_instances", **heavy)
-        export.click(job(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
+
+        # Each action is two events on the same handler: the page's own (its refusals land whole
+        # on the run or edit status line) and the named API endpoint on a hidden button (its
+        # refusals are errors, as API clients expect). Both share one queue and one session.
+        def action(trigger, fn, wrap, inputs, outs, api_name, status, queue):
+            trigger(wrap(fn, status=status), inputs, outs + ([status] if status not in outs else []),
+                    api_name=f"page_{api_name}", api_visibility="private", **queue)
+            hidden = gr.Button(visible=False, elem_id=f"api-{api_name}")
+            hidden.click(wrap(fn), inputs, outs, api_name=api_name, **queue)
+
+        with gr.Row(visible=False):
+            action(run.click, studio.segment, job,
+                   [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
+                   outputs, "segment", run_status, heavy)
+            action(apply_prompt.click, studio.prompt, quick_job, [prompt_json, session, *style], outputs, "prompt",
+                   edit_status, light)
+            action(candidates.input, studio.select_candidate, quick_job, [candidates, session, *style], outputs,
+                   "select_candidate", edit_status, light)
+            action(assign.click, studio.assign, quick_job, [cls, candidates, session, *style], outputs, "assign",
+                   edit_status, light)
+            action(undo.click, studio.undo, quick_job, [session, *style], outputs, "undo", edit_status, light)
+            action(clear.click, studio.clear, quick_job, [session, *style], outputs, "clear", edit_status, light)
+            action(refine.click, studio.refine_instances, job, [pps, session, *style], outputs, "refine_instances",
+                   run_status, heavy)
+            action(export.click, studio.export_files, job, [session], [downloads, info], "export", edit_status,
+                   files_q)
+        view.select(quick_job(studio.click, status=edit_status), [session, mode, *style], outputs,
+                    api_visibility="private", **light)
+        viewer.pano_click(quick_job(studio.click_lonlat, status=edit_status), [session, mode, *style], outputs,
+                          api_visibility="private", **light)
         demo.unload(studio.tab_closed)
         opacity.change(quick_job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo

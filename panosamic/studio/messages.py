@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import html
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -51,6 +52,23 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "That input is nested too deeply: send plain lists of numbers."
     return f"Unexpected error ({name}). Details are in the server log."
+
+
+def markdown_text(text: str) -> str:
+    """`text` for a Markdown status line: angle brackets and ampersands outside `code spans`
+    escaped, so that "<folder>" or HTML typed by a user shows as text instead of vanishing as
+    a tag (inside a code span Markdown shows them as they are)."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # the even parts are outside code spans
+        parts[i] = html.escape(parts[i], quote=False)
+    if len(parts) % 2 == 0:  # an unmatched backtick: no code span after it
+        parts[-2:] = [parts[-2] + "`" + html.escape(parts[-1], quote=False)]
+    return "`".join(parts)
+
+
+def status_error(text: str) -> str:
+    """A refusal as the page's status line shows it: the whole message, marked as a problem."""
+    return f"⚠ {markdown_text(text)}"
 
 
 def given_maps(pano: Any, depth: Any, normals: Any) -> Tuple[str, ...]:
@@ -158,5 +176,5 @@ def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[s
     return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {src}{stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "given_maps", "edit_status", "run_message",
+__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "given_maps", "status_error", "edit_status", "run_message",
            "about_duration", "exact_duration"]
