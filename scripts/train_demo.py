@@ -297,6 +297,12 @@ def evaluate_checkpoint(folder: Path, clicks: int = 50, seed: int = 0) -> Dict:
                        "top_score_iou": float(np.mean(top_ious))}}
 
 
+def _shown_path(path: Path) -> str:
+    """A path as metrics.json records it: relative to the repository when inside it."""
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -402,7 +408,7 @@ def main(argv=None) -> int:
     results = evaluate_checkpoint(args.out, args.eval_clicks)
     t_eval = time.perf_counter() - t_eval
     report = {
-        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "recipe": {k: (_shown_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "render_width": RENDER_WIDTH, "max_depth": MAX_DEPTH,
         "train_seeds": f"{SEED_BASE}..{SEED_BASE + args.pool - 1} (kinds round robin)",
         "class_weights": [round(float(c), 3) for c in class_w],

@@ -86,3 +86,44 @@ def test_click_on_the_floor_gives_the_floor(predictor, segmented, name):
     assert max(ious) > MIN_FLOOR_CLICK_IOU, f"{name}: floor click IoUs {np.round(ious, 3)}"
     # the IoU head ranks that mask first (what the app shows for a single click)
     assert ious[int(np.argmax(scores))] > MIN_FLOOR_CLICK_IOU - 0.1, f"{name}: scores {np.round(scores, 2)}"
+
+
+# The demos for fewer maps (scripts/train_demo.py --modalities ...; metrics.json beside them):
+# measured mIoU 0.662 (RGB) and 0.686 (RGB-D), pixel accuracy 0.908 and 0.916.
+@pytest.mark.parametrize("folder, mods", [("demo-rgb", ("image",)), ("demo-rgbd", ("image", "depth"))])
+def test_the_rgb_and_rgbd_demos_segment_the_held_out_examples(folder, mods):
+    path = ROOT / "assets" / folder
+    files = {p.name: p.stat().st_size for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "sam.pth", "metrics.json", "README.md"} <= set(files)
+    assert sum(files.values()) < 8_000_000
+    report = json.loads((path / "metrics.json").read_text())
+    assert report["recipe"]["modalities"] == ",".join(mods)
+    predictor = panosamic.from_pretrained(str(path), device="cpu")
+    assert tuple(predictor.required_modalities) == mods
+    cm = 0
+    for name in io.list_examples():
+        paths = io.example_paths(name)
+        depth = io.load_depth(paths["depth"]) if "depth" in mods else None
+        predictor.set_panorama(io.load_image(paths["image"]), depth)   # only the maps it reads
+        cm = cm + metrics.confusion_matrix(predictor.labels, io.load_labels(paths["labels"]).astype(np.int64),
+                                           NUM_CLASSES)
+    miou = float(np.nanmean(metrics.iou_from_confusion(cm)))
+    assert miou > MIN_MIOU, f"{folder} mIoU {miou:.3f} on the six examples"
+    assert abs(miou - report["held_out"]["overall"]["miou"]) < 1e-3    # the shipped metrics are these files'
+    assert float(np.trace(cm) / cm.sum()) > MIN_PIXEL_ACCURACY
+
+
+def test_normals_derived_from_depth_segment_like_the_true_normals(predictor, segmented):
+    """The RGB-D-N demo given depth alone (normals derived, panosamic.geometry.normals_for_model)
+    labels the examples almost as with the renderer's true normals. Measured: 99.5-99.7 % of the
+    pixels agree; mIoU 68.0 against 67.9 with the true normals."""
+    cm_true = cm_derived = 0
+    for name, (_, pred_true, gt) in segmented.items():
+        paths = io.example_paths(name)
+        predictor.set_panorama(io.load_image(paths["image"]), io.load_depth(paths["depth"]))
+        derived = predictor.labels
+        assert (derived == pred_true).mean() > 0.95, name
+        cm_true = cm_true + metrics.confusion_matrix(pred_true, gt, NUM_CLASSES)
+        cm_derived = cm_derived + metrics.confusion_matrix(derived, gt, NUM_CLASSES)
+    miou = [float(np.nanmean(metrics.iou_from_confusion(cm))) for cm in (cm_true, cm_derived)]
+    assert miou[1] > miou[0] - 0.03, miou
