@@ -307,9 +307,11 @@ class Studio:
                 ui.run_status: "Press **Run** to segment the panorama." if input_path(pano) else "",
                 ui.edit_status: ""}
 
-    def segment(self, panorama, depth, normals, checkpoint, depth_scale, max_depth, opacity,
-                session, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-        """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings."""
+    def segment(self, panorama, depth=None, normals=None, checkpoint=None, depth_scale=0, max_depth=10,
+                opacity=0.55, session=None, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+        """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings.
+        Depth and normals are optional (their None defaults make them optional for API
+        clients too): "auto" takes the checkpoint for the maps given."""
         t_start = time.perf_counter()
         s, cached = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
                                          previous=session, client=getattr(request, "session_hash", None))
