@@ -1,6 +1,7 @@
 """Benchmark of the running app as users drive it: camera-size panoramas and many users.
 
     python -m devtools.bench_app [--sizes 1024,4096,8192] [--clients 20] [--out bench_app.json]
+    python -m devtools.bench_app --photo [--sizes 1024,8192] --clients 0   # a real RGB-only photo
 
 Starts `python app.py --checkpoint assets/demo` (the bundled demo model, offline) on a free
 loopback port and drives it through `gradio_client`, as a Space's users and API clients do,
@@ -71,13 +72,27 @@ def _pct(values: List[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 4) if values else float("nan")
 
 
-def make_panoramas(out: Path, widths: List[int], variants: int = 1) -> Dict[int, List[List[str]]]:
+def make_panoramas(out: Path, widths: List[int], variants: int = 1, photo: bool = False) -> Dict[int, List[List[str]]]:
     """The office example enlarged to each width (JPEG 90 as cameras write, depth/normals PNG):
     `variants` panoramas per width that differ in one corner of the photo, so that each Run
-    encodes anew (the embedding cache keys on the files' content)."""
+    encodes anew (the embedding cache keys on the files' content). `photo`: the real hotel-room
+    photo instead, RGB only (what most users bring), as [rgb] lists."""
     import cv2
 
     src = ROOT / "assets" / "examples"
+    if photo:
+        rgb = cv2.imread(str(src / "hotel_room_rgb.jpg"))
+        found: Dict[int, List[List[str]]] = {}
+        for w in widths:
+            big = cv2.resize(rgb, (w, w // 2), interpolation=cv2.INTER_CUBIC)
+            found[w] = []
+            for k in range(variants):
+                d = out / f"w{w}" / f"v{k}"
+                d.mkdir(parents=True, exist_ok=True)
+                big[:8, :8] = 40 * k
+                cv2.imwrite(str(d / "hotel_room_rgb.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                found[w].append([str(d / "hotel_room_rgb.jpg")])
+        return found
     rgb = cv2.imread(str(src / "office_rgb.jpg"))
     depth = cv2.imread(str(src / "office_depth.png"), cv2.IMREAD_UNCHANGED)
     normals = cv2.imread(str(src / "office_normals.png"))
@@ -101,6 +116,8 @@ def make_panoramas(out: Path, widths: List[int], variants: int = 1) -> Dict[int,
 def _segment(c, p):
     from gradio_client import handle_file
 
+    if len(p) == 1:  # a photo alone: the app's Automatic choice (the RGB demo offline)
+        return c.predict(handle_file(p[0]), api_name="/segment")
     return c.predict(handle_file(p[0]), handle_file(p[1]), handle_file(p[2]), "local", 0, 10,
                      api_name="/segment")
 
@@ -284,20 +301,25 @@ def main(argv=None) -> int:
     ap.add_argument("--sessions", type=int, default=3, help="extra sessions per size for the memory kept")
     ap.add_argument("--runs", type=int, default=3, help="Runs per size, each a new panorama (medians)")
     ap.add_argument("--idle-s", type=float, default=20.0, help="the app's session idle timeout for this run")
+    ap.add_argument("--photo", action="store_true",
+                    help="a real RGB-only photo (assets/examples/hotel_room_rgb.jpg enlarged), the app started "
+                         "with no --checkpoint, as a newcomer does: Automatic takes the RGB demo offline")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     widths = [int(w) for w in args.sizes.split(",") if w]
     work = Path(tempfile.mkdtemp(prefix="panosamic-bench-app-"))
-    panoramas = make_panoramas(work, widths, args.runs)
+    panoramas = make_panoramas(work, widths, args.runs, photo=args.photo)
     examples = [[str(ROOT / "assets" / "examples" / f"{n}_{k}") for k in ("rgb.jpg", "depth.png", "normals.png")]
                 for n in ("office", "conference", "lounge", "corridor", "storage", "seam")]
     from panosamic.bench import _cpu_name
 
     result: Dict = {"machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                    "checkpoint": "assets/demo", "sizes": [], "concurrent": None, "after_users_leave": None}
+                    "checkpoint": "auto (offline: assets/demo-rgb)" if args.photo else "assets/demo",
+                    "input": "photo, RGB only" if args.photo else "rendered, RGB-D-N",
+                    "sizes": [], "concurrent": None, "after_users_leave": None}
     idle_min = args.idle_s / 60
-    with running_app(["--checkpoint", str(ROOT / "assets" / "demo"), "--session-idle-min", str(idle_min)],
-                     work / "app.log", timeout=120) as app:
+    ckpt = [] if args.photo else ["--checkpoint", str(ROOT / "assets" / "demo")]
+    with running_app([*ckpt, "--session-idle-min", str(idle_min)], work / "app.log", timeout=120) as app:
         pid = app["proc"].pid
         result["startup_s"] = round(app["startup_s"], 2)
         result["rss_at_start_mb"] = round(_proc_status(pid)["VmRSS"], 1)

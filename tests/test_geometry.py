@@ -162,3 +162,30 @@ def test_resize_erp_seam_and_modes():
     u8 = g.resize_erp((np.random.default_rng(2).random((32, 64, 3)) * 255).astype(np.uint8), 48, 96)
     assert u8.dtype == np.uint8 and u8.shape == (48, 96, 3)
     assert g.resize_erp(np.ones((10, 20, 6)), 20, 40).shape == (20, 40, 6)
+
+
+def test_normals_for_model_match_the_true_normals_of_the_examples():
+    """Normals derived from the rendered examples' depth (16-bit mm PNGs) agree with the renderer's
+    true normals at the model's ERP sizes. Measured: mean angle error 1.4-1.9° at 256x128 and
+    1.7-2.2° at 1024x512 (median 0.5-1.3°); every pixel gets a normal."""
+    from panosamic import io
+    from panosamic.geometry import decode_normals, normals_for_model, resize_erp
+
+    for name in io.list_examples():
+        paths = io.example_paths(name)
+        depth = io.load_depth(paths["depth"])
+        true = decode_normals(io.load_normals(paths["normals"])).astype(np.float32)
+        for h, w in ((128, 256), (512, 1024)):
+            est = normals_for_model(depth, h, w)
+            assert est.shape == (h, w, 3) and est.dtype == np.float32
+            ref = resize_erp(true, h, w)
+            ref /= np.maximum(np.linalg.norm(ref, axis=-1, keepdims=True), 1e-6)
+            known = np.linalg.norm(est, axis=-1) > 0.5
+            assert known.mean() > 0.999, name
+            angle = np.degrees(np.arccos(np.clip((est * ref).sum(-1), -1, 1)))[known]
+            assert angle.mean() < 3.0 and np.median(angle) < 2.0, (name, h, angle.mean(), np.median(angle))
+    # an invalid region stays unknown (zero vectors), not a made-up normal
+    hole = depth.copy()
+    hole[200:300, 400:600] = 0
+    est = normals_for_model(hole, 512, 1024)
+    assert np.abs(est[205:295, 405:595]).max() == 0
