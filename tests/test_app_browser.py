@@ -287,7 +287,7 @@ def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
             src = _picture_src(page)
             box = view.bounding_box()
             t0 = time.perf_counter()
-            view.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.85})
+            view.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.6})
             page.locator("#edit-status").get_by_text("mask #").wait_for()
             click_s = time.perf_counter() - t0
             _wait_new_picture(page, src)
