@@ -312,11 +312,16 @@ class Studio:
             out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
             return out
 
+    def not_segmented(self) -> Dict[Any, Any]:
+        """What a click before Run shows: every output as it is, and on the edit status what to
+        do. (Gradio takes an empty dict for one value, not for "nothing changed", and answers
+        with its own error about missing output values.)"""
+        return {self.ui.edit_status: messages.CLICK_BEFORE_RUN}
+
     def click(self, s, mode, opacity, evt: gr.SelectData):
         """A click on the ERP view (display pixels)."""
         if s is None:
-            gr.Warning("Press Run first: clicks refine a segmented panorama.")
-            return {}
+            return self.not_segmented()
         with self.backend.store.use(s):
             self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
             return self.bundle(s, opacity)
@@ -324,8 +329,7 @@ class Studio:
     def click_lonlat(self, s, mode, opacity, evt: gr.EventData):
         """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
         if s is None:
-            gr.Warning("Press Run first: clicks refine a segmented panorama.")
-            return {}
+            return self.not_segmented()
         data = getattr(evt, "_data", None) or {}
         with self.backend.store.use(s):
             self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
@@ -376,7 +380,7 @@ class Studio:
     def restyle(self, s, opacity):
         """Opacity changed: re-render the pictures only."""
         if s is None or s.closed:
-            return {}
+            return gr.skip()  # both pictures as they are ({} would be one value to Gradio)
         with self.backend.store.use(s):
             out = self.bundle(s, opacity)
             return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}

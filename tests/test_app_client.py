@@ -300,3 +300,40 @@ def test_settings_come_from_env(monkeypatch):
     with pytest.raises(SystemExit):
         app.parse_args(["--shutdown-grace-s", "nan"])
     assert app.parse_args(["--cache-mb", "5"]).cache_mb == 5.0
+
+
+def test_a_click_before_run_says_so_on_the_edit_status(reference_dir, tmp_path):
+    """A click on the map or in the 360° view before Run: every output stays as it is and the
+    edit status says what to do (the handler's {} was not a dict to Gradio, whose 'did not
+    return enough output values' error showed instead); the opacity slider before Run leaves
+    both pictures alone. These events are private, so the handlers go through Gradio's own
+    postprocessing of their event here."""
+    import asyncio
+
+    import gradio as gr
+
+    import app
+
+    def unchanged(value) -> bool:  # an update without a value (gr.HTML's also names its props)
+        return isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value
+
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    demo = app.build_ui(studio)
+    ui = studio.ui
+    calls = {(ui.view, "select"): (studio.click, gr.SelectData(ui.view, {"index": [5, 5], "value": None})),
+             (ui.viewer, "pano_click"): (studio.click_lonlat, gr.EventData(ui.viewer, {"lon": 10.0, "lat": 5.0}))}
+    for (target, event), (handler, evt) in calls.items():
+        name = handler.__name__
+        fn = next(f for f in demo.fns.values() if (target._id, event) in f.targets)
+        result = app.friendly(handler)(None, app.CLICK_MODES[0], 0.55, evt)
+        out = asyncio.run(demo.postprocess_data(fn, result, None))
+        assert len(out) == len(ui.outputs()) == len(fn.outputs)
+        for comp, value in zip(fn.outputs, out):
+            if comp is ui.edit_status:
+                assert value == "Press Run first: clicks refine a segmented panorama.", name
+            else:  # unchanged (the State comes back as None, its value kept)
+                assert value is None or unchanged(value), (name, comp, value)
+    restyle = next(f for f in demo.fns.values() if f.outputs == [ui.view, ui.viewer])
+    out = asyncio.run(demo.postprocess_data(restyle, app.friendly(studio.restyle)(None, 0.3), None))
+    assert len(out) == 2 and all(unchanged(value) for value in out)

@@ -20,6 +20,9 @@ JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, 
                  "Nothing of it was kept: press the button again.")
 
 
+CLICK_BEFORE_RUN = "Press Run first: clicks refine a segmented panorama."
+
+
 def hide_paths(text: str) -> str:
     """`text` with every absolute path replaced by its last part (a server's folders are
     nobody's business; the log keeps the details)."""
@@ -137,5 +140,5 @@ def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[s
     return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "edit_status", "run_message",
+__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN", "requirements_text", "edit_status", "run_message",
            "about_duration", "exact_duration"]
