@@ -118,6 +118,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ============================================================================ errors
 
+def pop_up(message: str) -> gr.Error:
+    """The error pop-up for `message`. Gradio shows a pop-up's text as HTML, so it is escaped
+    here, where the app's messages become page content: `--checkpoint <folder>` keeps its
+    `<folder>`, and HTML typed into a prompt key or a file's name stays text."""
+    return gr.Error(messages.html_text(message), duration=None, print_exception=False)
+
+
 def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0):
     """Turns every exception of a handler into a gr.Error with a user-facing message (a job
     cut short included). With `shutdown` the handler runs as one of its jobs: refused while
@@ -136,11 +143,11 @@ def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice:
             # A job cut short (a cancelled task, a GPU worker stopped, the server shutting down):
             # asyncio's CancelledError is a BaseException, so `except Exception` would let it out bare.
             log.warning("handler %s was cut short (%s)", fn.__name__, type(exc).__name__)
-            raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
+            raise pop_up(messages.user_message(exc)) from None
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, PanoSAMicError):
                 log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
+            raise pop_up(messages.user_message(exc)) from None
 
     return wrapper
 
@@ -158,14 +165,13 @@ def panorama_input(**kwargs) -> gr.Image:
             try:
                 read_header(path, "image")
             except PanoSAMicError as exc:
-                raise gr.Error(messages.user_message(exc), duration=None, print_exception=False) from None
+                raise pop_up(messages.user_message(exc)) from None
         try:
             return preprocess(payload)
         except Exception:  # noqa: BLE001
             name = getattr(payload, "orig_name", None) or "the file"
-            raise gr.Error(f"{name} is not an image that can be read: upload a JPEG or PNG panorama "
-                           "(equirectangular, width = 2 x height).", duration=None,
-                           print_exception=False) from None
+            raise pop_up(f"{name} is not an image that can be read: upload a JPEG or PNG panorama "
+                         "(equirectangular, width = 2 x height).") from None
 
     image.preprocess = checked  # type: ignore[method-assign]
     return image
@@ -360,7 +366,7 @@ class Studio:
         with self.backend.store.use(s):
             what = self.backend.undo(s)
             if what is None:
-                gr.Info("Nothing to undo.")
+                gr.Info(messages.html_text("Nothing to undo."))
             return self.bundle(s, opacity, clear_downloads=(what == "labels"))
 
     def clear(self, s, opacity):
@@ -373,8 +379,8 @@ class Studio:
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
         with self.backend.store.use(s):
             n, changed = self.backend.refine_instances(s, points_per_side, progress)
-            gr.Info(f"{n} SAM instances, {changed} pixels changed class "
-                    f"({s.timings['instances']:.1f} s). Undo reverts this.")
+            gr.Info(messages.html_text(f"{n} SAM instances, {changed} pixels changed class "
+                                       f"({s.timings['instances']:.1f} s). Undo reverts this."))
             return self.bundle(s, opacity, clear_downloads=True)
 
     def restyle(self, s, opacity):
@@ -549,12 +555,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
         present = gr.State({})
         quiet = dict(api_visibility="private", concurrency_id="requirements", concurrency_limit=1,
                      show_progress="hidden")
-        for kind, comp in (("pano", pano), ("depth", depth), ("normals", normals)):
+        for kind, comp in (("depth", depth), ("normals", normals)):
             comp.change(functools.partial(studio.input_changed, kind), [comp, present, checkpoint],
                         [present, need, run], **quiet)
         checkpoint.change(studio.checkpoint_changed, [checkpoint, present], [need, run], **quiet)
+        # The panorama's presence is reported once the upload was accepted: two listeners of its
+        # change would each read (and refuse) a bad file, and the page stacked both refusals.
         pano.change(studio.on_upload, [pano, session], outputs, api_visibility="private",
-                    **{**light, "show_progress": "hidden"})
+                    **{**light, "show_progress": "hidden"}).success(
+            functools.partial(studio.input_changed, "pano"), [pano, present, checkpoint], [present, need, run],
+            **quiet)
 
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
                         show_progress="hidden")

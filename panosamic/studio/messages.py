@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import html
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,6 +22,22 @@ JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, 
 
 
 CLICK_BEFORE_RUN = "Press Run first: clicks refine a segmented panorama."
+
+
+# What Markdown reads as formatting (CommonMark's backslash escapes), `<` and `&` aside.
+_MARKDOWN_RE = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$])")
+
+
+def html_text(text: str) -> str:
+    """`text` for a pop-up (gr.Error, gr.Info), which Gradio shows as HTML: `<`, `>` and `&` as
+    entities, so that `--checkpoint <folder>` and a prompt key typed as HTML stay text."""
+    return html.escape(text, quote=False)
+
+
+def markdown_text(text: str) -> str:
+    """`text` not written by the app (a class name from a checkpoint's config.json) as itself
+    inside the app's Markdown: no formatting, link or HTML of its own."""
+    return html.escape(_MARKDOWN_RE.sub(r"\\\1", text), quote=False)
 
 
 def hide_paths(text: str) -> str:
@@ -105,7 +122,7 @@ def edit_status(s: Session) -> str:
         mc = s.majority_class()
         share = 100.0 * float(s.selected_mask.mean())
         parts.append(f"mask #{s.selected + 1} selected (IoU {s.selected_score:.2f}, "
-                     f"{share:.1f}% of the panorama, mostly {s.classes[mc] if mc is not None else '-'})")
+                     f"{share:.1f}% of the panorama, mostly {markdown_text(s.classes[mc]) if mc is not None else '-'})")
     if not parts:
         parts.append("Click on the panorama to select a region.")
     if s.refined:
@@ -140,5 +157,5 @@ def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[s
     return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN", "requirements_text", "edit_status", "run_message",
+__all__ = ["user_message", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN", "requirements_text", "edit_status", "run_message",
            "about_duration", "exact_duration"]
