@@ -385,3 +385,25 @@ def test_an_unreadable_panorama_is_refused_once(reference_dir, tmp_path):
                     and not (not failed and getattr(f, "trigger_only_on_failure", False))]
     assert len(messages) == 1, messages
     assert "notes.png" in messages[0]
+
+
+@pytest.mark.parametrize("config, named", [({"modalities": 5}, '"modalities"'), ([1, 2], "JSON object"),
+                                           ({"encoder_depth": "four"}, '"encoder_depth"')])
+def test_a_wrongly_typed_config_json_is_a_message_on_run(reference_dir, tmp_path, config, named):
+    """A local checkpoint whose config.json has a value of the wrong type (or is no JSON object):
+    the app starts (it stopped with a traceback while building the picker), and Run says which
+    key is wrong instead of "Unexpected error (TypeError)"."""
+    import gradio as gr
+
+    import app
+
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    good = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**good, **config} if isinstance(config, dict) else config))
+    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    app.build_ui(studio)
+    ex = make_examples(tmp_path / "examples", names=("office",), width=256)["office"]
+    with pytest.raises(gr.Error) as err:
+        app.friendly(studio.backend.segment)(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10)
+    message = err.value.message
+    assert named in message and "config.json" in message and "Unexpected" not in message, message
