@@ -119,6 +119,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ============================================================================ errors
 
+def pop_up(message: str) -> gr.Error:
+    """The error pop-up for `message`. Gradio shows a pop-up's text as HTML, so it is escaped
+    here, where the app's messages become page content: `--checkpoint <folder>` keeps its
+    `<folder>`, and HTML typed into a prompt key or a file's name stays text."""
+    return gr.Error(messages.html_text(message), duration=None, print_exception=False)
+
+
 def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0, status: Any = None):
     """Turns every exception of a handler into a user-facing message (a job cut short
     included): a gr.Error for API clients, or, with `status` (the page's own events), the
@@ -131,7 +138,7 @@ def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice:
         text = messages.user_message(exc)
         if status is not None:
             return {status: messages.status_error(text)}
-        raise gr.Error(text, duration=None, print_exception=False) from None
+        raise pop_up(text) from None
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -166,17 +173,14 @@ def panorama_input(**kwargs) -> gr.Image:
         if path:  # the header first: Gradio's own preprocess opens the file with PIL
             try:
                 read_header(path, "image")
-            except PanoSAMicError:
-                return path  # the handler reads the header again and says what is wrong, on its status
+            except PanoSAMicError as exc:
+                raise pop_up(messages.user_message(exc)) from None
         try:
             return preprocess(payload)
         except Exception:  # noqa: BLE001
-            if path:
-                return path
             name = getattr(payload, "orig_name", None) or "the file"
-            raise gr.Error(f"{name} is not an image that can be read: upload a JPEG or PNG panorama "
-                           "(equirectangular, width = 2 x height).", duration=None,
-                           print_exception=False) from None
+            raise pop_up(f"{name} is not an image that can be read: upload a JPEG or PNG panorama "
+                         "(equirectangular, width = 2 x height).") from None
 
     image.preprocess = checked  # type: ignore[method-assign]
     return image
@@ -325,11 +329,16 @@ class Studio:
             out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
             return out
 
+    def not_segmented(self) -> Dict[Any, Any]:
+        """What a click before Run shows: every output as it is, and on the edit status what to
+        do. (Gradio takes an empty dict for one value, not for "nothing changed", and answers
+        with its own error about missing output values.)"""
+        return {self.ui.edit_status: messages.CLICK_BEFORE_RUN}
+
     def click(self, s, mode, opacity, evt: gr.SelectData):
         """A click on the ERP view (display pixels)."""
         if s is None:
-            gr.Warning("Press Run first: clicks refine a segmented panorama.")
-            return {}
+            return self.not_segmented()
         with self.backend.store.use(s):
             self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
             return self.bundle(s, opacity)
@@ -337,8 +346,7 @@ class Studio:
     def click_lonlat(self, s, mode, opacity, evt: gr.EventData):
         """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
         if s is None:
-            gr.Warning("Press Run first: clicks refine a segmented panorama.")
-            return {}
+            return self.not_segmented()
         data = getattr(evt, "_data", None) or {}
         with self.backend.store.use(s):
             self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
@@ -369,7 +377,7 @@ class Studio:
         with self.backend.store.use(s):
             what = self.backend.undo(s)
             if what is None:
-                gr.Info("Nothing to undo.")
+                gr.Info(messages.html_text("Nothing to undo."))
             return self.bundle(s, opacity, clear_downloads=(what == "labels"))
 
     def clear(self, s, opacity):
@@ -382,14 +390,14 @@ class Studio:
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
         with self.backend.store.use(s):
             n, changed = self.backend.refine_instances(s, points_per_side, progress)
-            gr.Info(f"{n} SAM instances, {changed} pixels changed class "
-                    f"({s.timings['instances']:.1f} s). Undo reverts this.")
+            gr.Info(messages.html_text(f"{n} SAM instances, {changed} pixels changed class "
+                                       f"({s.timings['instances']:.1f} s). Undo reverts this."))
             return self.bundle(s, opacity, clear_downloads=True)
 
     def restyle(self, s, opacity):
         """Opacity changed: re-render the pictures only."""
         if s is None or s.closed:
-            return {}
+            return gr.skip()  # both pictures as they are ({} would be one value to Gradio)
         with self.backend.store.use(s):
             out = self.bundle(s, opacity)
             return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}
@@ -553,12 +561,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
         present = gr.State({})
         quiet = dict(api_visibility="private", concurrency_id="requirements", concurrency_limit=1,
                      show_progress="hidden")
-        for kind, comp in (("pano", pano), ("depth", depth), ("normals", normals)):
+        for kind, comp in (("depth", depth), ("normals", normals)):
             comp.change(functools.partial(studio.input_changed, kind), [comp, present, checkpoint],
                         [present, need, run], **quiet)
         checkpoint.change(studio.checkpoint_changed, [checkpoint, present], [need, run], **quiet)
+        # The panorama's presence is reported once the upload was accepted: two listeners of its
+        # change would each read (and refuse) a bad file, and the page stacked both refusals.
         pano.change(studio.on_upload, [pano, session], outputs, api_visibility="private",
-                    **{**light, "show_progress": "hidden"})
+                    **{**light, "show_progress": "hidden"}).success(
+            functools.partial(studio.input_changed, "pano"), [pano, present, checkpoint], [present, need, run],
+            **quiet)
 
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
                         show_progress="hidden")

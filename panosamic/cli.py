@@ -9,7 +9,7 @@
     python -m panosamic bench --preset vit_b --modalities image
 
 `predict` loads the model once and, for every panorama, writes `<stem>_labels.png` (class
-indices), `<stem>_color.png` (palette colours) and `<stem>_stats.json` (per-class pixel and
+indices), `<stem>_colors.png` (palette colours) and `<stem>_stats.json` (per-class pixel and
 sphere shares) into --out, plus one `summary.csv` over all inputs. A panorama that fails
 (unreadable, not 2:1, a modality the checkpoint needs is missing) is reported on stderr and
 the batch goes on. `--engine ray` spreads `predict` and `evaluate` over Ray actors
@@ -36,13 +36,13 @@ from .errors import InputError, PanoSAMicError
 from .inputs import check_panorama
 from .io import (DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, panorama_stem,
                  save_image, save_labels_png, write_csv)
-from .exports import class_stats
+from .exports import COLORS_PNG_SUFFIX, class_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 IMAGE_EXTENSIONS = IMAGE_EXTS
 # File-name suffixes of companions and of our own outputs: never panoramas themselves.
-COMPANION_SUFFIXES = ("_depth", "_normals", "_labels", "_color", "_colour", "_semantic", "_overlay")
+COMPANION_SUFFIXES = ("_depth", "_normals", "_labels", "_colors", "_color", "_colour", "_semantic", "_overlay")
 _GLOB_CHARS = "*?["
 
 
@@ -147,7 +147,7 @@ def labels_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def output_paths(out: Path, stem: str) -> Dict[str, Path]:
-    return {"labels": out / f"{stem}_labels.png", "color": out / f"{stem}_color.png",
+    return {"labels": out / f"{stem}_labels.png", "color": out / f"{stem}{COLORS_PNG_SUFFIX}",
             "stats": out / f"{stem}_stats.json"}
 
 
@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("predict", help="segment panoramas into label/colour PNGs and class statistics",
-                       description="Segment panoramas; writes <stem>_labels.png, <stem>_color.png, "
+                       description="Segment panoramas; writes <stem>_labels.png, <stem>_colors.png, "
                                    "<stem>_stats.json per input and summary.csv into --out.")
     p.add_argument("panoramas", nargs="+", metavar="PANORAMA",
                    help="image files, folders or glob patterns (companions X_depth.*, X_normals.*, X_labels.* "

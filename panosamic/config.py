@@ -111,7 +111,9 @@ def _override(cfg: Dict[str, Any], modalities, num_classes, dual_view) -> Dict[s
 
 def resolve_config(config: ConfigLike, modalities: Optional[Sequence[str]] = None,
                    num_classes: Optional[int] = None, dual_view: Optional[bool] = None) -> Dict[str, Any]:
-    """A complete, validated config from a dict, a config.json path or a preset name."""
+    """A complete, validated config from a dict, a config.json path or a preset name.
+
+    A config.json's errors name the file (a value of the wrong type: the key and the type it needs)."""
     if isinstance(config, (str, os.PathLike)) and str(config) in VIT_PRESETS:
         return validate(preset(str(config), modalities, num_classes, dual_view))
     if isinstance(config, (str, os.PathLike)):
@@ -127,11 +129,23 @@ def resolve_config(config: ConfigLike, modalities: Optional[Sequence[str]] = Non
                 config = json.load(f)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); fix or remove the file") from None
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{path} must hold a JSON object of settings ({{\"modalities\": [...], ...}}), "
+                              f"not {_json_kind(config)}; fix or remove the file")
+        try:
+            return _resolve(config, modalities, num_classes, dual_view)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}; fix the file") from None
     if not isinstance(config, Mapping):
         raise ConfigError(f"config must be a dict, a config.json path or a preset name, got {type(config).__name__}")
+    return _resolve(config, modalities, num_classes, dual_view)
+
+
+def _resolve(config: Mapping[str, Any], modalities, num_classes, dual_view) -> Dict[str, Any]:
+    """`config` over the vit_h defaults, validated (see resolve_config)."""
     cfg = copy.deepcopy(_BASE)
     vit = config.get("vit_model")
-    if vit in VIT_PRESETS:  # the authors' configs name the size instead of listing it
+    if isinstance(vit, str) and vit in VIT_PRESETS:  # the authors' configs name the size instead of listing it
         cfg.update(copy.deepcopy(VIT_PRESETS[vit]))
     for key, value in config.items():
         if key.startswith("//"):
@@ -143,8 +157,76 @@ def resolve_config(config: ConfigLike, modalities: Optional[Sequence[str]] = Non
     return validate(_override(cfg, modalities, num_classes, dual_view))
 
 
+# The keys that hold sizes and counts (nested keys as "parent.key"). The type of every key a
+# model reads is checked once, in `validate`, before any value is used: a config.json written by
+# hand gets a message that names the key, not a TypeError from deep inside. Other keys are left alone.
+_WHOLE = ("image_size", "patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
+          "prompt_embed_dim", "num_classes", "mask_decoder.transformer_depth", "mask_decoder.mlp_dim",
+          "mask_decoder.num_heads", "mask_decoder.iou_head_hidden_dim")
+_OBJECTS = ("mask_decoder", "channel_attention", "spatial_attention")
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in words: 'the text "four"', 'the number 5', 'a list', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {json.dumps(value[:40])}"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+def _is_whole(value: Any, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_types(cfg: Mapping[str, Any]) -> None:
+    """ConfigError naming the first key whose value is not of the type the model needs."""
+    def wrong(key: str, expected: str, value: Any) -> ConfigError:
+        return ConfigError(f'"{key}" must be {expected}, not {_json_kind(value)}')
+
+    for key in _OBJECTS:
+        if not isinstance(cfg[key], Mapping):
+            raise wrong(key, 'an object ({"key": value, ...})', cfg[key])
+    for name in ("channel_attention", "spatial_attention"):
+        att = cfg[name]
+        for key in ("window_size", "stride"):
+            if key in att and not _is_whole(att[key]):
+                raise wrong(f"{name}.{key}", "a whole number of at least 1", att[key])
+        if "moving_attention" in att and not isinstance(att["moving_attention"], bool):
+            raise wrong(f"{name}.moving_attention", "true or false", att["moving_attention"])
+        if not isinstance(att.get("aggregation", "none"), str):
+            raise wrong(f"{name}.aggregation", 'a name ("none", "mean" or "max")', att["aggregation"])
+    for key in _WHOLE:
+        parent, _, child = key.rpartition(".")
+        value = cfg[parent][child] if parent else cfg[key]
+        if not _is_whole(value):
+            raise wrong(key, "a whole number of at least 1", value)
+    if not _is_whole(cfg["encoder_window_size"], least=0):
+        raise wrong("encoder_window_size", "a whole number of at least 0 (0: no windows)", cfg["encoder_window_size"])
+    taps = cfg["encoder_global_attn_indexes"]
+    if not isinstance(taps, (list, tuple)) or not all(_is_whole(i, least=0) for i in taps):
+        raise wrong("encoder_global_attn_indexes", "a list of whole numbers (block indexes)", taps)
+    mods = cfg["modalities"]
+    if not isinstance(mods, (list, tuple)) or not all(isinstance(m, str) for m in mods):
+        raise wrong("modalities", f"a list of names from {', '.join(MODALITIES)}", mods)
+    if not isinstance(cfg["dual_view_fusion"], bool):
+        raise wrong("dual_view_fusion", "true or false", cfg["dual_view_fusion"])
+    if "vit_model" in cfg and cfg["vit_model"] is not None and not isinstance(cfg["vit_model"], str):
+        raise wrong("vit_model", f"a preset name ({', '.join(VIT_PRESETS)})", cfg["vit_model"])
+
+
 def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Checks a config and normalises the modality order to (image, depth, normals)."""
+    """Checks a config (the type of every key first) and normalises the modality order to
+    (image, depth, normals)."""
+    _check_types(cfg)
     mods = [str(m).lower() for m in cfg["modalities"]]
     unknown = [m for m in mods if m not in MODALITIES]
     if unknown or not mods or len(set(mods)) != len(mods):

@@ -142,6 +142,12 @@ def label_colors(labels: np.ndarray, palette: np.ndarray, bgr: bool = False) -> 
     return out
 
 
+#: The name of the colour PNG after the panorama's stem, for the CLI's outputs and the app's
+#: downloads alike: `X_colors.png`, not `X_color.png`, which panosamic.io reads as the RGB
+#: panorama of X (its `_color` input suffix).
+COLORS_PNG_SUFFIX = "_colors.png"
+
+
 def save_label_colors_png(path: str, labels: np.ndarray, palette: np.ndarray, compression: int = 3) -> str:
     """The label map in its palette's colours (`label_colors`) as an RGB PNG."""
     import cv2
@@ -287,5 +293,5 @@ def point_cloud_glb(path: str, depth: np.ndarray, labels: Optional[np.ndarray], 
     return write_glb(path, pts, colors, cls)
 
 
-__all__ = ["class_stats", "stats_csv", "label_colors", "save_label_colors_png", "encode_rle", "decode_rle", "mask_bbox",
+__all__ = ["class_stats", "stats_csv", "label_colors", "save_label_colors_png", "COLORS_PNG_SUFFIX", "encode_rle", "decode_rle", "mask_bbox",
            "write_glb", "read_glb", "point_cloud_glb"]

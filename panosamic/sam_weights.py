@@ -4,7 +4,8 @@ A PanoSAMic model takes its `image_encoder.*`, `prompt_encoder.*` and `mask_deco
 from Meta's SAM checkpoint (a torch-pickled state dict). `resolve_sam_checkpoint` turns a preset
 name (`vit_b`, `vit_l`, `vit_h`), a path or a URL into a local file; downloads go through
 `torch.hub.download_url_to_file` into `sam_cache_dir()` and are checked against the SHA-256
-prefix the file name carries. Every failure raises `WeightsError` with what to do.
+prefix the file name carries, or, when the name carries none, checked to be a SAM checkpoint at
+all. Every failure raises `WeightsError` with what to do.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def resolve_sam_checkpoint(spec: PathLike, progress: bool = True) -> Path:
         raise WeightsError(f"cannot tell a file name from the URL {text!r}: give a URL that ends in the file name")
     dest = sam_cache_dir() / name
     if dest.is_file():
-        return dest
+        if _SHA_IN_NAME.search(name) or _not_a_sam_checkpoint(dest) is None:
+            return dest
+        dest.unlink(missing_ok=True)  # cached unchecked by an earlier version (an error page): fetched again
     download_file(url, dest, progress=progress)
     return dest
 
@@ -118,13 +121,14 @@ def download_file(url: str, dest: PathLike, progress: bool = True, timeout: floa
     """Downloads `url` to `dest` with `torch.hub.download_url_to_file`, checking the SHA-256
     prefix a `_<6 hex>.pth` name carries.
 
-    torch writes to a temporary file beside `dest` and moves it there only when complete (and,
-    with a prefix, when the hash matches); any failure, Ctrl-C included, removes it. `timeout`
-    (seconds) bounds each network wait. A zip checkpoint (every torch >= 1.6 file) that the
-    server cut short is caught too when the name carries no hash: it is deleted.
+    torch writes to a temporary file and moves it to a staging name beside `dest` only when
+    complete (and, with a prefix, when the hash matches); the file gets the name `dest` only
+    once it is checked, and any failure, Ctrl-C included, removes it. `timeout` (seconds) bounds
+    each network wait. When the name carries no hash, a zip checkpoint (every torch >= 1.6 file,
+    every SAM release) that the server cut short is caught, and so is anything that is not a
+    SAM checkpoint (an HTML error or sign-in page, another model's weights): a mirror answers
+    200 with such pages, and a cached page would be trusted on every later call.
     """
-    import torch.hub
-
     dest = Path(dest)
     manual = (
         f"If this machine has no internet access, download {url} elsewhere and put it at "
@@ -141,12 +145,35 @@ def download_file(url: str, dest: PathLike, progress: bool = True, timeout: floa
         import sys
 
         print(f"Downloading {dest.name} from {url}", file=sys.stderr)
+    staging = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.unchecked")
+    try:
+        _download(url, staging, expected_sha, progress, timeout, manual, dest)
+        if _truncated_zip(staging):
+            raise WeightsError(f"downloading {url} stopped early (the connection closed; the file is incomplete); "
+                               f"nothing was saved. Try again. {manual}")
+        what = None if expected_sha else _not_a_sam_checkpoint(staging)
+        if what is not None:
+            raise WeightsError(
+                f"downloading {url} gave {what}, not a SAM checkpoint (a PyTorch file holding image_encoder.* "
+                f"weights); nothing was saved. Check that the URL points at the .pth file itself, or use one of "
+                f"{', '.join(SAM_CHECKPOINTS)} to download Meta's checkpoint. {manual}")
+        os.replace(staging, dest)
+    finally:
+        staging.unlink(missing_ok=True)
+    return dest
+
+
+def _download(url: str, path: Path, expected_sha: Optional[str], progress: bool, timeout: float, manual: str,
+              dest: Path) -> None:
+    """torch.hub.download_url_to_file(url, path) with its failures as WeightsError (see download_file)."""
+    import torch.hub
+
     try:
         with _TIMEOUT_LOCK:
             previous = socket.getdefaulttimeout()
             socket.setdefaulttimeout(timeout)
             try:
-                torch.hub.download_url_to_file(url, str(dest), hash_prefix=expected_sha, progress=progress)
+                torch.hub.download_url_to_file(url, str(path), hash_prefix=expected_sha, progress=progress)
             finally:
                 socket.setdefaulttimeout(previous)
     except urllib.error.HTTPError as e:
@@ -163,11 +190,29 @@ def download_file(url: str, dest: PathLike, progress: bool = True, timeout: floa
             f"start with {expected_sha}, as its name says); nothing was saved. Try again, or download it "
             f"yourself and put it at {dest.resolve()}"
         ) from None
-    if _truncated_zip(dest):
-        dest.unlink(missing_ok=True)
-        raise WeightsError(f"downloading {url} stopped early (the connection closed; the file is incomplete); "
-                           f"nothing was saved. Try again. {manual}")
-    return dest
+
+
+def _not_a_sam_checkpoint(path: Path) -> Optional[str]:
+    """None for a file that is a SAM checkpoint as torch.save writes it: a zip whose data.pkl
+    names image_encoder.* tensors (its bytes are searched, not unpickled: a few kB to read, even
+    for ViT-H's 2.4 GB). Otherwise what the file is, in words, for the message."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            index = next((n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+            if index is None:
+                return f"a zip archive of {size:,} bytes that is not a PyTorch checkpoint"
+            with archive.open(index) as f:
+                pickled = f.read(64 << 20)
+    except (zipfile.BadZipFile, OSError):
+        with open(path, "rb") as f:
+            head = f.read(1024).lstrip().lower()
+        if head.startswith(b"<"):
+            return f"an HTML page of {size:,} bytes (an error or sign-in page?)"
+        return f"{size:,} bytes that are not a PyTorch zip file"
+    if b"image_encoder." not in pickled:
+        return "a PyTorch checkpoint without SAM's image_encoder.* weights"
+    return None
 
 
 def _truncated_zip(path: Path) -> bool:

@@ -241,10 +241,13 @@ def test_bad_inputs_give_messages_not_stack_traces(app_env, tmp_path):
     msg = _error(lambda: c.predict(handle_file(str(ex["image"])), None, None, "stanford2d3ds-vith-rgb-fold1",
                                    api_name="/segment"))
     assert "--checkpoint" in msg and "stanford2d3ds-vith-rgb-fold1" in msg
+    assert "`--checkpoint &lt;folder&gt;`" in msg and "<" not in msg  # a pop-up's text is HTML: escaped
     # bad prompt JSON and a point outside the panorama, after a successful Run
     segment(c, ex)
     assert "not valid JSON" in _error(lambda: c.predict("{points", api_name="/prompt"))
     assert "outside" in _error(lambda: c.predict('{"points": [[999, 5]]}', api_name="/prompt"))
+    msg = _error(lambda: c.predict('{"<b>x</b>": 1}', api_name="/prompt"))
+    assert "Unknown prompt field(s) &lt;b&gt;x&lt;/b&gt;" in msg and "<b>" not in msg
     assert "unknown class" in _error(lambda: (c.predict('{"points": [[5, 5]]}', api_name="/prompt"),
                                               c.predict("spaceship", None, api_name="/assign")))
 
@@ -324,3 +327,107 @@ def test_segment_with_only_a_photo_works_offline_with_no_flags(tmp_path):
         out = c.predict(handle_file(str(rendered["image"])), handle_file(str(rendered["depth"])), None, "demo",
                         api_name="/segment")
         assert out[INFO]["checkpoint"] == "demo" and "derived from the depth" in out[RUN_STATUS]
+
+
+def _studio_and_page(reference_dir, tmp_path):
+    """app.Studio on a local copy of the reference checkpoint, and its page (not launched)."""
+    import app
+
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    return studio, app.build_ui(studio)
+
+
+def test_a_click_before_run_says_so_on_the_edit_status(reference_dir, tmp_path):
+    """A click on the map or in the 360° view before Run: every output stays as it is and the
+    edit status says what to do (the handler's {} was not a dict to Gradio, whose 'did not
+    return enough output values' error showed instead); the opacity slider before Run leaves
+    both pictures alone. These events are private, so the handlers go through Gradio's own
+    postprocessing of their event here."""
+    import asyncio
+
+    import gradio as gr
+
+    import app
+
+    def unchanged(value) -> bool:  # an update without a value (gr.HTML's also names its props)
+        return isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value
+
+    studio, demo = _studio_and_page(reference_dir, tmp_path)
+    ui = studio.ui
+    calls = {(ui.view, "select"): (studio.click, gr.SelectData(ui.view, {"index": [5, 5], "value": None})),
+             (ui.viewer, "pano_click"): (studio.click_lonlat, gr.EventData(ui.viewer, {"lon": 10.0, "lat": 5.0}))}
+    for (target, event), (handler, evt) in calls.items():
+        name = handler.__name__
+        fn = next(f for f in demo.fns.values() if (target._id, event) in f.targets)
+        result = app.friendly(handler)(None, app.CLICK_MODES[0], 0.55, evt)
+        out = asyncio.run(demo.postprocess_data(fn, result, None))
+        assert len(out) == len(ui.outputs()) == len(fn.outputs)
+        for comp, value in zip(fn.outputs, out):
+            if comp is ui.edit_status:
+                assert value == "Press Run first: clicks refine a segmented panorama.", name
+            else:  # unchanged (the State comes back as None, its value kept)
+                assert value is None or unchanged(value), (name, comp, value)
+    restyle = next(f for f in demo.fns.values() if f.outputs == [ui.view, ui.viewer])
+    out = asyncio.run(demo.postprocess_data(restyle, app.friendly(studio.restyle)(None, 0.3), None))
+    assert len(out) == 2 and all(unchanged(value) for value in out)
+
+
+def test_an_unreadable_panorama_is_refused_once(reference_dir, tmp_path):
+    """An upload the panorama input refuses gives one message: every listener of its change
+    event read the file, and each refusal stacked into the same pop-up, the text twice. Runs
+    the page's listeners as the browser does (those of the change, then those chained after
+    them: `.success` ones only when the first succeeded)."""
+    import asyncio
+
+    import gradio as gr
+
+    studio, demo = _studio_and_page(reference_dir, tmp_path)
+    pano = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Panorama (equirectangular, 2:1)")
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello")
+    payload = {"path": str(bad), "orig_name": "notes.png", "meta": {"_type": "gradio.FileData"}}
+    by_id = {id(f): i for i, f in demo.fns.items()}
+
+    def refused(fn) -> bool:
+        inputs = [payload if block is pano else None for block in fn.inputs]
+        try:
+            asyncio.run(demo.preprocess_data(fn, inputs, None, explicit_call=True))
+        except gr.Error as err:
+            messages.append(err.message)
+            return True
+        return False
+
+    messages = []
+    pending = [f for f in demo.fns.values() if (pano._id, "change") in f.targets]
+    assert pending
+    while pending:
+        fn = pending.pop(0)
+        failed = refused(fn)
+        pending += [f for f in demo.fns.values() if f.trigger_after == by_id[id(fn)]
+                    and not (failed and f.trigger_only_on_success)
+                    and not (not failed and getattr(f, "trigger_only_on_failure", False))]
+    assert len(messages) == 1, messages
+    assert "notes.png" in messages[0]
+
+
+@pytest.mark.parametrize("config, named", [({"modalities": 5}, '"modalities"'), ([1, 2], "JSON object"),
+                                           ({"encoder_depth": "four"}, '"encoder_depth"')])
+def test_a_wrongly_typed_config_json_is_a_message_on_run(reference_dir, tmp_path, config, named):
+    """A local checkpoint whose config.json has a value of the wrong type (or is no JSON object):
+    the app starts (it stopped with a traceback while building the picker), and Run says which
+    key is wrong instead of "Unexpected error (TypeError)"."""
+    import gradio as gr
+
+    import app
+
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    good = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**good, **config} if isinstance(config, dict) else config))
+    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    app.build_ui(studio)
+    ex = make_examples(tmp_path / "examples", names=("office",), width=256)["office"]
+    with pytest.raises(gr.Error) as err:
+        app.friendly(studio.backend.segment)(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10)
+    message = err.value.message
+    assert named in message and "config.json" in message and "Unexpected" not in message, message

@@ -101,7 +101,7 @@ def test_batch_writes_all_outputs(batch):
     assert batch["code"] == 0, batch["stderr"]
     out = batch["out"]
     for stem in ("small", "big"):  # `big_rgb.png` -> `big_*` beside `big_depth.png`
-        for suffix in ("_labels.png", "_color.png", "_stats.json"):
+        for suffix in ("_labels.png", "_colors.png", "_stats.json"):
             assert (out / f"{stem}{suffix}").is_file(), sorted(p.name for p in out.iterdir())
     assert (out / "summary.csv").is_file()
     assert "2 of 2" in batch["stderr"]
@@ -116,7 +116,7 @@ def test_label_png_equals_predictor_labels(batch, predictor):
         assert labels_png.shape == pano["rgb"].shape[:2]
         np.testing.assert_array_equal(labels_png, predictor.labels)
 
-        color = cv2.imread(str(batch["out"] / f"{stem}_color.png"), cv2.IMREAD_COLOR)[..., ::-1]
+        color = cv2.imread(str(batch["out"] / f"{stem}_colors.png"), cv2.IMREAD_COLOR)[..., ::-1]
         np.testing.assert_array_equal(color, ds.palette[labels_png])
 
 
@@ -225,7 +225,7 @@ def test_batch_with_failures_subprocess(tmp_path, checkpoint_dir):
     assert lines["broken.png"] and any(w in lines["broken.png"][0].lower()
                                        for w in ("cannot read", "corrupt", "not an image", "unreadable"))
     assert lines["notes.txt"] and "not an image" in lines["notes.txt"][0]
-    for suffix in ("_labels.png", "_color.png", "_stats.json"):
+    for suffix in ("_labels.png", "_colors.png", "_stats.json"):
         assert (out / f"good{suffix}").is_file()
         assert not (out / f"wide{suffix}").exists()
     with open(out / "summary.csv", newline="") as f:
@@ -263,9 +263,27 @@ def test_usage_errors(tmp_path):
 # --- helpers, other commands -----------------------------------------------------------------------
 
 
+def test_the_cli_and_the_app_name_the_colour_png_alike(tmp_path):
+    """One file, one name: the CLI wrote <stem>_color.png and the app's downloads <stem>_colors.png.
+    Both take it from panosamic.exports; `_colors`, because `X_color.png` is what panosamic.io
+    reads as the RGB panorama of X."""
+    from app_utils import make_session
+
+    from panosamic.exports import COLORS_PNG_SUFFIX
+    from panosamic.io import panorama_stem
+    from panosamic.studio.downloads import write_downloads
+
+    s = make_session()
+    app_files = [Path(p).name for p in write_downloads(s, tmp_path / "app", s.labels).values()]
+    cli_file = cli.output_paths(tmp_path / "cli", "office")["color"].name
+    assert COLORS_PNG_SUFFIX == "_colors.png" and cli_file == "office_colors.png" and cli_file in app_files
+    assert panorama_stem(cli_file) == "office_colors"   # not taken for the panorama "office"
+    assert cli._is_companion(Path(cli_file))            # a re-run over --out skips it
+
+
 def test_expand_inputs_skips_companions(tmp_path):
     for name in ("r1.png", "r1_depth.png", "r1_normals.png", "r2_rgb.jpg", "r2_depth.npy", "r2_labels.png",
-                 "r2_color.png", "readme.txt"):
+                 "r2_color.png", "r2_colors.png", "readme.txt"):
         (tmp_path / name).write_bytes(b"x")
     paths, problems, _ = cli.expand_inputs([str(tmp_path)])
     assert [p.name for p in paths] == ["r1.png", "r2_rgb.jpg"] and not problems

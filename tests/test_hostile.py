@@ -333,3 +333,32 @@ def test_a_job_cut_short_says_so():
         with pytest.raises(gr.Error) as err:
             studio_app.friendly(handler)()
         assert "stopped before it finished" in err.value.message and "Cancelled" not in err.value.message
+
+
+def test_pop_ups_show_text_that_looks_like_html_as_text(tmp_path):
+    """Gradio shows a pop-up's message as HTML: `--checkpoint <folder>` lost its `<folder>` (an
+    unknown tag) and HTML typed into a prompt key came back as an element. Every message is
+    escaped where it becomes page content, the app's pop-ups (app.friendly, the panorama
+    input's check) included."""
+    import gradio as gr
+    from gradio.data_classes import FileData
+
+    import app as studio_app
+    from panosamic.errors import WeightsError
+
+    cases = [(InputError("Unknown prompt field(s) <b>x</b>: use points."),
+              "Unknown prompt field(s) &lt;b&gt;x&lt;/b&gt;: use points."),
+             (WeightsError("not in the cache."), "start the app with `--checkpoint &lt;folder&gt;` holding"),
+             (RuntimeError("<img src=x onerror=alert(1)>"), "Unexpected error (RuntimeError)")]
+    for exc, expect in cases:
+        def handler(exc=exc):
+            raise exc
+
+        with pytest.raises(gr.Error) as err:
+            studio_app.friendly(handler)()
+        assert expect in err.value.message and "<" not in err.value.message, err.value.message
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello")
+    with pytest.raises(gr.Error) as err:
+        studio_app.panorama_input(type="filepath").preprocess(FileData(path=str(bad), orig_name="<b>x</b>.png"))
+    assert "<" not in err.value.message

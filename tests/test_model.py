@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import panosamic
-from panosamic.config import VIT_PRESETS, preset
+from panosamic.config import VIT_PRESETS, preset, resolve_config
 from panosamic.errors import ConfigError
 from panosamic.model.decoder import SphericalConv2d, longitude_encoding
 from panosamic.model.fusion import ChannelAttention, SpatialAttention
@@ -95,6 +97,30 @@ def test_presets_have_released_sizes():
 def test_bad_configs_are_clear_errors(bad, pattern):
     with pytest.raises(ConfigError, match=pattern):
         panosamic.build_model(bad)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("encoder_depth", "four", "a whole number"), ("modalities", 5, "a list of names"),
+    ("modalities", "image", "a list of names"), ("num_classes", 13.5, "a whole number"),
+    ("patch_size", 0, "a whole number of at least 1"), ("dual_view_fusion", "false", "true or false"),
+    ("encoder_global_attn_indexes", [1, "3"], "a list of whole numbers"), ("mask_decoder", 5, "an object"),
+    ("channel_attention", {"stride": None}, "a whole number"), ("vit_model", ["vit_h"], "a preset name"),
+    ("image_size", True, "a whole number"),
+])
+def test_wrongly_typed_config_values_name_the_key(tmp_path, key, value, expected):
+    """A config.json with a value of the wrong type is a ConfigError that names the key and
+    the type it needs (it was a TypeError or AttributeError from deep inside), and so is a file
+    that holds no JSON object."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({key: value}))
+    with pytest.raises(ConfigError) as err:
+        resolve_config(path)
+    message = str(err.value)
+    assert key.split(".")[-1] in message and expected in message and "config.json" in message, message
+    for top in ([1, 2], "vit_h", 5, None):
+        path.write_text(json.dumps(top))
+        with pytest.raises(ConfigError, match="config.json must hold a JSON object"):
+            resolve_config(path)
 
 
 def test_state_dict_names_match_the_released_layout(reference_root):

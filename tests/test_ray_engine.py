@@ -41,7 +41,7 @@ def test_predict_on_ray_writes_the_local_engines_files(local_ray, tmp_path):
     assert code == 0, err
     assert "2 actor(s)" in err
     for name in NAMES:
-        for suffix in ("_labels.png", "_color.png"):
+        for suffix in ("_labels.png", "_colors.png"):
             local = (tmp_path / "local" / f"{name}{suffix}").read_bytes()
             assert (tmp_path / "ray" / f"{name}{suffix}").read_bytes() == local, name + suffix
         a = json.loads((tmp_path / "local" / f"{name}_stats.json").read_text())

@@ -339,6 +339,21 @@ def test_edit_status_run_message_and_instance_masks():
     assert view_image(s, 0.5).shape == (32, 64, 3)
 
 
+def test_the_edit_status_shows_a_class_name_as_written():
+    """A class name (from a local checkpoint's config.json) is text in the Markdown status, not
+    HTML or formatting; the app's own Markdown stays."""
+    s = make_session()
+    classes = list(s.classes)
+    classes[11] = "<b>x</b> **y** [z](u)"  # wall
+    s.classes = tuple(classes)
+    mask = np.zeros(s.shape, bool)
+    mask[:10] = True
+    s.set_candidates(np.stack([mask, ~mask]), [0.8, 0.3])
+    text = studio.edit_status(s)
+    assert text.endswith(r"mostly &lt;b&gt;x&lt;/b&gt; \*\*y\*\* \[z\]\(u\))")
+    assert "<" not in text
+
+
 # ----------------------------------------------------------------------------- model registry
 
 def test_registry_loads_lazily_once_and_evicts_beyond_max_models():

@@ -178,6 +178,29 @@ def test_cut_short_download_without_a_hash_in_the_name_leaves_nothing(server, sa
     assert list(sam_cache.iterdir()) == []
 
 
+def test_a_download_that_is_not_a_sam_checkpoint_is_not_cached(server, sam_cache, sam_bytes, tmp_path):
+    """Without a hash in the name, what the server sends must still be a SAM checkpoint (a
+    torch zip naming image_encoder.* tensors): a sign-in page (29 bytes of HTML) or another
+    model's weights are refused with what came, nothing is cached, and the next call asks
+    again instead of trusting a cached page."""
+    page = b"<html><body>Sign in</body></html>"[:29]
+    other = tmp_path / "other.pth"
+    torch.save({"backbone.weight": torch.zeros(2)}, other)
+    for body, what in ((page, "an HTML page"), (other.read_bytes(), "without SAM's image_encoder")):
+        server.files["/sam_vit_b.pth"] = body
+        for _ in range(2):
+            with pytest.raises(WeightsError, match="not a SAM checkpoint") as e:
+                W.resolve_sam_checkpoint(f"{server.url}/sam_vit_b.pth", progress=False)
+            assert what in str(e.value) and "nothing was saved" in str(e.value), str(e.value)
+            assert list(sam_cache.iterdir()) == []
+    assert server.requests == ["/sam_vit_b.pth"] * 4
+    # A page an earlier version cached unchecked is fetched again, not trusted.
+    (sam_cache / "sam_vit_b.pth").write_bytes(page)
+    server.files["/sam_vit_b.pth"] = sam_bytes
+    path = W.resolve_sam_checkpoint(f"{server.url}/sam_vit_b.pth", progress=False)
+    assert path.read_bytes() == sam_bytes and sorted(p.name for p in sam_cache.iterdir()) == ["sam_vit_b.pth"]
+
+
 def test_stalled_download_times_out_and_leaves_nothing(server, tmp_path, sam_bytes):
     server.files["/slow.pth"] = sam_bytes
     server.mode["/slow.pth"] = "stall"

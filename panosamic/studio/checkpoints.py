@@ -154,9 +154,15 @@ class ModelKey:
 
 
 def _config_modalities(folder: Path) -> Optional[Tuple[str, ...]]:
-    """Modalities listed in folder/config.json, or None."""
+    """Modalities listed in folder/config.json, or None: also for a config.json that
+    config.resolve_config refuses (the picker is built at start-up; Run reports the file's
+    error, naming the key, when the model loads)."""
+    from ..config import resolve_config
+
     cfg = folder / "config.json"
     try:
+        if cfg.is_file():
+            resolve_config(cfg)  # a JSON object, every key of the right type (ConfigError is a ValueError)
         mods = json.loads(cfg.read_text()).get("modalities") if cfg.is_file() else None
     except (OSError, ValueError):
         mods = None

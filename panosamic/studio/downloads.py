@@ -20,7 +20,8 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from ..geometry import nearest_indices, resize_erp
-from ..exports import class_stats, encode_rle, mask_bbox, point_cloud_glb, save_label_colors_png, stats_csv
+from ..exports import (COLORS_PNG_SUFFIX, class_stats, encode_rle, mask_bbox, point_cloud_glb, save_label_colors_png,
+                       stats_csv)
 from ..io import panorama_stem, save_labels_png
 from .session import Session
 
@@ -72,7 +73,8 @@ def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
     with ThreadPoolExecutor(max_workers=1) as writer:
         # the two PNGs compress (OpenCV, without the GIL) beside the statistics and the RLE
         pngs = {"labels": writer.submit(save_labels_png, path("labels.png"), labels, compression=3),
-                "colors": writer.submit(save_label_colors_png, path("colors.png"), labels, s.palette)}
+                "colors": writer.submit(save_label_colors_png, str(folder / f"{stem}{COLORS_PNG_SUFFIX}"), labels,
+                                        s.palette)}
         _write_tables(s, labels, path, out, glb_max_points)
         out.update({kind: str(job.result()) for kind, job in pngs.items()})
     return {k: out[k] for k in KINDS if k in out}

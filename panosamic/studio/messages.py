@@ -21,6 +21,25 @@ JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, 
                  "Nothing of it was kept: press the button again.")
 
 
+CLICK_BEFORE_RUN = "Press Run first: clicks refine a segmented panorama."
+
+
+# What Markdown reads as formatting (CommonMark's backslash escapes), `<` and `&` aside.
+_MARKDOWN_RE = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$])")
+
+
+def html_text(text: str) -> str:
+    """`text` for a pop-up (gr.Error, gr.Info), which Gradio shows as HTML: `<`, `>` and `&` as
+    entities, so that `--checkpoint <folder>` and a prompt key typed as HTML stay text."""
+    return html.escape(text, quote=False)
+
+
+def markdown_text(text: str) -> str:
+    """`text` not written by the app (a class name from a checkpoint's config.json) as itself
+    inside the app's Markdown: no formatting, link or HTML of its own."""
+    return html.escape(_MARKDOWN_RE.sub(r"\\\1", text), quote=False)
+
+
 def hide_paths(text: str) -> str:
     """`text` with every absolute path replaced by its last part (a server's folders are
     nobody's business; the log keeps the details)."""
@@ -54,8 +73,8 @@ def user_message(exc: BaseException) -> str:
     return f"Unexpected error ({name}). Details are in the server log."
 
 
-def markdown_text(text: str) -> str:
-    """`text` for a Markdown status line: angle brackets and ampersands outside `code spans`
+def message_markdown(text: str) -> str:
+    """A message of the app's for a Markdown status line: angle brackets and ampersands outside `code spans`
     escaped, so that "<folder>" or HTML typed by a user shows as text instead of vanishing as
     a tag (inside a code span Markdown shows them as they are)."""
     parts = text.split("`")
@@ -68,7 +87,7 @@ def markdown_text(text: str) -> str:
 
 def status_error(text: str) -> str:
     """A refusal as the page's status line shows it: the whole message, marked as a problem."""
-    return f"⚠ {markdown_text(text)}"
+    return f"⚠ {message_markdown(text)}"
 
 
 def given_maps(pano: Any, depth: Any, normals: Any) -> Tuple[str, ...]:
@@ -139,7 +158,7 @@ def edit_status(s: Session) -> str:
         mc = s.majority_class()
         share = 100.0 * float(s.selected_mask.mean())
         parts.append(f"mask #{s.selected + 1} selected (IoU {s.selected_score:.2f}, "
-                     f"{share:.1f}% of the panorama, mostly {s.classes[mc] if mc is not None else '-'})")
+                     f"{share:.1f}% of the panorama, mostly {markdown_text(s.classes[mc]) if mc is not None else '-'})")
     if not parts:
         parts.append("Click on the panorama to select a region.")
     if s.refined:
@@ -176,5 +195,6 @@ def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[s
     return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {src}{stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "given_maps", "status_error", "edit_status", "run_message",
+__all__ = ["user_message", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN", "requirements_text",
+           "given_maps", "message_markdown", "status_error", "edit_status", "run_message",
            "about_duration", "exact_duration"]
