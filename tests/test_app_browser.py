@@ -294,7 +294,7 @@ def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
             page.locator("#assign-button").click()
             page.locator("#edit-status").get_by_text("1 edit(s)").wait_for()
             page.locator("#export-button").click()
-            page.locator("#downloads").get_by_text("hotel_room_labels.png").wait_for()
+            page.locator("#downloads").get_by_text("hotel_room_labels", exact=True).wait_for()
             # the Demo RGB-D-N with a photo alone: Run says what is missing and which choice fits
             page.locator("#checkpoint input").click()
             page.get_by_role("option", name="Demo RGB-D-N").click()
