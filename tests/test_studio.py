@@ -360,3 +360,41 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     second_dir = s.export_dir
     backend.close()
     assert not Path(second_dir).exists() and s.closed
+
+
+# ----------------------------------------------------------------------------- export folders
+
+def test_stale_export_folders_are_told_by_their_lock_not_by_their_pid(tmp_path):
+    """In a container the app is PID 1 at every start, so the PID in a folder's name cannot tell
+    a dead process's folder from a live one's: the folder's owner lock does."""
+    import os
+
+    from panosamic.studio.store import OWNER_LOCK, TMP_PREFIX, SessionStore, clean_stale_folders
+
+    # the previous start of a process with this very PID: nobody holds its lock
+    dead = tmp_path / f"{TMP_PREFIX}{os.getpid()}-before"
+    dead.mkdir()
+    (dead / OWNER_LOCK).touch()
+    (dead / "1f-view.jpg").write_bytes(b"a session's picture")
+    # a live process holds its folder, whatever PID the name carries (here one that has exited)
+    exited = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                capture_output=True, text=True, check=True).stdout)
+    live = tmp_path / f"{TMP_PREFIX}{exited}-running"
+    live.mkdir()
+    hold = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(live / OWNER_LOCK)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    store = SessionStore(root=tmp_path / f"{TMP_PREFIX}{os.getpid()}-this")  # this process's own
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert clean_stale_folders(tmp_path) == 1
+        assert not dead.exists() and live.is_dir() and store.root.is_dir()
+        holder.stdin.close()  # the holder ends: its lock goes with it
+        holder.wait(timeout=30)
+        assert clean_stale_folders(tmp_path) == 1 and not live.exists() and store.root.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+        store.close_all()
+    assert not store.root.exists()
