@@ -36,6 +36,7 @@ from .checkpoints import DEFAULT_SUBFOLDER, HUB_REPO, MODALITY_NAMES, Checkpoint
 from .messages import about_duration
 from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
+from ..sam_weights import remove_stale_partials
 from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders, release_free_memory
 from .uploads import find_examples, input_path, load_inputs
@@ -131,6 +132,7 @@ class StudioBackend:
         self.registry = ModelRegistry(max_models, loader=loader or load_predictor)
         self.cache = EmbeddingCache.from_megabytes(cache_mb)
         clean_stale_folders()
+        remove_stale_partials()  # SAM downloads a killed process left (up to 2.4 GB each)
         self.store = SessionStore(int(session_mb * 2**20), session_idle_s)
         self.examples = find_examples(examples) if examples else []
         self._warm = threading.Event()  # set by warm_up
