@@ -156,6 +156,47 @@ def test_user_messages_explain_and_suggest_a_fix():
     assert msg.startswith("Unexpected error (KeyError)") and "server log" in msg
 
 
+def test_messages_keep_addresses_and_documented_folders_and_hide_server_folders(tmp_path, monkeypatch):
+    """The offline SAM download's message, exactly as sam_weights words it: the address to
+    download from and the folder to put the file in stay readable; the server's folders do not."""
+    import socket
+    import urllib.error
+
+    import torch.hub
+
+    from panosamic.sam_weights import resolve_sam_checkpoint
+
+    def offline(url, dst, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PANOSAMIC_SAM_CACHE", raising=False)
+    monkeypatch.delenv("PANOSAMIC_SAM_BASE_URL", raising=False)
+    with pytest.raises(WeightsError) as err:
+        resolve_sam_checkpoint("vit_h", progress=False)
+    url = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+    assert studio.user_message(err.value).startswith(
+        f"Could not load the checkpoint: downloading {url} failed ([Errno -3] Temporary failure in name "
+        f"resolution). If this machine has no internet access, download {url} elsewhere and put it at "
+        "~/.cache/panosamic/sam/sam_vit_h_4b8939.pth , or pass the path of a local copy instead "
+        "(e.g. sam='/path/to/sam_vit_h_4b8939.pth'). For offline use, ")
+    hide = studio.messages.hide_paths
+    home = tmp_path / "home"
+    assert hide(f"not in the Hugging Face cache ({home}/.cache/huggingface/hub) and") == \
+        "not in the Hugging Face cache (~/.cache/huggingface/hub) and"
+    assert hide("put it at ~/.cache/panosamic/sam/x.pth or in a/b/c.pth") == \
+        "put it at ~/.cache/panosamic/sam/x.pth or in a/b/c.pth"
+    # the server's own folders: only the file's name
+    assert hide(f"[Errno 2] No such file or directory: '{tmp_path}/gradio/ab12/office_rgb.png'") == \
+        "[Errno 2] No such file or directory: 'office_rgb.png'"
+    assert hide(f"{home}/.cache/other/x.pth, {home}/.cache/panosamic-old/y.pth") == "x.pth, y.pth"
+    assert hide(r"C:\Users\bob\pano.png") == "pano.png"
+    # a private mirror's password and a signed link's query are no one else's either
+    assert hide("from https://bob:secret@mirror.lan/sam/x.pth?sig=abc failed") == \
+        "from https://mirror.lan/sam/x.pth failed"
+
+
 # ----------------------------------------------------------------------------- inputs
 
 def test_load_inputs_checks_the_uploads(tmp_path):

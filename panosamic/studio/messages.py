@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import re
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import PanoSAMicError
 from .checkpoints import MODALITY_NAMES, Checkpoints
 from .session import Session
 
-# An absolute path (POSIX or Windows) in a message: only its last part is shown.
-_PATH_RE = re.compile(r"(?:[A-Za-z]:\\|/)(?:[^\s'\"`:,;()]+[/\\])+([^\s'\"`:,;()/\\]*)")
+# A web address in a message, shown as it is (where to download a file is no secret), less
+# any credentials and query (a private mirror's password, a signed link); or an absolute path
+# (POSIX or Windows) that does not start inside a word (`~/.cache/...`, a relative `a/b/c`
+# are no server folders), of which only the last part is shown.
+_PATH_RE = re.compile(r"(?P<url>\b(?:https?|ftp)://(?:[^\s/'\"`<>@]*@)?(?P<site>[^\s'\"`<>?#]+)[^\s'\"`<>]*)"
+                      r"|(?<![\w~.\-])(?:[A-Za-z]:\\|/)(?:[^\s'\"`:,;()]+[/\\])+(?P<name>[^\s'\"`:,;()/\\]*)")
+# Folders the README and the errors name, shown whole under `~`: the SAM downloads' default
+# folder and the Hugging Face cache's (the places a user is told to put a file).
+DOCUMENTED_FOLDERS = (".cache/panosamic", ".cache/huggingface")
+# The placeholder the errors' examples use (sam='/path/to/sam_vit_h_4b8939.pth').
+_EXAMPLE_PATH = "/path/to/"
 
 
 JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, or the server is restarting). "
@@ -22,8 +33,24 @@ JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, 
 
 def hide_paths(text: str) -> str:
     """`text` with every absolute path replaced by its last part (a server's folders are
-    nobody's business; the log keeps the details)."""
-    return _PATH_RE.sub(lambda m: m.group(1) or "…", text)
+    nobody's business; the log keeps the details). Web addresses stay whole (without
+    credentials or query), and so do paths inside the documented cache folders, written under
+    `~` (`DOCUMENTED_FOLDERS`: "put it at ~/.cache/panosamic/sam/..." says where)."""
+    home = str(Path.home())
+    documented = [os.path.join(home, folder) for folder in DOCUMENTED_FOLDERS] if home != os.sep else []
+
+    def shown(m: "re.Match[str]") -> str:
+        if m.group("url"):
+            scheme = m.group("url").split("://", 1)[0]
+            return f"{scheme}://{m.group('site')}"
+        path = m.group(0)
+        if any(path == folder or path.startswith(folder + os.sep) for folder in documented):
+            return "~" + path[len(home):]
+        if path.startswith(_EXAMPLE_PATH):
+            return path
+        return m.group("name") or "…"
+
+    return _PATH_RE.sub(shown, text)
 
 
 def user_message(exc: BaseException) -> str:
