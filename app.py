@@ -300,8 +300,8 @@ class Studio:
                 session, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings."""
         t_start = time.perf_counter()
-        s, cached = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
-                                         previous=session, client=getattr(request, "session_hash", None))
+        s, _ = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
+                                    previous=session, client=getattr(request, "session_hash", None))
         progress(0.92, desc="Rendering")
         with self.backend.store.use(s):
             t1 = time.perf_counter()
@@ -309,7 +309,7 @@ class Studio:
             timings = {**s.timings, "render": time.perf_counter() - t1}
             total = time.perf_counter() - t_start
             s.timings["total"] = total
-            out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
+            out[self.ui.run_status] = messages.run_message(s, total, timings)
             return out
 
     def click(self, s, mode, opacity, evt: gr.SelectData):

@@ -238,8 +238,8 @@ class StudioBackend:
                                max_depth=max_depth, depth_scale=depth_scale, checkpoint=repr(key))
             state = self.cache.get(ckey)
             cached = state is not None
-            if cached:
-                progress(0.8, desc="Embeddings found in the cache")
+            if cached:  # for the log only: a user must not learn that someone else ran these files
+                log.info("embeddings %s reused from the cache", ckey[:12])
             else:
                 state = self._encode(key, inputs["image"], inputs["depth"], inputs["normals"], max_depth, progress)
                 timings.update(state.timings)

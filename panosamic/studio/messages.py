@@ -153,15 +153,16 @@ def exact_duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
-def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[str, float]] = None) -> str:
-    """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings),
-    then the session's notes about its inputs (one paragraph each)."""
+def run_message(s: Session, total: float, timings: Optional[Dict[str, float]] = None) -> str:
+    """Markdown after Run: input size, total seconds and each stage (default s.timings), then
+    the session's notes about its inputs (one paragraph each). Whether the embeddings came
+    from the cache is not said: it would tell a user that someone else ran the same files (a
+    Run from the cache simply lists no encoder stage; the server log says it)."""
     timings = s.timings if timings is None else timings
     stages = " · ".join(f"{k} {v:.2f} s" for k, v in timings.items() if k != "last_prompt")
-    src = "embeddings reused from the cache · " if cached else ""
     h, w = s.input_size
     notes = "".join(f"\n\n⚠ {n}" for n in getattr(s, "notes", ()))
-    return f"**Segmented {w}×{h} in {total:.2f} s** — {src}{stages}{notes}"
+    return f"**Segmented {w}×{h} in {total:.2f} s** — {stages}{notes}"
 
 
 __all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "edit_status", "run_message",
