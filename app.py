@@ -31,6 +31,7 @@ import concurrent.futures
 import functools
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -51,6 +52,7 @@ from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
 from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown
+from panosamic.studio.store import SessionExpired
 from panosamic.studio.uploads import input_path, preview_image
 
 log = logging.getLogger("panosamic.app")
@@ -219,6 +221,10 @@ class Studio:
         self.examples = self.backend.examples
         self.shutdown = Shutdown()  # every handler's job; SIGTERM drains it (see main)
         self.ui = Components()
+        # This process's start, which the page keeps (a hidden input of every event on a session):
+        # sessions live in the server (gr.State), so after a restart an old page's session is
+        # simply None; a start id other than this one says why (`live`).
+        self.start_id = secrets.token_hex(8)
 
     def bundle(self, s: Session, opacity: float, clear_downloads: bool = False) -> Dict[Any, Any]:
         """What an event on session `s` shows: the ERP view and the 360° viewer (the same
@@ -255,6 +261,22 @@ class Studio:
         if clear_downloads:
             out[ui.downloads] = None
         return out
+
+    def restarted(self, server_start: Optional[str]) -> bool:
+        """Whether the page (or API client) sending `server_start` was served by an earlier
+        start of the server."""
+        return bool(server_start) and server_start != self.start_id
+
+    def live(self, s: Optional[Session], server_start: Optional[str]) -> Optional[Session]:
+        """`s`; without one, the server's restart is the reason when the page is older than
+        this process (else `store.use` asks for a Run first)."""
+        if s is None and self.restarted(server_start):
+            raise SessionExpired(messages.RESTARTED_SINCE)
+        return s
+
+    def current_start(self) -> str:
+        """This process's start id, for the page after a Run (it then belongs to this start)."""
+        return self.start_id
 
     # ----------------------------------------------------------------- handlers
     def requirements_text(self, choice: Optional[str], pano: Any, depth: Any, normals: Any) -> Tuple[str, bool]:
@@ -312,62 +334,64 @@ class Studio:
             out[self.ui.run_status] = messages.run_message(s, total, timings)
             return out
 
-    def click(self, s, mode, opacity, evt: gr.SelectData):
+    def click(self, s, mode, opacity, server_start, evt: gr.SelectData):
         """A click on the ERP view (display pixels)."""
         if s is None:
-            gr.Warning("Press Run first: clicks refine a segmented panorama.")
+            gr.Warning(messages.RESTARTED_SINCE if self.restarted(server_start)
+                       else "Press Run first: clicks refine a segmented panorama.")
             return {}
         with self.backend.store.use(s):
             self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
             return self.bundle(s, opacity)
 
-    def click_lonlat(self, s, mode, opacity, evt: gr.EventData):
+    def click_lonlat(self, s, mode, opacity, server_start, evt: gr.EventData):
         """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
         if s is None:
-            gr.Warning("Press Run first: clicks refine a segmented panorama.")
+            gr.Warning(messages.RESTARTED_SINCE if self.restarted(server_start)
+                       else "Press Run first: clicks refine a segmented panorama.")
             return {}
         data = getattr(evt, "_data", None) or {}
         with self.backend.store.use(s):
             self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
             return self.bundle(s, opacity)
 
-    def prompt(self, prompt_json, s, opacity):
+    def prompt(self, prompt_json, s, opacity, server_start=None):
         """Prompts SAM's decoder with explicit coordinates (JSON: points, labels, box, append;
         or points_lonlat / box_lonlat in degrees)."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.prompt(s, prompt_json)
             return self.bundle(s, opacity)
 
-    def select_candidate(self, index, s, opacity):
+    def select_candidate(self, index, s, opacity, server_start=None):
         """Selects candidate mask 0, 1 or 2 of the last prompt."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.select(s, index)
             return self.bundle(s, opacity)
 
-    def assign(self, class_name, candidate, s, opacity):
+    def assign(self, class_name, candidate, s, opacity, server_start=None):
         """Writes a class (name or index; default: majority under the mask) into the map under the
         selected candidate (or candidate 0-2)."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.assign(s, class_name, candidate)
             return self.bundle(s, opacity, clear_downloads=True)
 
-    def undo(self, s, opacity):
+    def undo(self, s, opacity, server_start=None):
         """Reverts the last prompt change or edit."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             what = self.backend.undo(s)
             if what is None:
                 gr.Info("Nothing to undo.")
             return self.bundle(s, opacity, clear_downloads=(what == "labels"))
 
-    def clear(self, s, opacity):
+    def clear(self, s, opacity, server_start=None):
         """Removes all prompts and candidate masks (undoable)."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.clear(s)
             return self.bundle(s, opacity)
 
-    def refine_instances(self, points_per_side, s, opacity, progress=gr.Progress()):
+    def refine_instances(self, points_per_side, s, opacity, server_start=None, progress=gr.Progress()):
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             n, changed = self.backend.refine_instances(s, points_per_side, progress)
             gr.Info(f"{n} SAM instances, {changed} pixels changed class "
                     f"({s.timings['instances']:.1f} s). Undo reverts this.")
@@ -385,9 +409,9 @@ class Studio:
         """The browser tab (or API client) went away: its session's memory and files go now."""
         self.backend.store.close_client(getattr(request, "session_hash", None))
 
-    def export_files(self, s):
+    def export_files(self, s, server_start=None):
         """Writes the downloads at the input size; returns (files, session summary with statistics)."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             files = self.backend.export(s)
             return files, {**s.summary(), "stats": s.stats()}
 
@@ -463,6 +487,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # it); Gradio's deletion of the state (a closed tab) closes it too.
         store = studio.backend.store
         session = gr.State(None, delete_callback=_closer(store))
+        # the server start that served this page (Studio.start_id): the last input of every event
+        # on the session, so that one from before a restart is told so (API clients send the
+        # value they read when they connected)
+        server_start = gr.Textbox(studio.start_id, visible=False, label="Server start (filled in by the page)")
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
@@ -555,19 +583,24 @@ def build_ui(studio: Studio) -> gr.Blocks:
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
                         show_progress="hidden")
         run.click(job(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
-                  outputs, api_name="segment", **heavy)
-        view.select(quick_job(studio.click), [session, mode, *style], outputs, api_visibility="private", **light)
-        viewer.pano_click(quick_job(studio.click_lonlat), [session, mode, *style], outputs, api_visibility="private",
-                          **light)
-        apply_prompt.click(quick_job(studio.prompt), [prompt_json, session, *style], outputs, api_name="prompt", **light)
-        candidates.input(quick_job(studio.select_candidate), [candidates, session, *style], outputs,
+                  outputs, api_name="segment", **heavy
+                  ).success(studio.current_start, None, server_start, api_visibility="private", show_progress="hidden")
+        start = [server_start]
+        view.select(quick_job(studio.click), [session, mode, *style, *start], outputs, api_visibility="private",
+                    **light)
+        viewer.pano_click(quick_job(studio.click_lonlat), [session, mode, *style, *start], outputs,
+                          api_visibility="private", **light)
+        apply_prompt.click(quick_job(studio.prompt), [prompt_json, session, *style, *start], outputs,
+                           api_name="prompt", **light)
+        candidates.input(quick_job(studio.select_candidate), [candidates, session, *style, *start], outputs,
                          api_name="select_candidate", **light)
-        assign.click(quick_job(studio.assign), [cls, candidates, session, *style], outputs, api_name="assign", **light)
-        undo.click(quick_job(studio.undo), [session, *style], outputs, api_name="undo", **light)
-        clear.click(quick_job(studio.clear), [session, *style], outputs, api_name="clear", **light)
-        refine.click(job(studio.refine_instances), [pps, session, *style], outputs,
+        assign.click(quick_job(studio.assign), [cls, candidates, session, *style, *start], outputs,
+                     api_name="assign", **light)
+        undo.click(quick_job(studio.undo), [session, *style, *start], outputs, api_name="undo", **light)
+        clear.click(quick_job(studio.clear), [session, *style, *start], outputs, api_name="clear", **light)
+        refine.click(job(studio.refine_instances), [pps, session, *style, *start], outputs,
                      api_name="refine_instances", **heavy)
-        export.click(job(studio.export_files), [session], [downloads, info], api_name="export", **files_q)
+        export.click(job(studio.export_files), [session, *start], [downloads, info], api_name="export", **files_q)
         demo.unload(studio.tab_closed)
         opacity.change(quick_job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo

@@ -27,6 +27,10 @@ DOCUMENTED_FOLDERS = (".cache/panosamic", ".cache/huggingface")
 _EXAMPLE_PATH = "/path/to/"
 
 
+#: An event on no session from a page (or API client) served before the server last started:
+#: its session went with the previous process (see app.py's server start id).
+RESTARTED_SINCE = "The server restarted since this page was opened: press Run again."
+
 JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, or the server is restarting). "
                  "Nothing of it was kept: press the button again.")
 
@@ -165,5 +169,5 @@ def run_message(s: Session, total: float, timings: Optional[Dict[str, float]] = 
     return f"**Segmented {w}×{h} in {total:.2f} s** — {stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "requirements_text", "edit_status", "run_message",
+__all__ = ["user_message", "hide_paths", "JOB_CUT_SHORT", "RESTARTED_SINCE", "requirements_text", "edit_status", "run_message",
            "about_duration", "exact_duration"]
