@@ -51,6 +51,7 @@ from panosamic.errors import PanoSAMicError
 from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
+from panosamic.studio.fair import FairGate
 from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown
 from panosamic.studio.store import SessionExpired
 from panosamic.studio.uploads import input_path, preview_image
@@ -120,18 +121,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ============================================================================ errors
 
-def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0):
+def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0,
+             gate: Optional[FairGate] = None):
     """Turns every exception of a handler into a gr.Error with a user-facing message (a job
     cut short included). With `shutdown` the handler runs as one of its jobs: refused while
     the server stops, answered in plain words when the stop cuts it short (`quick` handlers,
-    milliseconds long, run inline: see `Shutdown.run`)."""
+    milliseconds long, run inline: see `Shutdown.run`). With `gate` it takes its turn among
+    the heavy jobs of all clients (panosamic.studio.fair), its client read from the
+    gr.Request among its arguments, and the wait shown on its gr.Progress."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            call = fn
+            if gate is not None:
+                given = (*args, *kwargs.values())
+                request = next((a for a in given if isinstance(a, gr.Request)), None)
+                progress = next((a for a in given if isinstance(a, gr.Progress)), None)
+                call = gate.wrap(fn, getattr(request, "session_hash", None), progress)
             if shutdown is None:
-                return fn(*args, **kwargs)
-            return shutdown.run(fn, *args, inline=quick, nice=nice, **kwargs)
+                return call(*args, **kwargs)
+            return shutdown.run(call, *args, inline=quick, nice=nice, **kwargs)
         except gr.Error:
             raise
         except (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt) as exc:
@@ -220,6 +230,7 @@ class Studio:
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
         self.shutdown = Shutdown()  # every handler's job; SIGTERM drains it (see main)
+        self.gate = FairGate(HEAVY_CONCURRENCY)  # Run and SAM instances: in turns, a share per client
         self.ui = Components()
         # This process's start, which the page keeps (a hidden input of every event on a session):
         # sessions live in the server (gr.State), so after a restart an old page's session is
@@ -389,7 +400,8 @@ class Studio:
             self.backend.clear(s)
             return self.bundle(s, opacity)
 
-    def refine_instances(self, points_per_side, s, opacity, server_start=None, progress=gr.Progress()):
+    def refine_instances(self, points_per_side, s, opacity, server_start=None, request: gr.Request = None,
+                         progress=gr.Progress()):
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
         with self.backend.store.use(self.live(s, server_start)):
             n, changed = self.backend.refine_instances(s, points_per_side, progress)
@@ -406,7 +418,9 @@ class Studio:
             return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}
 
     def tab_closed(self, request: gr.Request):
-        """The browser tab (or API client) went away: its session's memory and files go now."""
+        """The browser tab (or API client) went away: its session's memory and files go now,
+        and its heavy jobs still waiting for their turn end without running."""
+        self.gate.cancel(getattr(request, "session_hash", None))
         self.backend.store.close_client(getattr(request, "session_hash", None))
 
     def export_files(self, s, server_start=None):
@@ -462,6 +476,10 @@ HEAVY_NICE = 19         # how much lower the CPU priority of heavy jobs is (Linu
 # encoding at a time (StudioBackend's locks), but a second user's bad file is refused from its
 # header or content while another Run encodes, instead of waiting in the queue behind it.
 HEAVY_CONCURRENCY = 2
+# Heavy events let past Gradio's first-come-first-served queue beyond those, to wait in the
+# studio's FairGate, which knows their client: one running and one waiting per client, the
+# waiting ones in turns. Each holds a worker thread while it waits (Gradio has 40).
+HEAVY_WAITING = 6
 
 
 def _closer(store):
@@ -559,10 +577,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # Run, SAM instances and export run at a lower CPU priority than clicks and edits, so
         # that a click stays quick while other users' heavy jobs keep the cores busy.
         job = functools.partial(friendly, shutdown=studio.shutdown, nice=HEAVY_NICE)
+        heavy_job = functools.partial(job, gate=studio.gate)  # Run and SAM instances: in turns per client
         quick_job = functools.partial(friendly, shutdown=studio.shutdown, quick=True)  # clicks and edits
         # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
         # Progress and errors show on one status line each, not on every output panel.
-        heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_CONCURRENCY, show_progress_on=[run_status])
+        heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_CONCURRENCY + HEAVY_WAITING,
+                     show_progress_on=[run_status])
         light = dict(concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY, show_progress="minimal",
                      show_progress_on=[edit_status])
         files_q = dict(concurrency_id="export", concurrency_limit=1, show_progress_on=[downloads])
@@ -582,7 +602,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
                         show_progress="hidden")
-        run.click(job(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
+        run.click(heavy_job(studio.segment), [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
                   outputs, api_name="segment", **heavy
                   ).success(studio.current_start, None, server_start, api_visibility="private", show_progress="hidden")
         start = [server_start]
@@ -598,7 +618,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                      api_name="assign", **light)
         undo.click(quick_job(studio.undo), [session, *style, *start], outputs, api_name="undo", **light)
         clear.click(quick_job(studio.clear), [session, *style, *start], outputs, api_name="clear", **light)
-        refine.click(job(studio.refine_instances), [pps, session, *style, *start], outputs,
+        refine.click(heavy_job(studio.refine_instances), [pps, session, *style, *start], outputs,
                      api_name="refine_instances", **heavy)
         export.click(job(studio.export_files), [session, *start], [downloads, info], api_name="export", **files_q)
         demo.unload(studio.tab_closed)

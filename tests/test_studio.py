@@ -444,3 +444,62 @@ def test_stale_export_folders_are_told_by_their_lock_not_by_their_pid(tmp_path):
         holder.wait()
         store.close_all()
     assert not store.root.exists()
+
+
+
+# ----------------------------------------------------------------------------- heavy jobs in turns
+
+def test_heavy_jobs_take_turns_with_one_running_and_one_waiting_per_client():
+    """panosamic.studio.fair: a client's third heavy job is refused at once; users take turns
+    (the client served longest ago first, never a second job of a client while one runs); a
+    closed tab's waiting job ends without running."""
+    import threading
+    import time
+
+    from panosamic.studio.fair import BUSY, Busy, FairGate
+    from panosamic.studio.store import SessionExpired
+
+    gate = FairGate(slots=1)
+    order, said, errors = [], [], {}
+    release = {name: threading.Event() for name in ("a1", "a2", "b1", "c1", "d1")}
+
+    def job(client, name):
+        try:
+            with gate.turn(client, lambda f, desc=None: said.append((name, desc))):
+                order.append(name)
+                release[name].wait(30)
+        except Exception as exc:  # noqa: BLE001
+            errors[name] = exc
+
+    def start(client, name, waiting):
+        threading.Thread(target=job, args=(client, name), daemon=True).start()
+        wait_for(lambda: gate.waiting == waiting and (waiting or order))
+
+    def wait_for(condition):
+        t0 = time.monotonic()
+        while not condition():
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.005)
+
+    start("a", "a1", 0)
+    start("a", "a2", 1)
+    with pytest.raises(Busy, match=BUSY):  # a third job of the same client
+        with gate.turn("a"):
+            pass
+    start("b", "b1", 2)
+    start("d", "d1", 3)
+    start("c", "c1", 4)
+    assert ("a2", "Waiting for your previous Run to finish") in said
+    assert ("c1", "Waiting for your turn: 4 other jobs running or waiting") in said
+    assert gate.cancel("d") == 1  # d's tab closed
+    wait_for(lambda: "d1" in errors)
+    assert isinstance(errors["d1"], SessionExpired) and gate.waiting == 3
+    # b and c were never served, a was: a's second job goes last
+    for name, then in (("a1", ["a1", "b1"]), ("b1", ["a1", "b1", "c1"]), ("c1", ["a1", "b1", "c1", "a2"])):
+        release[name].set()
+        wait_for(lambda: order == then)
+    release["a2"].set()
+    wait_for(lambda: gate.running == 0)
+    assert gate.waiting == 0 and set(errors) == {"d1"}
+    with gate.turn("a"):  # the client's share is free again
+        pass
