@@ -31,6 +31,7 @@ import concurrent.futures
 import functools
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -50,7 +51,9 @@ from panosamic.errors import PanoSAMicError
 from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
+from panosamic.studio.fair import FairGate
 from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown
+from panosamic.studio.store import SessionExpired
 from panosamic.studio.uploads import example_caption, input_path, preview_image
 
 log = logging.getLogger("panosamic.app")
@@ -126,13 +129,16 @@ def pop_up(message: str) -> gr.Error:
     return gr.Error(messages.html_text(message), duration=None, print_exception=False)
 
 
-def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0, status: Any = None):
+def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice: int = 0, status: Any = None,
+             gate: Optional[FairGate] = None):
     """Turns every exception of a handler into a user-facing message (a job cut short
     included): a gr.Error for API clients, or, with `status` (the page's own events), the
     whole message on that status line, the other outputs left as they were. With `shutdown`
     the handler runs as one of its jobs: refused while the server stops, answered in plain
     words when the stop cuts it short (`quick` handlers, milliseconds long, run inline: see
-    `Shutdown.run`)."""
+    `Shutdown.run`). With `gate` it takes its turn among the heavy jobs of all clients
+    (panosamic.studio.fair), its client read from the gr.Request among its arguments, and the
+    wait shown on its gr.Progress."""
 
     def refuse(exc: BaseException):
         text = messages.user_message(exc)
@@ -143,9 +149,15 @@ def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            call = fn
+            if gate is not None:
+                given = (*args, *kwargs.values())
+                request = next((a for a in given if isinstance(a, gr.Request)), None)
+                progress = next((a for a in given if isinstance(a, gr.Progress)), None)
+                call = gate.wrap(fn, getattr(request, "session_hash", None), progress)
             if shutdown is None:
-                return fn(*args, **kwargs)
-            return shutdown.run(fn, *args, inline=quick, nice=nice, **kwargs)
+                return call(*args, **kwargs)
+            return shutdown.run(call, *args, inline=quick, nice=nice, **kwargs)
         except gr.Error:
             raise
         except (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt) as exc:
@@ -233,7 +245,12 @@ class Studio:
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
         self.shutdown = Shutdown()  # every handler's job; SIGTERM drains it (see main)
+        self.gate = FairGate(HEAVY_CONCURRENCY)  # Run and SAM instances: in turns, a share per client
         self.ui = Components()
+        # This process's start, which the page keeps (a hidden input of every event on a session):
+        # sessions live in the server (gr.State), so after a restart an old page's session is
+        # simply None; a start id other than this one says why (`live`).
+        self.start_id = secrets.token_hex(8)
 
     def bundle(self, s: Session, opacity: float, clear_downloads: bool = False) -> Dict[Any, Any]:
         """What an event on session `s` shows: the ERP view and the 360° viewer (the same
@@ -270,6 +287,22 @@ class Studio:
         if clear_downloads:
             out[ui.downloads] = None
         return out
+
+    def restarted(self, server_start: Optional[str]) -> bool:
+        """Whether the page (or API client) sending `server_start` was served by an earlier
+        start of the server."""
+        return bool(server_start) and server_start != self.start_id
+
+    def live(self, s: Optional[Session], server_start: Optional[str]) -> Optional[Session]:
+        """`s`; without one, the server's restart is the reason when the page is older than
+        this process (else `store.use` asks for a Run first)."""
+        if s is None and self.restarted(server_start):
+            raise SessionExpired(messages.RESTARTED_SINCE)
+        return s
+
+    def current_start(self) -> str:
+        """This process's start id, for the page after a Run (it then belongs to this start)."""
+        return self.start_id
 
     # ----------------------------------------------------------------- handlers
     def requirements_text(self, choice: Optional[str], pano: Any, depth: Any, normals: Any) -> Tuple[str, bool]:
@@ -317,8 +350,8 @@ class Studio:
         Depth and normals are optional (their None defaults make them optional for API
         clients too): "auto" takes the checkpoint for the maps given."""
         t_start = time.perf_counter()
-        s, cached = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
-                                         previous=session, client=getattr(request, "session_hash", None))
+        s, _ = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
+                                    previous=session, client=getattr(request, "session_hash", None))
         progress(0.92, desc="Rendering")
         with self.backend.store.use(s):
             t1 = time.perf_counter()
@@ -326,69 +359,72 @@ class Studio:
             timings = {**s.timings, "render": time.perf_counter() - t1}
             total = time.perf_counter() - t_start
             s.timings["total"] = total
-            out[self.ui.run_status] = messages.run_message(s, total, cached, timings)
+            out[self.ui.run_status] = messages.run_message(s, total, timings)
             return out
 
-    def not_segmented(self) -> Dict[Any, Any]:
+    def not_segmented(self, server_start: Optional[str] = None) -> Dict[Any, Any]:
         """What a click before Run shows: every output as it is, and on the edit status what to
-        do. (Gradio takes an empty dict for one value, not for "nothing changed", and answers
-        with its own error about missing output values.)"""
-        return {self.ui.edit_status: messages.CLICK_BEFORE_RUN}
+        do (the server's restart when that is why there is no session). Gradio takes an empty
+        dict for one value, not for "nothing changed", and answers with its own error about
+        missing output values."""
+        return {self.ui.edit_status: messages.RESTARTED_SINCE if self.restarted(server_start)
+                else messages.CLICK_BEFORE_RUN}
 
-    def click(self, s, mode, opacity, evt: gr.SelectData):
+    def click(self, s, mode, opacity, server_start, evt: gr.SelectData):
         """A click on the ERP view (display pixels)."""
         if s is None:
-            return self.not_segmented()
+            return self.not_segmented(server_start)
         with self.backend.store.use(s):
             self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
             return self.bundle(s, opacity)
 
-    def click_lonlat(self, s, mode, opacity, evt: gr.EventData):
+    def click_lonlat(self, s, mode, opacity, server_start, evt: gr.EventData):
         """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
         if s is None:
-            return self.not_segmented()
+            return self.not_segmented(server_start)
         data = getattr(evt, "_data", None) or {}
         with self.backend.store.use(s):
             self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
             return self.bundle(s, opacity)
 
-    def prompt(self, prompt_json, s, opacity):
+    def prompt(self, prompt_json, s, opacity, server_start=None):
         """Prompts SAM's decoder with explicit coordinates (JSON: points, labels, box, append;
         or points_lonlat / box_lonlat in degrees)."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.prompt(s, prompt_json)
             return self.bundle(s, opacity)
 
-    def select_candidate(self, index, s, opacity):
+    def select_candidate(self, index, s, opacity, server_start=None):
         """Selects candidate mask 0, 1 or 2 of the last prompt."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.select(s, index)
             return self.bundle(s, opacity)
 
-    def assign(self, class_name, candidate, s, opacity):
+    def assign(self, class_name, candidate, s, opacity, server_start=None):
         """Writes a class (name or index; default: majority under the mask) into the map under the
         selected candidate (or candidate 0-2)."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.assign(s, class_name, candidate)
             return self.bundle(s, opacity, clear_downloads=True)
 
-    def undo(self, s, opacity):
+    def undo(self, s, opacity, server_start=None):
         """Reverts the last prompt change or edit."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             what = self.backend.undo(s)
             if what is None:
                 gr.Info(messages.html_text("Nothing to undo."))
             return self.bundle(s, opacity, clear_downloads=(what == "labels"))
 
-    def clear(self, s, opacity):
+    def clear(self, s, opacity, server_start=None):
         """Removes all prompts and candidate masks (undoable)."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             self.backend.clear(s)
             return self.bundle(s, opacity)
 
-    def refine_instances(self, points_per_side, s, opacity, progress=gr.Progress()):
+    def refine_instances(self, points_per_side, s, opacity, server_start=None, request: gr.Request = None,
+                         progress=gr.Progress()):
         """SAM's automatic instances on the cached embeddings; each takes its majority class."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             n, changed = self.backend.refine_instances(s, points_per_side, progress)
             gr.Info(messages.html_text(f"{n} SAM instances, {changed} pixels changed class "
                                        f"({s.timings['instances']:.1f} s). Undo reverts this."))
@@ -403,12 +439,14 @@ class Studio:
             return {k: v for k, v in out.items() if k in (self.ui.view, self.ui.viewer)}
 
     def tab_closed(self, request: gr.Request):
-        """The browser tab (or API client) went away: its session's memory and files go now."""
+        """The browser tab (or API client) went away: its session's memory and files go now,
+        and its heavy jobs still waiting for their turn end without running."""
+        self.gate.cancel(getattr(request, "session_hash", None))
         self.backend.store.close_client(getattr(request, "session_hash", None))
 
-    def export_files(self, s):
+    def export_files(self, s, server_start=None):
         """Writes the downloads at the input size: the files and the session summary with statistics."""
-        with self.backend.store.use(s):
+        with self.backend.store.use(self.live(s, server_start)):
             files = self.backend.export(s)
             return {self.ui.downloads: files, self.ui.info: {**s.summary(), "stats": s.stats()}}
 
@@ -459,6 +497,10 @@ HEAVY_NICE = 19         # how much lower the CPU priority of heavy jobs is (Linu
 # encoding at a time (StudioBackend's locks), but a second user's bad file is refused from its
 # header or content while another Run encodes, instead of waiting in the queue behind it.
 HEAVY_CONCURRENCY = 2
+# Heavy events let past Gradio's first-come-first-served queue beyond those, to wait in the
+# studio's FairGate, which knows their client: one running and one waiting per client, the
+# waiting ones in turns. Each holds a worker thread while it waits (Gradio has 40).
+HEAVY_WAITING = 6
 
 
 def _closer(store):
@@ -478,6 +520,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # it); Gradio's deletion of the state (a closed tab) closes it too.
         store = studio.backend.store
         session = gr.State(None, delete_callback=_closer(store))
+        # the server start that served this page (Studio.start_id): the last input of every event
+        # on the session, so that one from before a restart is told so (API clients send the
+        # value they read when they connected)
+        server_start = gr.Textbox(studio.start_id, visible=False, label="Server start (filled in by the page)")
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
@@ -547,10 +593,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # Run, SAM instances and export run at a lower CPU priority than clicks and edits, so
         # that a click stays quick while other users' heavy jobs keep the cores busy.
         job = functools.partial(friendly, shutdown=studio.shutdown, nice=HEAVY_NICE)
+        heavy_job = functools.partial(job, gate=studio.gate)  # Run and SAM instances: in turns per client
         quick_job = functools.partial(friendly, shutdown=studio.shutdown, quick=True)  # clicks and edits
         # Run and SAM instances are heavy; clicks and edits are light and must not wait behind them.
         # Progress and errors show on one status line each, not on every output panel.
-        heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_CONCURRENCY, show_progress_on=[run_status])
+        heavy = dict(concurrency_id="heavy", concurrency_limit=HEAVY_CONCURRENCY + HEAVY_WAITING,
+                     show_progress_on=[run_status])
         light = dict(concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY, show_progress="minimal",
                      show_progress_on=[edit_status])
         files_q = dict(concurrency_id="export", concurrency_limit=1, show_progress_on=[downloads])
@@ -579,31 +627,36 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # on the run or edit status line) and the named API endpoint on a hidden button (its
         # refusals are errors, as API clients expect). Both share one queue and one session.
         def action(trigger, fn, wrap, inputs, outs, api_name, status, queue):
-            trigger(wrap(fn, status=status), inputs, outs + ([status] if status not in outs else []),
-                    api_name=f"page_{api_name}", api_visibility="private", **queue)
+            page = trigger(wrap(fn, status=status), inputs, outs + ([status] if status not in outs else []),
+                           api_name=f"page_{api_name}", api_visibility="private", **queue)
             hidden = gr.Button(visible=False, elem_id=f"api-{api_name}")
-            hidden.click(wrap(fn), inputs, outs, api_name=api_name, **queue)
+            return page, hidden.click(wrap(fn), inputs, outs, api_name=api_name, **queue)
 
+        start = [server_start]
         with gr.Row(visible=False):
-            action(run.click, studio.segment, job,
-                   [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
-                   outputs, "segment", run_status, heavy)
-            action(apply_prompt.click, studio.prompt, quick_job, [prompt_json, session, *style], outputs, "prompt",
-                   edit_status, light)
-            action(candidates.input, studio.select_candidate, quick_job, [candidates, session, *style], outputs,
-                   "select_candidate", edit_status, light)
-            action(assign.click, studio.assign, quick_job, [cls, candidates, session, *style], outputs, "assign",
-                   edit_status, light)
-            action(undo.click, studio.undo, quick_job, [session, *style], outputs, "undo", edit_status, light)
-            action(clear.click, studio.clear, quick_job, [session, *style], outputs, "clear", edit_status, light)
-            action(refine.click, studio.refine_instances, job, [pps, session, *style], outputs, "refine_instances",
-                   run_status, heavy)
-            action(export.click, studio.export_files, job, [session], [downloads, info], "export", edit_status,
-                   files_q)
-        view.select(quick_job(studio.click, status=edit_status), [session, mode, *style], outputs,
+            for run_event in action(run.click, studio.segment, heavy_job,
+                                    [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
+                                    outputs, "segment", run_status, heavy):
+                run_event.success(studio.current_start, None, server_start, api_visibility="private",
+                                  show_progress="hidden")
+            action(apply_prompt.click, studio.prompt, quick_job, [prompt_json, session, *style, *start], outputs,
+                   "prompt", edit_status, light)
+            action(candidates.input, studio.select_candidate, quick_job, [candidates, session, *style, *start],
+                   outputs, "select_candidate", edit_status, light)
+            action(assign.click, studio.assign, quick_job, [cls, candidates, session, *style, *start], outputs,
+                   "assign", edit_status, light)
+            action(undo.click, studio.undo, quick_job, [session, *style, *start], outputs, "undo", edit_status,
+                   light)
+            action(clear.click, studio.clear, quick_job, [session, *style, *start], outputs, "clear", edit_status,
+                   light)
+            action(refine.click, studio.refine_instances, heavy_job, [pps, session, *style, *start], outputs,
+                   "refine_instances", run_status, heavy)
+            action(export.click, studio.export_files, job, [session, *start], [downloads, info], "export",
+                   edit_status, files_q)
+        view.select(quick_job(studio.click, status=edit_status), [session, mode, *style, *start], outputs,
                     api_visibility="private", **light)
-        viewer.pano_click(quick_job(studio.click_lonlat, status=edit_status), [session, mode, *style], outputs,
-                          api_visibility="private", **light)
+        viewer.pano_click(quick_job(studio.click_lonlat, status=edit_status), [session, mode, *style, *start],
+                          outputs, api_visibility="private", **light)
         demo.unload(studio.tab_closed)
         opacity.change(quick_job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo

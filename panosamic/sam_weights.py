@@ -6,10 +6,19 @@ name (`vit_b`, `vit_l`, `vit_h`), a path or a URL into a local file; downloads g
 `torch.hub.download_url_to_file` into `sam_cache_dir()` and are checked against the SHA-256
 prefix the file name carries, or, when the name carries none, checked to be a SAM checkpoint at
 all. Every failure raises `WeightsError` with what to do.
+
+torch writes a download to `<name>.<hex>.partial` beside its destination and removes it on any
+failure it sees; a process killed mid-download (SIGKILL, out of memory, a container stopped)
+leaves it behind, up to 2.4 GB for vit_h. `remove_stale_partials` deletes those at the next
+download (and the app's start), but never one a live process is writing: a download holds a
+shared flock on its folder, and partials go only under the exclusive one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
 import re
 import socket
@@ -18,9 +27,16 @@ import urllib.error
 import urllib.parse
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; partial files are then left alone
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import WeightsError
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
@@ -37,6 +53,8 @@ SAM_CACHE_ENV = "PANOSAMIC_SAM_CACHE"
 _SHA_IN_NAME = re.compile(r"_([0-9a-f]{6})\.pth$")
 # torch.hub's download has no timeout argument: it uses the socket default, set around the call.
 _TIMEOUT_LOCK = threading.Lock()
+# torch.hub.download_url_to_file's temporary file: `<destination>.<uuid4 hex>.partial`.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 def sam_cache_dir() -> Path:
@@ -117,6 +135,85 @@ def local_sam_checkpoint(spec: Any) -> Optional[Path]:
     return cached if cached.is_file() else None
 
 
+def _folder_lock(folder: Path) -> Optional[int]:
+    """A descriptor of `folder` to flock (the folder itself: no lock file is left behind), or
+    None without flock or when the folder cannot be opened."""
+    if fcntl is None:
+        return None
+    try:
+        return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+
+
+def _remove_partials_locked(fd: int, folder: Path) -> int:
+    """Deletes `folder`'s partial downloads if no download runs there (the exclusive flock is
+    free); returns how many went. Leaves `fd` unlocked."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a live download holds the folder: its partial is being written
+        return 0
+    removed = 0
+    try:
+        for path in folder.iterdir():
+            if _PARTIAL.search(path.name) and path.is_file():
+                size = path.stat().st_size
+                path.unlink(missing_ok=True)
+                removed += 1
+                log.info("removed %s (%d MB), left by a download that was cut short", path.name, size >> 20)
+    except OSError:
+        pass
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return removed
+
+
+def remove_stale_partials(folder: Optional[PathLike] = None) -> int:
+    """Deletes the partial downloads (`<name>.<hex>.partial`) that killed processes left in
+    `folder` (default `sam_cache_dir()`), unless a download runs there now; returns how many."""
+    folder = Path(folder) if folder is not None else sam_cache_dir()
+    fd = _folder_lock(folder)
+    if fd is None:
+        return 0
+    try:
+        return _remove_partials_locked(fd, folder)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _downloading_into(folder: Path) -> Iterator[None]:
+    """Around a download into `folder`: the partials of dead downloads go first, then a shared
+    flock on the folder, held until the download ends, keeps this one's partial from any other
+    process's clean-up (the kernel drops it when the process dies, however it dies)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # the download says so, with what to do
+        pass
+    fd = _folder_lock(folder)
+    try:
+        if fd is not None:
+            _remove_partials_locked(fd, folder)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another process clears the folder
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _guard_partials(download: Callable[..., Path]) -> Callable[..., Path]:
+    """`download(url, dest, ...)` inside `_downloading_into(dest's folder)`: every download holds its
+    folder, whoever calls `download_file`."""
+
+    @functools.wraps(download)
+    def guarded(url: str, dest: PathLike, *args: Any, **kwargs: Any) -> Path:
+        with _downloading_into(Path(dest).expanduser().parent):
+            return download(url, dest, *args, **kwargs)
+
+    return guarded
+
+
+@_guard_partials
 def download_file(url: str, dest: PathLike, progress: bool = True, timeout: float = 30.0) -> Path:
     """Downloads `url` to `dest` with `torch.hub.download_url_to_file`, checking the SHA-256
     prefix a `_<6 hex>.pth` name carries.

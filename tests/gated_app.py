@@ -1,8 +1,9 @@
 """`python tests/gated_app.py ARGS`: app.py whose encoder waits at a gate the test opens.
 
-For tests that need a Run to be busy for as long as they say: each encoder call creates
-`$PANOSAMIC_TEST_GATE/waiting`, then waits until `$PANOSAMIC_TEST_GATE/go` exists (the test
-removes `waiting` and `go` to close the gate again). Everything else is the real app.
+For tests that need a Run to be busy for as long as they say: each encoder call appends the
+panorama's width to `$PANOSAMIC_TEST_GATE/encoded` (the order the Runs reached the encoder),
+creates `$PANOSAMIC_TEST_GATE/waiting`, then waits until `$PANOSAMIC_TEST_GATE/go` exists (the
+test removes `waiting` and `go` to close the gate again). Everything else is the real app.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ GATE = Path(os.environ["PANOSAMIC_TEST_GATE"])
 _encode_job = StudioBackend._encode_job
 
 
-def _gated_encode_job(self, *args, **kwargs):
+def _gated_encode_job(self, key, image, *args, **kwargs):
+    with open(GATE / "encoded", "a") as f:
+        f.write(f"{image.shape[1]}\n")
     (GATE / "waiting").touch()
     while not (GATE / "go").exists():
         time.sleep(0.02)
-    return _encode_job(self, *args, **kwargs)
+    return _encode_job(self, key, image, *args, **kwargs)
 
 
 StudioBackend._encode_job = _gated_encode_job

@@ -302,6 +302,48 @@ def test_bad_files_are_refused_while_another_run_encodes(hostile, tmp_path):
             assert "Segmented 256×128" in run.result(timeout=120)[7]
 
 
+def test_one_client_cannot_take_the_run_queue(hostile, tmp_path):
+    """Each client has one Run running and one waiting; a third is refused at once. Users take
+    turns: while the first client's Run holds the encoder (gated) and its next one waits, a
+    second client's Run goes ahead of that next one."""
+    import cv2
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    first_inputs = [handle_file(str(p)) for p in (hostile["pano"], _depth_png(hostile["folder"]),
+                                                   _normals_png(hostile["folder"]))]
+    wide = tmp_path / "wide"  # the other client's panorama is wider: the encoder's log tells them apart
+    wide.mkdir()
+    cv2.imwrite(str(wide / "wide_rgb.png"), np.random.default_rng(2).integers(0, 256, (256, 512, 3), np.uint8))
+    cv2.imwrite(str(wide / "wide_depth.png"), np.full((256, 512), 2500, np.uint16))
+    cv2.imwrite(str(wide / "wide_normals.png"), np.full((256, 512, 3), 128, np.uint8))
+    other_inputs = [handle_file(str(wide / f"wide_{k}.png")) for k in ("rgb", "depth", "normals")]
+    with gated_app(["--checkpoint", str(DEMO), "--device", "cpu", "--cache-mb", "0"], tmp_path) as app:
+        gate = app["gate"]
+        flooder, other = (Client(app["url"], verbose=False, download_files=str(tmp_path / "dl")) for _ in range(2))
+        first = flooder.submit(*first_inputs, "local", 0, 10, api_name="/segment")
+        wait_until(lambda: (gate / "waiting").exists(), "the first Run reaching the encoder")
+        queued = flooder.submit(*first_inputs, "local", 0, 10, api_name="/segment")
+
+        def says(job, text: str) -> bool:
+            return any(text in (p.desc or "") for p in job.status().progress_data or [])
+
+        wait_until(lambda: says(queued, "Waiting for your previous Run to finish"), "the second Run waiting")
+        for api_name, args in (("/segment", (*first_inputs, "local", 0, 10)), ("/refine_instances", (8,))):
+            with pytest.raises(AppError) as err:  # at once: the gate is closed
+                flooder.predict(*args, api_name=api_name)
+            assert str(err.value) == "Your previous Run is still going: wait for it to finish."
+        ahead = other.submit(*other_inputs, "local", 0, 10, api_name="/segment")
+        wait_until(lambda: says(ahead, "Waiting for another user's job"), "the other client's Run at the encoder")
+        assert not first.done() and not queued.done()
+        (gate / "go").touch()
+        assert "Segmented 256×128" in first.result(timeout=120)[7]
+        assert "Segmented 512×256" in ahead.result(timeout=120)[7]
+        assert "Segmented 256×128" in queued.result(timeout=120)[7]
+        assert (gate / "encoded").read_text().split() == ["256", "512", "256"]
+        flooder.predict(*first_inputs, "local", 0, 10, api_name="/segment")  # its share is free again
+
+
 def _depth_png(folder: Path) -> Path:
     import cv2
 

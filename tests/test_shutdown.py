@@ -1,6 +1,6 @@
 """A graceful stop: SIGTERM (a Space restart, `docker stop`) refuses new jobs in plain words,
 lets running ones finish within the grace period, answers the ones it cuts short, and leaves
-no export folder behind.
+no export folder behind; after the restart, a client from before it is told so.
 
 `Shutdown` is tested in-process with events the test controls; the app through
 tests/gated_app.py, whose encoder waits until the test opens its gate.
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app_utils import gated_app, wait_until
+from app_utils import gated_app, running_app, wait_until
 from devtools.hostile_inputs import write_panorama
 from panosamic.studio.shutdown import JobCutShort, ServerRestarting, Shutdown
 
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
 RESTARTING = "The server is restarting: try again in a minute."
 RESTARTED = "The server restarted while this ran: press Run again."
+RESTARTED_SINCE = "The server restarted since this page was opened: press Run again."
 
 
 # ----------------------------------------------------------------------------- Shutdown
@@ -219,3 +220,31 @@ def test_sigterm_cuts_a_run_short_in_plain_words(inputs, tmp_path):
         assert app["proc"].wait(timeout=120) == 0
     assert not any(root.exists() for root in app["export_roots"])
     assert "1 job(s) were cut short" in _log(app)
+
+
+def test_a_client_from_before_a_restart_is_told_the_server_restarted(inputs, tmp_path, monkeypatch):
+    """Sessions live in the server: after a restart an old client's session is simply gone, and
+    "Press Run first" would puzzle someone who did. The server's start id, which the client
+    got with the page, says why; a Run in the new start makes the client current again."""
+    from gradio_client.exceptions import AppError
+
+    from devtools import app_process
+
+    port = app_process.free_port()
+    monkeypatch.setattr(app_process, "free_port", lambda: port)  # both starts on one address
+    args = ["--checkpoint", str(DEMO), "--device", "cpu"]
+    prompt = '{"points": [[10, 10]]}'
+    with running_app(args, tmp_path / "before.log") as app:
+        old = _client(app, tmp_path)
+        old.predict(*inputs, "local", 0, 10, api_name="/segment")
+    with running_app(args, tmp_path / "after.log") as app:
+        for call in (lambda: old.predict(prompt, api_name="/prompt"), lambda: old.predict(api_name="/export"),
+                     lambda: old.predict(api_name="/undo")):
+            with pytest.raises(AppError) as err:
+                call()
+            assert str(err.value) == RESTARTED_SINCE
+        with pytest.raises(AppError) as err:  # a client of this start that has not run yet
+            _client(app, tmp_path).predict(prompt, api_name="/prompt")
+        assert str(err.value).startswith("Press Run first")
+        old.predict(*inputs, "local", 0, 10, api_name="/segment")
+        assert old.predict(prompt, api_name="/prompt")[5]["prompts"]["points"] == [[10.0, 10.0]]

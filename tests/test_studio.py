@@ -3,6 +3,7 @@ error messages, input checks, model registry, and the backend on the tiny refere
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,47 @@ def test_user_messages_explain_and_suggest_a_fix():
     assert msg.startswith("Unexpected error (KeyError)") and "server log" in msg
 
 
+def test_messages_keep_addresses_and_documented_folders_and_hide_server_folders(tmp_path, monkeypatch):
+    """The offline SAM download's message, exactly as sam_weights words it: the address to
+    download from and the folder to put the file in stay readable; the server's folders do not."""
+    import socket
+    import urllib.error
+
+    import torch.hub
+
+    from panosamic.sam_weights import resolve_sam_checkpoint
+
+    def offline(url, dst, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PANOSAMIC_SAM_CACHE", raising=False)
+    monkeypatch.delenv("PANOSAMIC_SAM_BASE_URL", raising=False)
+    with pytest.raises(WeightsError) as err:
+        resolve_sam_checkpoint("vit_h", progress=False)
+    url = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+    assert studio.user_message(err.value).startswith(
+        f"Could not load the checkpoint: downloading {url} failed ([Errno -3] Temporary failure in name "
+        f"resolution). If this machine has no internet access, download {url} elsewhere and put it at "
+        "~/.cache/panosamic/sam/sam_vit_h_4b8939.pth , or pass the path of a local copy instead "
+        "(e.g. sam='/path/to/sam_vit_h_4b8939.pth'). For offline use, ")
+    hide = studio.messages.hide_paths
+    home = tmp_path / "home"
+    assert hide(f"not in the Hugging Face cache ({home}/.cache/huggingface/hub) and") == \
+        "not in the Hugging Face cache (~/.cache/huggingface/hub) and"
+    assert hide("put it at ~/.cache/panosamic/sam/x.pth or in a/b/c.pth") == \
+        "put it at ~/.cache/panosamic/sam/x.pth or in a/b/c.pth"
+    # the server's own folders: only the file's name
+    assert hide(f"[Errno 2] No such file or directory: '{tmp_path}/gradio/ab12/office_rgb.png'") == \
+        "[Errno 2] No such file or directory: 'office_rgb.png'"
+    assert hide(f"{home}/.cache/other/x.pth, {home}/.cache/panosamic-old/y.pth") == "x.pth, y.pth"
+    assert hide(r"C:\Users\bob\pano.png") == "pano.png"
+    # a private mirror's password and a signed link's query are no one else's either
+    assert hide("from https://bob:secret@mirror.lan/sam/x.pth?sig=abc failed") == \
+        "from https://mirror.lan/sam/x.pth failed"
+
+
 # ----------------------------------------------------------------------------- inputs
 
 def test_load_inputs_checks_the_uploads(tmp_path):
@@ -332,9 +374,8 @@ def test_edit_status_run_message_and_instance_masks():
     assert studio.edit_status(s).endswith("1 edit(s)")
 
     s.timings.update({"load": 1.0, "encode": 0.5, "last_prompt": 0.1})
-    assert studio.run_message(s, 2.0, cached=True) == (
-        "**Segmented 64×32 in 2.00 s** with tiny — embeddings reused from the cache · load 1.00 s · encode 0.50 s")
-    assert studio.run_message(s, 2.0, False, {"render": 0.25}) == "**Segmented 64×32 in 2.00 s** with tiny — render 0.25 s"
+    assert studio.run_message(s, 2.0) == "**Segmented 64×32 in 2.00 s** with tiny — load 1.00 s · encode 0.50 s"
+    assert studio.run_message(s, 2.0, {"render": 0.25}) == "**Segmented 64×32 in 2.00 s** with tiny — render 0.25 s"
 
     assert view_image(s, 0.5).shape == (32, 64, 3)
 
@@ -426,16 +467,21 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     s, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), None, 0, None,
                                 progress=lambda f, desc=None: stages.append(desc))
     assert not cached and s.shape == (128, 256) and s.max_depth == 10.0 and s.checkpoint == "local"
-    assert studio.run_message(s, 1.0, False).startswith("**Segmented 256×128 in 1.00 s** with Local: ckpt")
+    assert studio.run_message(s, 1.0).startswith("**Segmented 256×128 in 1.00 s** with Local: ckpt")
     assert stages[:2] == ["Reading the inputs", "Downloading / loading the checkpoint (first use)"]
     assert {"load", "encode"} <= set(s.timings)
     assert backend.checkpoints.known["local"] == ("image", "depth", "normals")
     # depth alone: the normals are derived from it, and the Run says so
     s0, _ = backend.segment(str(ex["image"]), str(ex["depth"]), None, "local", 0, 10)
     assert any("derived from the depth" in n for n in s0.notes) and s0.has_normals
-    assert "derived from the depth" in studio.run_message(s0, 1.0, False)
-    s2, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10)
+    assert "derived from the depth" in studio.run_message(s0, 1.0)
+    stages = []
+    s2, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10,
+                                 progress=lambda f, desc=None: stages.append(desc))
     assert cached and "encode" not in s2.timings
+    # nothing a user sees says so: it would tell them that someone else ran these files
+    seen = " ".join([*filter(None, stages), studio.run_message(s2, 1.0), json.dumps(s2.summary())]).lower()
+    assert "cache" not in seen and "reused" not in seen
     np.testing.assert_array_equal(s2.labels, s.labels)
 
     backend.click(s, 60, 70, "positive")
@@ -501,3 +547,100 @@ def test_the_page_uses_only_glyphs_its_fonts_draw():
             fonts = subprocess.run(["fc-list", f":charset={ord(ch):x}", "family"], capture_output=True,
                                    text=True, timeout=30).stdout
             assert "DejaVu" in fonts, f"{ch!r} (U+{ord(ch):04X}) is in no DejaVu font here"
+
+
+# ----------------------------------------------------------------------------- export folders
+
+def test_stale_export_folders_are_told_by_their_lock_not_by_their_pid(tmp_path):
+    """In a container the app is PID 1 at every start, so the PID in a folder's name cannot tell
+    a dead process's folder from a live one's: the folder's owner lock does."""
+    import os
+
+    from panosamic.studio.store import OWNER_LOCK, TMP_PREFIX, SessionStore, clean_stale_folders
+
+    # the previous start of a process with this very PID: nobody holds its lock
+    dead = tmp_path / f"{TMP_PREFIX}{os.getpid()}-before"
+    dead.mkdir()
+    (dead / OWNER_LOCK).touch()
+    (dead / "1f-view.jpg").write_bytes(b"a session's picture")
+    # a live process holds its folder, whatever PID the name carries (here one that has exited)
+    exited = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                capture_output=True, text=True, check=True).stdout)
+    live = tmp_path / f"{TMP_PREFIX}{exited}-running"
+    live.mkdir()
+    hold = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(live / OWNER_LOCK)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    store = SessionStore(root=tmp_path / f"{TMP_PREFIX}{os.getpid()}-this")  # this process's own
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert clean_stale_folders(tmp_path) == 1
+        assert not dead.exists() and live.is_dir() and store.root.is_dir()
+        holder.stdin.close()  # the holder ends: its lock goes with it
+        holder.wait(timeout=30)
+        assert clean_stale_folders(tmp_path) == 1 and not live.exists() and store.root.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+        store.close_all()
+    assert not store.root.exists()
+
+
+
+# ----------------------------------------------------------------------------- heavy jobs in turns
+
+def test_heavy_jobs_take_turns_with_one_running_and_one_waiting_per_client():
+    """panosamic.studio.fair: a client's third heavy job is refused at once; users take turns
+    (the client served longest ago first, never a second job of a client while one runs); a
+    closed tab's waiting job ends without running."""
+    import threading
+    import time
+
+    from panosamic.studio.fair import BUSY, Busy, FairGate
+    from panosamic.studio.store import SessionExpired
+
+    gate = FairGate(slots=1)
+    order, said, errors = [], [], {}
+    release = {name: threading.Event() for name in ("a1", "a2", "b1", "c1", "d1")}
+
+    def job(client, name):
+        try:
+            with gate.turn(client, lambda f, desc=None: said.append((name, desc))):
+                order.append(name)
+                release[name].wait(30)
+        except Exception as exc:  # noqa: BLE001
+            errors[name] = exc
+
+    def start(client, name, waiting):
+        threading.Thread(target=job, args=(client, name), daemon=True).start()
+        wait_for(lambda: gate.waiting == waiting and (waiting or order))
+
+    def wait_for(condition):
+        t0 = time.monotonic()
+        while not condition():
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.005)
+
+    start("a", "a1", 0)
+    start("a", "a2", 1)
+    with pytest.raises(Busy, match=BUSY):  # a third job of the same client
+        with gate.turn("a"):
+            pass
+    start("b", "b1", 2)
+    start("d", "d1", 3)
+    start("c", "c1", 4)
+    assert ("a2", "Waiting for your previous Run to finish") in said
+    assert ("c1", "Waiting for your turn: 4 other jobs running or waiting") in said
+    assert gate.cancel("d") == 1  # d's tab closed
+    wait_for(lambda: "d1" in errors)
+    assert isinstance(errors["d1"], SessionExpired) and gate.waiting == 3
+    # b and c were never served, a was: a's second job goes last
+    for name, then in (("a1", ["a1", "b1"]), ("b1", ["a1", "b1", "c1"]), ("c1", ["a1", "b1", "c1", "a2"])):
+        release[name].set()
+        wait_for(lambda: order == then)
+    release["a2"].set()
+    wait_for(lambda: gate.running == 0)
+    assert gate.waiting == 0 and set(errors) == {"d1"}
+    with gate.turn("a"):  # the client's share is free again
+        pass

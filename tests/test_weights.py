@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Dict
 
@@ -21,6 +26,7 @@ from panosamic import weights as W
 from panosamic.build import build_model
 from panosamic.config import infer_config, resolve_config
 from panosamic.errors import WeightsError
+from panosamic.sam_weights import remove_stale_partials
 
 
 # --- a local HTTP server ------------------------------------------------------------------
@@ -52,7 +58,7 @@ class _Server:
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     if mode == "stall":
-                        server.release.wait(10)
+                        server.release.wait(60)
                     self.close_connection = True
                     return
                 self.wfile.write(data)
@@ -209,6 +215,62 @@ def test_stalled_download_times_out_and_leaves_nothing(server, tmp_path, sam_byt
         W.download_file(f"{server.url}/slow.pth", dest, progress=False, timeout=0.5)
     assert str(dest.resolve()) in str(e.value)
     assert list(dest.parent.iterdir()) == []
+
+
+def test_a_killed_download_leaves_a_partial_file_that_the_next_download_removes(server, sam_cache, sam_bytes,
+                                                                                 monkeypatch):
+    """torch removes its temporary file on every failure it sees, but not when the process is
+    killed (SIGKILL, out of memory, a stopped container): the next download deletes it, and
+    never the one a live download is writing."""
+    name = "sam_vit_h_4b8939.pth"
+    server.files[f"/{name}"] = sam_bytes
+    server.mode[f"/{name}"] = "stall"  # half the file, then the connection hangs
+    code = ("import sys; from panosamic.sam_weights import download_file; "
+            "download_file(sys.argv[1], sys.argv[2], progress=False, timeout=120)")
+    writer = subprocess.Popen([sys.executable, "-c", code, f"{server.url}/{name}", str(sam_cache / name)],
+                              cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()
+        while not list(sam_cache.glob("*.partial")):
+            assert writer.poll() is None and time.monotonic() - t0 < 120, "the download did not start"
+            time.sleep(0.05)
+        partial, = sam_cache.glob("*.partial")
+        # another download while that one runs (offline here): the live one's file stays
+        monkeypatch.setenv("PANOSAMIC_SAM_BASE_URL", f"http://127.0.0.1:{_closed_port()}/")
+        with pytest.raises(WeightsError):
+            W.resolve_sam_checkpoint("vit_h", progress=False)
+        assert partial.is_file() and writer.poll() is None
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    assert list(sam_cache.iterdir()) == [partial]  # what a killed download leaves
+    with pytest.raises(WeightsError):  # the next download, offline too
+        W.resolve_sam_checkpoint("vit_h", progress=False)
+    assert list(sam_cache.iterdir()) == []
+
+
+def test_partial_files_go_at_start_unless_a_download_writes_them(sam_cache):
+    """`remove_stale_partials` (the app calls it at start): torch's temporary files of no live
+    download go; other files, and any file while a download holds the folder, stay."""
+    sam_cache.mkdir()
+    left = sam_cache / f"sam_vit_b_01ec64.pth.{uuid.uuid4().hex}.partial"
+    left.write_bytes(b"PK\x03\x04" + bytes(1000))
+    kept = [sam_cache / "sam_vit_b_01ec64.pth", sam_cache / "notes.partial"]
+    for path in kept:
+        path.write_bytes(b"x")
+    hold = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_SH); "
+            "print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(sam_cache)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert remove_stale_partials() == 0 and left.is_file()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert remove_stale_partials() == 1
+    assert sorted(sam_cache.iterdir()) == sorted(kept)
 
 
 def test_http_404(server, sam_cache):

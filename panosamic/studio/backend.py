@@ -36,6 +36,7 @@ from .checkpoints import HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelR
 from .messages import about_duration, given_maps
 from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
+from ..sam_weights import remove_stale_partials
 from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders, release_free_memory
 from .uploads import find_examples, input_path, load_inputs
@@ -132,6 +133,7 @@ class StudioBackend:
         self.registry = ModelRegistry(max_models, loader=loader or load_predictor)
         self.cache = EmbeddingCache.from_megabytes(cache_mb)
         clean_stale_folders()
+        remove_stale_partials()  # SAM downloads a killed process left (up to 2.4 GB each)
         self.store = SessionStore(int(session_mb * 2**20), session_idle_s)
         self.examples = find_examples(examples) if examples else []
         self._warm = threading.Event()  # set by warm_up
@@ -240,8 +242,8 @@ class StudioBackend:
                                max_depth=max_depth, depth_scale=depth_scale, checkpoint=repr(key))
             state = self.cache.get(ckey)
             cached = state is not None
-            if cached:
-                progress(0.8, desc="Embeddings found in the cache")
+            if cached:  # for the log only: a user must not learn that someone else ran these files
+                log.info("embeddings %s reused from the cache", ckey[:12])
             else:
                 state = self._encode(key, inputs["image"], inputs["depth"], inputs["normals"], max_depth, progress)
                 timings.update(state.timings)

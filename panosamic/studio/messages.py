@@ -6,16 +6,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import os
 import re
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import PanoSAMicError
 from .checkpoints import MODALITY_NAMES, Checkpoints
 from .session import Session
 
-# An absolute path (POSIX or Windows) in a message: only its last part is shown.
-_PATH_RE = re.compile(r"(?:[A-Za-z]:\\|/)(?:[^\s'\"`:,;()]+[/\\])+([^\s'\"`:,;()/\\]*)")
+# A web address in a message, shown as it is (where to download a file is no secret), less
+# any credentials and query (a private mirror's password, a signed link); or an absolute path
+# (POSIX or Windows) that does not start inside a word (`~/.cache/...`, a relative `a/b/c`
+# are no server folders), of which only the last part is shown.
+_PATH_RE = re.compile(r"(?P<url>\b(?:https?|ftp)://(?:[^\s/'\"`<>@]*@)?(?P<site>[^\s'\"`<>?#]+)[^\s'\"`<>]*)"
+                      r"|(?<![\w~.\-])(?:[A-Za-z]:\\|/)(?:[^\s'\"`:,;()]+[/\\])+(?P<name>[^\s'\"`:,;()/\\]*)")
+# Folders the README and the errors name, shown whole under `~`: the SAM downloads' default
+# folder and the Hugging Face cache's (the places a user is told to put a file).
+DOCUMENTED_FOLDERS = (".cache/panosamic", ".cache/huggingface")
+# The placeholder the errors' examples use (sam='/path/to/sam_vit_h_4b8939.pth').
+_EXAMPLE_PATH = "/path/to/"
 
+
+#: An event on no session from a page (or API client) served before the server last started:
+#: its session went with the previous process (see app.py's server start id).
+RESTARTED_SINCE = "The server restarted since this page was opened: press Run again."
 
 JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, or the server is restarting). "
                  "Nothing of it was kept: press the button again.")
@@ -42,8 +57,24 @@ def markdown_text(text: str) -> str:
 
 def hide_paths(text: str) -> str:
     """`text` with every absolute path replaced by its last part (a server's folders are
-    nobody's business; the log keeps the details)."""
-    return _PATH_RE.sub(lambda m: m.group(1) or "…", text)
+    nobody's business; the log keeps the details). Web addresses stay whole (without
+    credentials or query), and so do paths inside the documented cache folders, written under
+    `~` (`DOCUMENTED_FOLDERS`: "put it at ~/.cache/panosamic/sam/..." says where)."""
+    home = str(Path.home())
+    documented = [os.path.join(home, folder) for folder in DOCUMENTED_FOLDERS] if home != os.sep else []
+
+    def shown(m: "re.Match[str]") -> str:
+        if m.group("url"):
+            scheme = m.group("url").split("://", 1)[0]
+            return f"{scheme}://{m.group('site')}"
+        path = m.group(0)
+        if any(path == folder or path.startswith(folder + os.sep) for folder in documented):
+            return "~" + path[len(home):]
+        if path.startswith(_EXAMPLE_PATH):
+            return path
+        return m.group("name") or "…"
+
+    return _PATH_RE.sub(shown, text)
 
 
 def user_message(exc: BaseException) -> str:
@@ -182,19 +213,21 @@ def exact_duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
-def run_message(s: Session, total: float, cached: bool, timings: Optional[Dict[str, float]] = None) -> str:
-    """Markdown after Run: input size, total seconds, cache use and each stage (default s.timings),
-    then the session's notes about its inputs (one paragraph each)."""
+def run_message(s: Session, total: float, timings: Optional[Dict[str, float]] = None) -> str:
+    """Markdown after Run: input size, total seconds and each stage (default s.timings), then
+    the session's notes about its inputs (one paragraph each). Whether the embeddings came
+    from the cache is not said: it would tell a user that someone else ran the same files (a
+    Run from the cache simply lists no encoder stage; the server log says it)."""
     timings = s.timings if timings is None else timings
     stages = " · ".join(f"{k} {v:.2f} s" for k, v in timings.items() if k != "last_prompt")
-    src = "embeddings reused from the cache · " if cached else ""
     h, w = s.input_size
     notes = "".join(f"\n\n⚠ {n}" for n in getattr(s, "notes", ()))
     by = getattr(s, "checkpoint_label", None)
     by = f" with {by}" if by else ""
-    return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {src}{stages}{notes}"
+    return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN", "requirements_text",
-           "given_maps", "message_markdown", "status_error", "edit_status", "run_message",
+__all__ = ["user_message", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN",
+           "RESTARTED_SINCE", "requirements_text", "given_maps", "message_markdown", "status_error", "edit_status",
+           "run_message",
            "about_duration", "exact_duration"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import shutil
@@ -25,6 +26,11 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale folders are then told by their PID alone
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import InputError
 from .messages import exact_duration
@@ -60,6 +66,10 @@ def release_free_memory() -> None:
         pass
 
 
+#: The file inside an export root that its process holds locked (flock) while it runs.
+OWNER_LOCK = ".owner.lock"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -70,17 +80,55 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_folders(parent: Optional[Path] = None) -> int:
-    """Deletes the export folders of studio processes that no longer run (killed, crashed);
-    returns how many went."""
-    parent = Path(parent or tempfile.gettempdir())
-    removed = 0
-    for folder in parent.glob(TMP_PREFIX + "*"):
+def hold_folder(folder: Path) -> Optional[int]:
+    """Locks `folder`'s OWNER_LOCK file for as long as the returned descriptor stays open (this
+    process's life: the kernel drops the lock when the process dies, however it dies). None
+    where there is no flock (Windows)."""
+    if fcntl is None:
+        return None
+    # locked under another name first, then renamed: the lock file never shows unlocked
+    tmp = folder / f"{OWNER_LOCK}.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(tmp, folder / OWNER_LOCK)
+    return fd
+
+
+def _owner_dead(folder: Path) -> bool:
+    """Whether the process that made `folder` is gone: its OWNER_LOCK can be locked. The PID in
+    the name cannot tell: in a container the app is PID 1 at every start, and a PID is reused.
+    A folder without the lock file (being made right now, or by an older version) is judged by
+    its PID."""
+    lock = folder / OWNER_LOCK
+    if fcntl is None or not lock.exists():
         try:
             pid = int(folder.name[len(TMP_PREFIX):].split("-")[0])
         except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
+            return False
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:  # another user's folder, or gone meanwhile: not ours to judge
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False  # held: its process runs (this one included, for another store)
+        raise
+    finally:
+        os.close(fd)  # our lock, if we took it, goes with the descriptor
+    return True
+
+
+def clean_stale_folders(parent: Optional[Path] = None) -> int:
+    """Deletes the export folders of studio processes that no longer run (killed, crashed,
+    the container restarted); returns how many went. A running process holds its folder's
+    OWNER_LOCK (`hold_folder`), so only folders nobody holds go."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = 0
+    for folder in parent.glob(TMP_PREFIX + "*"):
+        if folder.is_dir() and _owner_dead(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
@@ -92,8 +140,9 @@ class SessionStore:
     Args:
         budget_bytes: memory for all sessions together (`Session.nbytes`); 0 = no budget.
         idle_s: a session unused this long is released; 0 = never.
-        root: the folder for export folders (default: a new one in the system temp folder,
-            named after this process, so that a later start can delete it if we are killed).
+        root: the folder for export folders (default: a new one in the system temp folder). The
+            store holds its OWNER_LOCK while the process runs, so that a later start can delete
+            it if we are killed (`clean_stale_folders`).
     """
 
     def __init__(self, budget_bytes: int = 4 << 30, idle_s: float = 3600.0, root: Optional[Path] = None):
@@ -101,6 +150,7 @@ class SessionStore:
         self.idle_s = float(idle_s)
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        self._owner_lock = hold_folder(self.root)
         self._sessions: "OrderedDict[int, Session]" = OrderedDict()  # least recently used first
         self._by_client: dict = {}  # the UI's client (browser tab) id -> its current session
         self._lock = threading.Lock()
@@ -260,6 +310,10 @@ class SessionStore:
         for s in sessions:
             self.close(s, "closed")
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._owner_lock is not None:
+            os.close(self._owner_lock)
+            self._owner_lock = None
 
 
-__all__ = ["SessionStore", "SessionExpired", "release_free_memory", "clean_stale_folders", "TMP_PREFIX"]
+__all__ = ["SessionStore", "SessionExpired", "release_free_memory", "clean_stale_folders", "hold_folder",
+           "TMP_PREFIX", "OWNER_LOCK"]
