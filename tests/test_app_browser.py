@@ -155,6 +155,8 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         canvas.wait_for()
         page.locator("#pano-viewer .pv[data-state=ready]").wait_for()
         _wait_frames(page, 1)
+        # the example clicked sits below the photos, so the page had scrolled down to it
+        canvas.scroll_into_view_if_needed()
         cbox = canvas.bounding_box()
         before = _rgb(canvas.screenshot())
         assert before.std() > 10, "the viewer's canvas is blank"
