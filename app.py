@@ -5,12 +5,19 @@
                   [--checkpoint dfki-av/PanoSAMic | LOCAL_DIR] [--subfolder stanford2d3ds-vith-rgb-fold1]
                   [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype float32|bfloat16|float16]
                   [--cache-mb 2048] [--session-mb 4096] [--session-idle-min 60] [--examples assets/examples]
-                  [--shutdown-grace-s 7]
+                  [--embedding-cache-dir ~/.cache/panosamic/embeddings] [--embedding-cache-mb 4096]
+                  [--no-preencode] [--shutdown-grace-s 7]
 
 Every option also reads an environment variable (PANOSAMIC_CHECKPOINT, PANOSAMIC_SUBFOLDER,
 PANOSAMIC_SAM_CHECKPOINT, PANOSAMIC_DEVICE, PANOSAMIC_DTYPE, PANOSAMIC_CACHE_MB, PANOSAMIC_HOST,
 PANOSAMIC_PORT, PANOSAMIC_SHARE, PANOSAMIC_EXAMPLES, PANOSAMIC_SESSION_MB,
-PANOSAMIC_SESSION_IDLE_MIN, PANOSAMIC_SHUTDOWN_GRACE_S), for a Hugging Face Space.
+PANOSAMIC_SESSION_IDLE_MIN, PANOSAMIC_EMBEDDING_CACHE, PANOSAMIC_EMBEDDING_CACHE_MB,
+PANOSAMIC_PREENCODE, PANOSAMIC_SHUTDOWN_GRACE_S), for a Hugging Face Space.
+
+Encoded panoramas are also kept on disk (--embedding-cache-dir, least recently used first
+beyond --embedding-cache-mb), so a restart or the next visitor with the same files skips the
+encoder; after start-up the examples are encoded for the default checkpoint in the background
+at the lowest CPU priority, giving way to every user's Run.
 
 SIGTERM (a Space restart, `docker stop`) stops the app gracefully (panosamic.studio.shutdown):
 new jobs are refused in plain words, running ones get --shutdown-grace-s seconds to finish, the
@@ -52,7 +59,7 @@ from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
 from panosamic.studio.fair import FairGate
-from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown
+from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown, lowest_priority
 from panosamic.studio.store import SessionExpired
 from panosamic.studio.uploads import example_caption, input_path, preview_image
 
@@ -81,8 +88,15 @@ def _env(name: str, default: Any = None) -> Any:
     return default if value in (None, "") else value
 
 
-def _env_bool(name: str) -> bool:
-    return str(_env(name, "")).lower() in ("1", "true", "yes", "on")
+def _env_bool(name: str, default: bool = False) -> bool:
+    value = _env(name)
+    return default if value is None else str(value).lower() in ("1", "true", "yes", "on")
+
+
+#: Where encoded panoramas are kept across restarts (on a Space, a persistent /data folder keeps
+#: them across rebuilds too), and how much disk they may take: ViT-H RGB-D-N is 25 MB a panorama.
+EMBEDDING_CACHE_DIR = "~/.cache/panosamic/embeddings"
+EMBEDDING_CACHE_MB = 4096
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -102,6 +116,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="autocast precision (default float32)")
     p.add_argument("--cache-mb", type=float, default=float(_env("CACHE_MB", 2048)),
                    help="memory for cached panorama embeddings shared by all users (0 = off)")
+    p.add_argument("--embedding-cache-dir", default=_env("EMBEDDING_CACHE", EMBEDDING_CACHE_DIR),
+                   help="folder that keeps encoded panoramas across restarts, so the same files skip the encoder")
+    p.add_argument("--embedding-cache-mb", type=float, default=float(_env("EMBEDDING_CACHE_MB", EMBEDDING_CACHE_MB)),
+                   help="disk for that folder; the least recently used panoramas go first (0 = off)")
+    p.add_argument("--preencode", action=argparse.BooleanOptionalAction, default=_env_bool("PREENCODE", True),
+                   help="after start-up, encode the examples for the default checkpoint in the background "
+                        "at the lowest CPU priority (users' runs go first)")
     p.add_argument("--max-models", type=int, default=int(_env("MAX_MODELS", 1)),
                    help="checkpoints kept loaded at once")
     p.add_argument("--session-mb", type=float, default=float(_env("SESSION_MB", 4096)),
@@ -117,6 +138,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.shutdown_grace_s < float("inf"):
         p.error(f"--shutdown-grace-s must be a number of seconds >= 0, got {args.shutdown_grace_s}")
+    if not 0 <= args.embedding_cache_mb < float("inf"):
+        p.error(f"--embedding-cache-mb must be a number of megabytes >= 0, got {args.embedding_cache_mb}")
     return args
 
 
@@ -240,12 +263,14 @@ class Studio:
                                      device=settings.device, dtype=settings.dtype, max_models=settings.max_models,
                                      cache_mb=settings.cache_mb, examples=settings.examples,
                                      session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min,
-                                     lend_gpu=zero_gpu_lender())
+                                     embedding_cache_dir=settings.embedding_cache_dir or None,
+                                     embedding_cache_mb=settings.embedding_cache_mb, lend_gpu=zero_gpu_lender())
         self.checkpoints = self.backend.checkpoints
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
         self.shutdown = Shutdown()  # every handler's job; SIGTERM drains it (see main)
         self.gate = FairGate(HEAVY_CONCURRENCY)  # Run and SAM instances: in turns, a share per client
+        self.stop_background = threading.Event()  # set at shutdown: the pre-encoder stops
         self.ui = Components()
         # This process's start, which the page keeps (a hidden input of every event on a session):
         # sessions live in the server (gr.State), so after a restart an old page's session is
@@ -662,11 +687,21 @@ def build_ui(studio: Studio) -> gr.Blocks:
     return demo
 
 
-def _warm_up(backend: StudioBackend) -> None:
+def _warm_up(backend: StudioBackend, stop: Optional[threading.Event] = None, preencode: bool = False) -> None:
+    """Start-up's background work: the imports and the device's speed (at normal priority: it
+    is measured), then, with `preencode`, the examples' embeddings at the lowest CPU priority
+    (StudioBackend.preencode_examples: users' runs go first) until done or `stop` is set."""
     try:
         backend.warm_up()
     except Exception:  # noqa: BLE001  (reported properly on Run)
         log.exception("warming up failed")
+    if not preencode or stop is None or stop.is_set():
+        return
+    lowest_priority()  # this thread only, and the threads it starts (torch's)
+    try:
+        backend.preencode_examples(stop)
+    except Exception:  # noqa: BLE001  (an example a user runs reports its problem properly)
+        log.exception("pre-encoding the examples failed")
 
 
 def _answers_settled(demo: gr.Blocks) -> Callable[[], bool]:
@@ -696,6 +731,7 @@ def _stop_gracefully(studio: Studio, demo: gr.Blocks, grace_s: float, signum: in
     SIGTERM leaves the first one's bounded wait alone."""
     if studio.shutdown.closing:
         return
+    studio.stop_background.set()  # the pre-encoder gives way at its next ViT block
     log.warning("%s: shutting down; new jobs are refused, %d running job(s) get up to %g s",
                 signal.Signals(signum).name, studio.shutdown.running, grace_s)
     cut = studio.shutdown.drain(grace_s, settled=_answers_settled(demo))
@@ -719,11 +755,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     demo = build_ui(studio)
     allowed = [str(Path(settings.examples).resolve())] if Path(settings.examples).is_dir() else []
     # Import torch and the model code, and measure this device's speed (for the run time
-    # shown before Run), while the page is already being served.
-    threading.Thread(target=_warm_up, args=(studio.backend,), daemon=True).start()
+    # shown before Run), while the page is already being served; then pre-encode the examples.
+    threading.Thread(target=_warm_up, args=(studio.backend, studio.stop_background, settings.preencode),
+                     name="warm-up", daemon=True).start()
     demo.queue(default_concurrency_limit=LIGHT_CONCURRENCY)
     studio.backend.store.start_sweeper()
     atexit.register(studio.backend.close)  # export folders go at shutdown (SIGTERM included, see below)
+    atexit.register(studio.stop_background.set)  # first (atexit runs last-registered first)
     signal.signal(signal.SIGTERM, functools.partial(_stop_gracefully, studio, demo, settings.shutdown_grace_s))
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,

@@ -4,12 +4,14 @@
 model (`ModelRegistry`), the embedding cache (`PanoramaState`s by content hash) and the
 sessions' lifetime (`SessionStore`). Each event works on one user's `Session`:
 
-* `segment` reads the inputs, encodes them once (or finds the embeddings in the cache),
-  and makes a session at the working size; the heavy work happens here only;
+* `segment` reads the inputs, encodes them once (or finds the embeddings in the cache: in
+  memory, else on disk), and makes a session at the working size; the heavy work happens here only;
 * `click`, `prompt`, `select`, `assign`, `undo`, `clear` are light: SAM's prompt decoder on
   the cached embeddings (on the CPU between events), masks at the working size;
 * `refine_instances` runs SAM's automatic grid on the cached embeddings;
-* `export` writes the downloads at the input size, when asked.
+* `export` writes the downloads at the input size, when asked;
+* `preencode_examples` (a background thread at start-up) fills the caches with the examples'
+  embeddings while no user's heavy job runs or waits.
 
 A GPU lent per call (a Hugging Face ZeroGPU Space, `lend_gpu=spaces.GPU`): models are loaded
 on the CPU outside any GPU call, only the encoder and SAM's instance grid run inside lent calls
@@ -26,13 +28,16 @@ import contextlib
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .. import __version__
 from ..errors import InputError
 from .cache import EmbeddingCache, content_key
-from .checkpoints import HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry
+from .checkpoints import HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry, weights_fingerprint
+from .disk_cache import DiskEmbeddingCache
 from .messages import about_duration, given_maps
 from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
@@ -63,6 +68,18 @@ LENT_GPU_INSTANCES_S = 60
 
 #: Runs expected to take longer than this (seconds) on this device are announced before Run.
 LONG_RUN_S = 60.0
+
+#: The settings an example is pre-encoded with: the page's defaults (Max depth T 10 m, depth
+#: scale 0 = auto), so that clicking an example and pressing Run finds the same cache key.
+DEFAULT_MAX_DEPTH = 10.0
+#: Seconds the pre-encoder waits before it looks again while a user's heavy job runs or waits.
+PREENCODE_IDLE_S = 1.0
+
+
+class _Yield(Exception):
+    """The pre-encoder gives way: a user's heavy job is waiting, or the app stops. Raised
+    from its progress callback, which the encoder calls between ViT blocks (a ViT-H block is
+    about a second on a CPU), so a user waits that long at most, not a whole panorama."""
 
 
 def load_predictor(key: ModelKey):
@@ -104,6 +121,8 @@ class StudioBackend:
         device, dtype: where and how models run.
         max_models: checkpoints kept loaded at once.
         cache_mb: memory for cached embeddings shared by all users.
+        embedding_cache_dir, embedding_cache_mb: a folder that keeps encoded panoramas across
+            restarts (`DiskEmbeddingCache`), bounded to that many megabytes; None or 0: none.
         session_mb: memory for all sessions together; least recently used idle ones go first.
         session_idle_s: a session unused this long is released (its user presses Run again).
         work_width: the working width of sessions (interaction never runs wider).
@@ -118,7 +137,8 @@ class StudioBackend:
                  max_models: int = 1, cache_mb: float = 2048, examples: Optional[str] = None,
                  session_mb: float = 4096, session_idle_s: float = 3600, work_width: int = 2048,
                  loader: Optional[Callable[[ModelKey], Any]] = None, lend_gpu: Optional[GpuLender] = None,
-                 gpu_device: str = "cuda"):
+                 gpu_device: str = "cuda", embedding_cache_dir: Optional[str] = None,
+                 embedding_cache_mb: float = 4096):
         # with a lent GPU, models live on the CPU in this process (loaded outside GPU calls)
         self.device = "cpu" if lend_gpu is not None else device
         self.gpu_device = gpu_device if lend_gpu is not None else None
@@ -130,8 +150,11 @@ class StudioBackend:
             self._encode, self._instances = self._encode_job, self._instances_job
         self.work_width = int(work_width)
         self.checkpoints = Checkpoints(checkpoint, subfolder, sam)
-        self.registry = ModelRegistry(max_models, loader=loader or load_predictor)
+        self._loader = loader or load_predictor
+        self._weights: Dict[ModelKey, str] = {}  # ModelKey -> weights_fingerprint when it loaded
+        self.registry = ModelRegistry(max_models, loader=self._load_model)
         self.cache = EmbeddingCache.from_megabytes(cache_mb)
+        self.disk = DiskEmbeddingCache.from_megabytes(embedding_cache_dir, embedding_cache_mb)
         clean_stale_folders()
         remove_stale_partials()  # SAM downloads a killed process left (up to 2.4 GB each)
         self.store = SessionStore(int(session_mb * 2**20), session_idle_s)
@@ -143,6 +166,58 @@ class StudioBackend:
         # and loading a checkpoint, the encoder and SAM's instance grid.
         self._decoding = threading.Lock()
         self._computing = threading.Lock()
+        # users' heavy events in progress (reading, waiting or computing): the pre-encoder
+        # works only while this is 0 and gives way as soon as it is not
+        self._users = 0
+        self._users_lock = threading.Lock()
+
+    def _load_model(self, key: ModelKey) -> Any:
+        """The registry's loader: the Predictor, and the fingerprint of the files it was read
+        from (after loading: a Hub checkpoint is only on disk then), part of the cache keys."""
+        predictor = self._loader(key)
+        self._weights[key] = weights_fingerprint(key)
+        return predictor
+
+    @contextlib.contextmanager
+    def _user_job(self) -> Iterator[None]:
+        """Marks a user's heavy event for its whole length (see `preencode_examples`)."""
+        with self._users_lock:
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._users_lock:
+                self._users -= 1
+
+    def _concrete(self, choice: Optional[str], maps: Tuple[str, ...]) -> str:
+        """The picker value a Run uses: the default for an empty one, and for "auto" the
+        checkpoint for `maps` (the Hub answers within ~2 s, or HF_HUB_OFFLINE at once;
+        offline, a demo takes over)."""
+        choice = (str(choice).strip() if choice is not None else "") or self.checkpoints.default
+        if choice == Checkpoints.AUTO:
+            online = self.checkpoints.hub.reachable() if maps else False
+            choice = self.checkpoints.concrete(choice, maps, online=online)
+        return choice
+
+    def _cache_key(self, key: ModelKey, files: Dict[str, Any], max_depth: float,
+                   depth_scale: Optional[float]) -> str:
+        """The content key of a panorama's embeddings: the bytes of the files the checkpoint
+        reads (a few MB, not the decoded arrays: up to 330 MB at 8K), the settings, the
+        checkpoint, the weights it was read from and this package's version (the disk cache
+        outlives a code change)."""
+        return content_key(*(_file_bytes(files[m]) for m in ("image", "depth", "normals")),
+                           max_depth=max_depth, depth_scale=depth_scale, checkpoint=repr(key),
+                           weights=self._weights.get(key, ""), version=__version__)
+
+    def _cached_state(self, ckey: str) -> Any:
+        """The cached `PanoramaState` for `ckey`: from memory, else from disk (then kept in
+        memory too), else None."""
+        state = self.cache.get(ckey)
+        if state is None and self.disk.enabled:
+            state = self.disk.get(ckey)
+            if state is not None:
+                self.cache.put(ckey, state)
+        return state
 
     def close(self) -> None:
         """Shutdown: sessions and their files go."""
@@ -203,15 +278,17 @@ class StudioBackend:
         """Reads the inputs, loads the checkpoint on first use, reuses cached embeddings;
         returns (new session, whether the embeddings came from the cache). The user's
         `previous` session is released; `client` identifies the browser tab (see SessionStore)."""
+        with self._user_job():
+            return self._segment(pano, depth_file, normals_file, choice, depth_scale, max_depth, progress,
+                                 previous, client)
+
+    def _segment(self, pano: Any, depth_file: Any, normals_file: Any, choice: Optional[str],
+                 depth_scale: Optional[float], max_depth: Optional[float], progress: Progress,
+                 previous: Optional[Session], client: Optional[str]) -> Tuple[Session, bool]:
         progress(0.0, desc="Reading the inputs")
-        max_depth = _positive(max_depth, "Max depth T", default=10.0)
+        max_depth = _positive(max_depth, "Max depth T", default=DEFAULT_MAX_DEPTH)
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
-        maps = given_maps(input_path(pano), input_path(depth_file), input_path(normals_file))
-        choice = (str(choice).strip() if choice is not None else "") or self.checkpoints.default
-        if choice == Checkpoints.AUTO:
-            # the Hub answers within ~2 s (or HF_HUB_OFFLINE at once); offline, a demo takes over
-            online = self.checkpoints.hub.reachable() if maps else False
-            choice = self.checkpoints.concrete(choice, maps, online=online)
+        choice = self._concrete(choice, given_maps(input_path(pano), input_path(depth_file), input_path(normals_file)))
         key = self.checkpoints.key(choice, self.device, self.dtype)  # refuses what is not allowed first
         notes: List[str] = []
         t0 = time.perf_counter()
@@ -220,34 +297,9 @@ class StudioBackend:
         timings: Dict[str, float] = {"read": time.perf_counter() - t0}
         _check_maps(self.checkpoints.modalities(choice), depth is not None, normals is not None)
         with self._compute(progress):
-            if not self.registry.loaded(key):
-                # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
-                self.checkpoints.check_available(choice)
-                progress(0.05, desc="Downloading / loading the checkpoint (first use)")
-            t0 = time.perf_counter()
-            predictor = self.registry.get(key)
-            timings["load"] = time.perf_counter() - t0
-            required = tuple(predictor.required_modalities)
-            self.checkpoints.learn(choice, required)
-            # maps the checkpoint does not use are left out of the cache key too
-            inputs = {"image": image, "depth": depth if "depth" in required else None,
-                      "normals": normals if "normals" in required else None}
-            _check_maps(required, depth is not None, normals is not None)
-            if "normals" in required and normals is None:  # the Predictor derives them from the depth
-                notes.append("No normal map was given: the normals were derived from the depth map.")
-            # the key hashes the uploaded files (a few MB), not the decoded arrays (up to 330 MB at 8K)
-            files = {"image": pano, "depth": depth_file if inputs["depth"] is not None else None,
-                     "normals": normals_file if inputs["normals"] is not None else None}
-            ckey = content_key(*(_file_bytes(files[m]) for m in ("image", "depth", "normals")),
-                               max_depth=max_depth, depth_scale=depth_scale, checkpoint=repr(key))
-            state = self.cache.get(ckey)
-            cached = state is not None
-            if cached:  # for the log only: a user must not learn that someone else ran these files
-                log.info("embeddings %s reused from the cache", ckey[:12])
-            else:
-                state = self._encode(key, inputs["image"], inputs["depth"], inputs["normals"], max_depth, progress)
-                timings.update(state.timings)
-                self.cache.put(ckey, state)
+            predictor, required, ckey, state, cached = self._embeddings(
+                choice, key, (pano, depth_file, normals_file), (image, depth, normals), max_depth, depth_scale,
+                progress, timings, notes)
         t0 = time.perf_counter()
         size = working_size(*image.shape[:2], self.work_width)
         s = Session(_resize_area(image, size), predictor.labels_at(size, state=state),
@@ -257,10 +309,134 @@ class StudioBackend:
                     checkpoint_label=self.checkpoints.label(choice),
                     state=state, model_key=key, max_depth=max_depth, name=name, timings=timings, notes=notes)
         s.timings["working_maps"] = time.perf_counter() - t0
-        del image, depth, normals, inputs  # the input-size arrays go now
+        del image, depth, normals  # the input-size arrays go now
         self.store.add(s, replaces=previous, client=client)
         release_free_memory()  # the input-size arrays are gone: hand their pages back (8K: ~1 GB)
         return s, cached
+
+    def _embeddings(self, choice: str, key: ModelKey, files: Tuple[Any, Any, Any],
+                    arrays: Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]], max_depth: float,
+                    depth_scale: Optional[float], progress: Progress, timings: Dict[str, float],
+                    notes: List[str]) -> Tuple[Any, Tuple[str, ...], str, Any, bool]:
+        """The heavy part of Run, under the compute lock: loads the checkpoint on first use and
+        finds the panorama's `PanoramaState` in the caches (memory, then disk) or encodes it
+        (then stores it in both). Returns (predictor, its modalities, cache key, state, whether
+        it was cached); adds "load" and the encoder's stages to `timings` (none of them on a
+        cache hit). Also what `preencode_examples` runs."""
+        if not self.registry.loaded(key):
+            # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
+            self.checkpoints.check_available(choice)
+            progress(0.05, desc="Downloading / loading the checkpoint (first use)")
+        t0 = time.perf_counter()
+        predictor = self.registry.get(key)
+        timings["load"] = time.perf_counter() - t0
+        required = tuple(predictor.required_modalities)
+        self.checkpoints.learn(choice, required)
+        image, depth, normals = arrays
+        # maps the checkpoint does not use are left out of the cache key too
+        use = {"image": True, "depth": depth is not None and "depth" in required,
+               "normals": normals is not None and "normals" in required}
+        _check_maps(required, depth is not None, normals is not None)
+        if "normals" in required and normals is None:  # the Predictor derives them from the depth
+            notes.append("No normal map was given: the normals were derived from the depth map.")
+        ckey = self._cache_key(key, {m: f if use[m] else None for m, f in zip(("image", "depth", "normals"), files)},
+                               max_depth, depth_scale)
+        state = self._cached_state(ckey)
+        cached = state is not None
+        if cached:  # for the log only: a user must not learn that someone else ran these files
+            log.info("embeddings %s reused from the cache", ckey[:12])
+        else:
+            state = self._encode(key, image, depth if use["depth"] else None, normals if use["normals"] else None,
+                                 max_depth, progress)
+            timings.update(state.timings)
+            self.cache.put(ckey, state)
+            self.disk.put(ckey, state)  # 25 MB for ViT-H RGB-D-N: ~0.1 s here (2 busy cores); off: nothing
+        return predictor, required, ckey, state, cached
+
+    def preencode_examples(self, stop: Optional[threading.Event] = None,
+                           idle_s: float = PREENCODE_IDLE_S) -> int:
+        """Encodes the examples into the caches (memory and disk) for the checkpoint the picker
+        starts with, "auto" resolved per example as a Run would, with the page's default
+        settings: once done, clicking an example and pressing Run skips the encoder. For a
+        background thread at start-up at the lowest CPU priority (app.py). Returns how many
+        examples it encoded (those already on disk are only brought into memory).
+
+        A user's Run always goes first: an example starts only while no user's heavy event
+        (Run, SAM instances) is reading, waiting or computing, and an encoding in progress gives
+        way between two ViT blocks as soon as one arrives (then starts again later); it never
+        evicts a loaded model that an open session decodes with. `stop` (set at shutdown) ends
+        it the same way. Skipped: examples whose checkpoint is not on disk yet (this never
+        downloads), examples it cannot read (maps missing), and everything with a lent GPU (a
+        ZeroGPU call outside a user's request would spend a quota nobody asked to spend).
+        """
+        stop = stop if stop is not None else threading.Event()
+        if self.gpu_device is not None or not self.examples:
+            return 0
+        initial = self.checkpoints.initial()
+        jobs = []
+        for row in self.examples:
+            try:
+                choice = self._concrete(initial, given_maps(*row))
+                if self.checkpoints.needs_download(choice):
+                    log.info("pre-encoding: skipping %s (%s is not downloaded yet)", Path(row[0]).name, choice)
+                    continue
+                _check_maps(self.checkpoints.modalities(choice), row[1] is not None, row[2] is not None)
+                jobs.append((choice, row))
+            except InputError:
+                continue
+        # one checkpoint after the other (each loads once); the first example's last, so that
+        # the model the gallery's first example needs stays loaded (with --max-models 1)
+        first = jobs[0][0] if jobs else None
+        jobs.sort(key=lambda job: job[0] == first)
+        done = 0
+        t0 = time.perf_counter()
+        for choice, row in jobs:
+            while not stop.is_set():
+                try:
+                    outcome = self._preencode_one(choice, row, stop)
+                except Exception:  # noqa: BLE001  (a broken example: a user's Run reports it properly)
+                    log.exception("pre-encoding %s failed", Path(row[0]).name)
+                    outcome = False
+                if outcome is not None:
+                    done += int(outcome)
+                    break
+                stop.wait(idle_s)
+        if jobs and not stop.is_set():
+            log.info("pre-encoding: %d of %d example(s) encoded, the rest were cached (%.1f s)",
+                     done, len(jobs), time.perf_counter() - t0)
+        return done
+
+    def _preencode_one(self, choice: str, row: List[Optional[str]], stop: threading.Event) -> Optional[bool]:
+        """One example into the caches: True when encoded, False when it was cached already,
+        None when it gave way (a user's heavy event, `stop`, or a model swap that would evict
+        an open session's model): try again later."""
+        def give_way(*_args: Any, **_kwargs: Any) -> None:  # the progress callback: between ViT blocks
+            if self._users or stop.is_set():
+                raise _Yield()
+
+        if self._users or stop.is_set():
+            return None
+        key = self.checkpoints.key(choice, self.device, self.dtype)
+        if (not self.registry.loaded(key) and len(self.registry) >= self.registry.max_models
+                and self.store.model_keys()):
+            return None  # loading this one would evict the model an open session clicks with
+        notes: List[str] = []
+        with self._decoding:  # small files, read while no user waits (checked just above)
+            image, depth, normals, _name = load_inputs(*row, None, notes=notes)
+        if not self._computing.acquire(blocking=False):
+            return None
+        try:
+            give_way()
+            timings: Dict[str, float] = {}
+            *_, cached = self._embeddings(choice, key, tuple(row), (image, depth, normals), DEFAULT_MAX_DEPTH,
+                                          None, give_way, timings, notes)
+        except _Yield:
+            return None
+        finally:
+            self._computing.release()
+        if not cached:
+            log.info("pre-encoded %s with %s (%.1f s)", Path(row[0]).name, choice, timings.get("encode", 0.0))
+        return not cached
 
     @contextlib.contextmanager
     def _compute(self, progress: Progress) -> Iterator[None]:
@@ -314,7 +490,7 @@ class StudioBackend:
         (undoable). Returns (instances, pixels that changed class); s.timings["instances"]
         is the time in seconds."""
         pps = _int_in_range(points_per_side, "points per side", 2, 64, default=16)
-        with self.store.use(s):
+        with self._user_job(), self.store.use(s):
             progress(0.1, desc="SAM instances on the cached embeddings")
             t0 = time.perf_counter()
             with self._compute(progress):

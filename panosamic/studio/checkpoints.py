@@ -438,6 +438,47 @@ class ModelRegistry:
             return model
 
 
+def weights_fingerprint(key: ModelKey) -> str:
+    """What identifies the weights a loaded model of `key` was read from, for the cache keys of
+    its embeddings: (real path, size, mtime) of its model.safetensors and SAM file. The disk
+    cache outlives the process, so a checkpoint replaced at the same path (a retrained local
+    folder, a new Hub revision of a subfolder: huggingface_hub then links another blob, named by
+    its SHA-256) must not find the old model's embeddings. A file look-up (microseconds), after
+    the model loaded; "" for what cannot be found (a test's loader, a SAM state dict)."""
+    from ..hub import find_companions
+    from ..sam_weights import local_sam_checkpoint
+
+    files: List[Path] = []
+    try:
+        ckpt: Optional[Path] = None
+        local = Path(key.checkpoint).expanduser()
+        if local.is_file():
+            ckpt = local
+        elif local.is_dir():
+            ckpt = local / (key.subfolder or "") / "model.safetensors"
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            name = f"{key.subfolder}/model.safetensors" if key.subfolder else "model.safetensors"
+            found = try_to_load_from_cache(key.checkpoint, name)
+            ckpt = Path(found) if isinstance(found, str) else None
+        if ckpt is not None and ckpt.is_file():
+            files.append(ckpt)
+            sam = local_sam_checkpoint(key.sam) if key.sam else find_companions(ckpt)["sam"]
+            if sam is not None and Path(sam).is_file():
+                files.append(Path(sam))
+    except Exception:  # noqa: BLE001  (a repo id huggingface_hub refuses, a file gone meanwhile)
+        return ""
+    parts = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        parts.append(f"{os.path.realpath(f)}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
 def empty_gpu_cache() -> None:
     """Gives freed CUDA memory back (after evicting a model from CUDA)."""
     import torch
@@ -446,5 +487,5 @@ def empty_gpu_cache() -> None:
 
 
 __all__ = ["Checkpoints", "HubProbe", "ModelKey", "ModelRegistry", "pretty_subfolder", "check_subfolder_name",
-           "empty_gpu_cache", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES", "MAPS_NAMES", "DEMO_DIR",
-           "DEMO_FOLDERS"]
+           "empty_gpu_cache", "weights_fingerprint", "HUB_REPO", "DEFAULT_SUBFOLDER", "MODALITY_NAMES",
+           "MAPS_NAMES", "DEMO_DIR", "DEMO_FOLDERS"]

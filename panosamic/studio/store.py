@@ -162,6 +162,11 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def model_keys(self) -> set:
+        """The models (`ModelKey`s) the open sessions decode with."""
+        with self._lock:
+            return {s.model_key for s in self._sessions.values() if s.model_key is not None}
+
     def add(self, s: Session, replaces: Optional[Session] = None, client: Optional[str] = None) -> None:
         """Registers a new session (the user's previous one, `replaces`, is released at once)
         and keeps the total within the budget. `client`: the UI's id of the browser tab, so
