@@ -285,7 +285,10 @@ def test_the_view_is_encoded_once_for_both_views_and_goes_with_its_session(backe
     assert base64.b64decode(payload["texture"].split(",", 1)[1]) == jpeg
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == (256, 512, 3)
-    again = backend.store.write_view(s, render.view_jpeg(render.view_image(s, 0.9)))
-    assert again == str(path) and path.read_bytes() != jpeg  # one file per session, replaced
+    # a new name at each event (the page never gets stale bytes under an old URL), atomic (no
+    # temporary file stays), and only the last two kept: the one shown and the one before
+    views = [Path(backend.store.write_view(s, render.view_jpeg(render.view_image(s, o)))) for o in (0.7, 0.9)]
+    assert len({path, *views}) == 3 and not path.exists() and all(v.is_file() for v in views)
+    assert sorted(p.name for p in views[0].parent.iterdir()) == sorted(v.name for v in views)
     backend.store.close(s)
-    assert not path.exists()
+    assert not any(v.exists() for v in views)

@@ -43,7 +43,7 @@ from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
 from ..sam_weights import remove_stale_partials
 from .session import Session, working_size
-from .store import SessionStore, clean_stale_folders, release_free_memory
+from .store import SessionStore, clean_stale_folders, release_free_memory, temp_parent
 from .uploads import find_examples, input_path, load_inputs
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class StudioBackend:
             restarts (`DiskEmbeddingCache`), bounded to that many megabytes; None or 0: none.
         session_mb: memory for all sessions together; least recently used idle ones go first.
         session_idle_s: a session unused this long is released (its user presses Run again).
+        disk_mb: disk for the app's temporary files (uploads, views, exports, Gradio's cache when
+            the app points it there); least recently used idle sessions go first; 0 = no budget.
         work_width: the working width of sessions (interaction never runs wider).
         loader: ModelKey -> Predictor (tests pass their own).
         lend_gpu: `spaces.GPU` on a ZeroGPU Space (see the module docstring); None runs
@@ -138,7 +140,7 @@ class StudioBackend:
                  session_mb: float = 4096, session_idle_s: float = 3600, work_width: int = 2048,
                  loader: Optional[Callable[[ModelKey], Any]] = None, lend_gpu: Optional[GpuLender] = None,
                  gpu_device: str = "cuda", embedding_cache_dir: Optional[str] = None,
-                 embedding_cache_mb: float = 4096):
+                 embedding_cache_mb: float = 4096, disk_mb: float = 0):
         # with a lent GPU, models live on the CPU in this process (loaded outside GPU calls)
         self.device = "cpu" if lend_gpu is not None else device
         self.gpu_device = gpu_device if lend_gpu is not None else None
@@ -155,9 +157,11 @@ class StudioBackend:
         self.registry = ModelRegistry(max_models, loader=self._load_model)
         self.cache = EmbeddingCache.from_megabytes(cache_mb)
         self.disk = DiskEmbeddingCache.from_megabytes(embedding_cache_dir, embedding_cache_mb)
-        clean_stale_folders()
+        parent = temp_parent()
+        clean_stale_folders(parent)  # the temporary roots (Gradio's cache in them) of killed servers
         remove_stale_partials()  # SAM downloads a killed process left (up to 2.4 GB each)
-        self.store = SessionStore(int(session_mb * 2**20), session_idle_s)
+        self.store = SessionStore(int(session_mb * 2**20), session_idle_s, disk_bytes=int(disk_mb * 2**20),
+                                  parent=parent)
         self.examples = find_examples(examples) if examples else []
         self._warm = threading.Event()  # set by warm_up
         # A UI may let several heavy events in at once so that a bad upload is refused while
@@ -518,11 +522,14 @@ class StudioBackend:
             t0 = time.perf_counter()
             predictor = self.registry.get(s.model_key)
             model_labels = predictor.labels_at(s.input_size, state=s.state)
-            files = write_downloads(s, self.store.export_dir(s), model_labels)
+            H, W = s.input_size
+            # room for about what an export takes (two 8-bit PNGs, the RLE JSON, the point cloud)
+            with self.store.export_dir(s, nbytes=H * W + (8 << 20)) as folder:
+                files = write_downloads(s, folder, model_labels)
             del model_labels
             release_free_memory()
             s.timings["export"] = time.perf_counter() - t0
-            return list(files.values())
+            return [str(s.export_dir / Path(f).name) for f in files.values()]
 
     # ----------------------------------------------------------------- light events
     def predict(self, s: Session) -> None:

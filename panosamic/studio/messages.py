@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import PanoSAMicError
 from .checkpoints import MODALITY_NAMES, Checkpoints
+from .files import DISK_FULL, disk_full
 from .session import Session
 
 # A web address in a message, shown as it is (where to download a file is no secret), less
@@ -82,6 +83,8 @@ def user_message(exc: BaseException) -> str:
     name = type(exc).__name__
     if isinstance(exc, (asyncio.CancelledError, concurrent.futures.CancelledError, KeyboardInterrupt)):
         return JOB_CUT_SHORT
+    if disk_full(exc):  # errno 28 with the paths of the copy that failed: neither is the user's business
+        return DISK_FULL
     text = hide_paths(str(exc) or name)
     if "OutOfMemory" in name or "out of memory" in text.lower():
         return ("Not enough GPU memory for this checkpoint. Close other GPU programs, start the app with "
@@ -227,7 +230,7 @@ def run_message(s: Session, total: float, timings: Optional[Dict[str, float]] = 
     return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {stages}{notes}"
 
 
-__all__ = ["user_message", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN",
+__all__ = ["user_message", "DISK_FULL", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN",
            "RESTARTED_SINCE", "requirements_text", "given_maps", "message_markdown", "status_error", "edit_status",
            "run_message",
            "about_duration", "exact_duration"]

@@ -1,14 +1,18 @@
 """The lifetime of the sessions of all users: one owner for when a session's memory and files go.
 
-A session is released (its arrays dropped, its export folder deleted) when
+A session is released (its arrays dropped, its views and export folders deleted) when
 
-* its browser tab closes (the app calls `close`),
+* its user replaces it (a new Run, a new upload),
+* its browser tab closes (the app calls `close_client`),
 * it has been idle longer than `idle_s` (a single sweeper thread checks),
-* the sessions together hold more than `budget_bytes`: the least recently used idle ones go
-  first; their users are told to press Run again,
+* the sessions together hold more than `budget_bytes` of memory, or the app's temporary files
+  more than `disk_bytes` of disk: the least recently used idle ones go first; their users are
+  told to press Run again,
 * or the app shuts down (`close_all`).
 
-Using a released session raises `SessionExpired` with that message.
+A user's files (a client's: their uploads, previews, views and exports, see files.py) go with
+them: when the tab closes, when the client was idle for `idle_s`, when its session is evicted,
+and at shutdown. Using a released session raises `SessionExpired` with that message.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -33,17 +38,22 @@ except ImportError:  # Windows: no flock; stale folders are then told by their P
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import InputError
+from .files import SESSIONS, DiskFull, TempFiles, as_disk_full, write_atomic
 from .messages import exact_duration
 from .session import Session
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = "panosamic-studio-"
+_GONE = "its files were deleted: upload them again (or pick the example again) and press Run again."
 EXPIRED = {
-    "idle": "This session was closed after {idle} of inactivity to free memory: press Run again.",
-    "memory": "This session was closed to make room for other users: press Run again.",
+    "idle": "This session was closed after {idle} of inactivity, and " + _GONE,
+    "memory": "This session was closed to make room for other users, and " + _GONE,
+    "disk": "This session was closed to make room for other users, and " + _GONE,
     "closed": "This session has ended: press Run again.",
 }
+#: Views kept per session: the one shown and the one before (a page may still be fetching it).
+VIEWS_KEPT = 2
 
 
 class SessionExpired(InputError):
@@ -121,10 +131,17 @@ def _owner_dead(folder: Path) -> bool:
     return True
 
 
+def temp_parent() -> Path:
+    """Where the app's temporary root goes: `GRADIO_TEMP_DIR` as the operator set it (the app
+    then points that variable at its own root, see app.py), else the system's temp folder."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
+
+
 def clean_stale_folders(parent: Optional[Path] = None) -> int:
-    """Deletes the export folders of studio processes that no longer run (killed, crashed,
-    the container restarted); returns how many went. A running process holds its folder's
-    OWNER_LOCK (`hold_folder`), so only folders nobody holds go."""
+    """Deletes the temporary roots of studio processes that no longer run (killed, crashed,
+    the container restarted), Gradio's cache of that process included; returns how many went.
+    A running process holds its root's OWNER_LOCK (`hold_folder`), so only roots nobody holds
+    go, and only folders named as the app names them (`TMP_PREFIX`)."""
     parent = Path(parent or tempfile.gettempdir())
     removed = 0
     for folder in parent.glob(TMP_PREFIX + "*"):
@@ -135,28 +152,41 @@ def clean_stale_folders(parent: Optional[Path] = None) -> int:
 
 
 class SessionStore:
-    """Owns the sessions' lifetime and export folders (see the module docstring).
+    """Owns the sessions' lifetime and the app's temporary files (see the module docstring).
 
     Args:
         budget_bytes: memory for all sessions together (`Session.nbytes`); 0 = no budget.
-        idle_s: a session unused this long is released; 0 = never.
-        root: the folder for export folders (default: a new one in the system temp folder). The
-            store holds its OWNER_LOCK while the process runs, so that a later start can delete
-            it if we are killed (`clean_stale_folders`).
+        idle_s: a session (and a client) unused this long is released; 0 = never.
+        root: the app's temporary root (default: a new one in `parent`). The store holds its
+            OWNER_LOCK while the process runs, so that a later start can delete it if we are
+            killed (`clean_stale_folders`). The app points Gradio's cache at it.
+        disk_bytes: disk for everything under root (Gradio's cache included); 0 = no budget.
+        parent: where the default root is made (default: `temp_parent()`).
     """
 
-    def __init__(self, budget_bytes: int = 4 << 30, idle_s: float = 3600.0, root: Optional[Path] = None):
+    def __init__(self, budget_bytes: int = 4 << 30, idle_s: float = 3600.0, root: Optional[Path] = None,
+                 disk_bytes: int = 0, parent: Optional[Path] = None):
         self.budget_bytes = int(budget_bytes)
+        self.disk_bytes = int(disk_bytes)
         self.idle_s = float(idle_s)
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+        if root:
+            self.root = Path(root)
+        else:
+            base = Path(parent or temp_parent())
+            base.mkdir(parents=True, exist_ok=True)
+            self.root = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=base))
         self.root.mkdir(parents=True, exist_ok=True)
         self._owner_lock = hold_folder(self.root)
+        self.files = TempFiles(self.root)
         self._sessions: "OrderedDict[int, Session]" = OrderedDict()  # least recently used first
         self._by_client: dict = {}  # the UI's client (browser tab) id -> its current session
+        self._client_of: dict = {}  # id(session) -> its client
+        self._views: dict = {}      # id(session) -> its view files, oldest first
         self._lock = threading.Lock()
+        self._room = threading.Lock()  # one eviction for disk at a time
         self._sweeper: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self.released = {"idle": 0, "memory": 0, "closed": 0}
+        self.released = {"idle": 0, "memory": 0, "disk": 0, "closed": 0}
 
     # ----------------------------------------------------------------- registry
     def __len__(self) -> int:
@@ -170,7 +200,8 @@ class SessionStore:
     def add(self, s: Session, replaces: Optional[Session] = None, client: Optional[str] = None) -> None:
         """Registers a new session (the user's previous one, `replaces`, is released at once)
         and keeps the total within the budget. `client`: the UI's id of the browser tab, so
-        that `close_client` can release the session when the tab closes."""
+        that `close_client` can release the session when the tab closes; the session's files
+        go into the client's folder."""
         if replaces is not None and replaces is not s:
             self.close(replaces, "closed")
         with self._lock:
@@ -178,19 +209,25 @@ class SessionStore:
             if client:
                 old = self._by_client.get(client)
                 self._by_client[client] = s
+                self._client_of[id(s)] = client
             else:
                 old = None
         if old is not None and old is not s:
             self.close(old, "closed")
         self._enforce_budget(keep=s)
 
+    def client_of(self, s: Session) -> Optional[str]:
+        with self._lock:
+            return self._client_of.get(id(s))
+
     def close_client(self, client: Optional[str]) -> None:
-        """The browser tab `client` closed: its session goes now."""
+        """The browser tab `client` closed: its session and its files go now."""
         with self._lock:
             s = self._by_client.pop(client, None) if client else None
         if s is not None:
             self.close(s, "closed")
             release_free_memory()
+        self.files.release(client)
 
     @contextmanager
     def use(self, s: Optional[Session]) -> Iterator[Session]:
@@ -205,37 +242,130 @@ class SessionStore:
                 if id(s) in self._sessions:
                     self._sessions.move_to_end(id(s))
             s.last_used = time.monotonic()
+            self.files.touch(self._client_of.get(id(s)))
             try:
                 yield s
             finally:
                 s.last_used = time.monotonic()
 
-    def export_dir(self, s: Session) -> Path:
-        """A new, empty export folder for `s`; its previous one is deleted (the UI has
-        already copied those files into its own cache)."""
-        old = s.export_dir
-        s.export_dir = Path(tempfile.mkdtemp(prefix=f"{id(s):x}-", dir=self.root))
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return s.export_dir
+    # ----------------------------------------------------------------- files
+    def folder(self, s: Optional[Session] = None, client: Optional[str] = None) -> Path:
+        """Where the files of `s` (or of `client`) go: its client's folder, else the folder of
+        sessions without a client."""
+        client = client or (self.client_of(s) if s is not None else None)
+        if client:
+            return self.files.client_folder(client)
+        folder = self.root / SESSIONS
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def make_room(self, nbytes: int, keep: Optional[Session] = None) -> None:
+        """Makes room for `nbytes` more under the disk budget: the least recently used idle
+        sessions go first (and their clients' files; their users are told), then clients with
+        files but no session, least recently seen first. `DiskFull` when there is still no room.
+        Nothing without a budget."""
+        if not self.disk_bytes or self.files.usage() + nbytes <= self.disk_bytes:
+            return
+        with self._room:
+            keep_client = self.client_of(keep) if keep is not None else None
+            while self.files.usage(fresh=True) + nbytes > self.disk_bytes:
+                victim = self._next_victim(keep, keep_client)
+                if victim is None:
+                    raise DiskFull()
+                s, client = victim
+                if s is None:
+                    log.info("disk budget: deleting the files of an idle client")
+                    self.files.release(client)
+                    continue
+                try:  # its lock is held (taken without waiting): no event can start on it meanwhile
+                    log.info("disk budget: releasing session %x", id(s))
+                    self._expire(s, "disk")
+                finally:
+                    s.lock.release()
+
+    def _next_victim(self, keep: Optional[Session], keep_client: Optional[str]):
+        """(session, client) to release next for disk: the least recently used of the idle
+        sessions (returned with its lock held: the caller releases it) and of the clients
+        without a session; None when nothing is left to release."""
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if s is not keep]
+            with_session = set(self._by_client)
+        candidates = [(s.last_used, 0, s, None) for s in sessions]
+        candidates += [(seen, 1, None, client) for client, seen in self.files.clients()
+                       if client not in with_session and client != keep_client]
+        for _, _, s, client in sorted(candidates, key=lambda c: (c[0], c[1])):
+            if s is None:
+                return None, client
+            if s.lock.acquire(blocking=False):  # not in use: idle
+                if not s.closed:
+                    return s, None
+                s.lock.release()
+        return None
 
     def write_view(self, s: Session, jpeg: bytes) -> str:
-        """Writes the session's current ERP picture (JPEG bytes) to its one view file and returns
-        the path, for the UI to serve (it copies the file into its own cache). Atomic: a reader
-        sees the previous picture or this one, never part of one."""
-        path = self._view_path(s)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(jpeg)
-        os.replace(tmp, path)
+        """Writes the session's current ERP picture (JPEG bytes) to a new view file and returns
+        its path, for the UI to serve (Gradio's cache is the root: it serves the file as it
+        is, without a copy). Atomic; the session keeps its last `VIEWS_KEPT` views, and a
+        new name each time (a page showing the previous one is never given stale bytes)."""
+        self.make_room(len(jpeg), keep=s)
+        path = self.folder(s) / f"{id(s):x}-view-{secrets.token_hex(4)}.jpg"
+        write_atomic(path, jpeg)
+        self.files.added(len(jpeg))
+        with self._lock:
+            views = self._views.setdefault(id(s), [])
+            views.append(path)
+            old, views[:] = views[:-VIEWS_KEPT], views[-VIEWS_KEPT:]
+        for p in old:
+            p.unlink(missing_ok=True)
         return str(path)
 
-    def _view_path(self, s: Session) -> Path:
-        return self.root / f"{id(s):x}-view.jpg"
+    def write_preview(self, client: Optional[str], jpeg: bytes) -> str:
+        """A picture of a new upload for `client`'s page (its previous one is replaced)."""
+        self.make_room(len(jpeg))
+        folder = self.folder(client=client)
+        for old in folder.glob("preview-*.jpg"):
+            old.unlink(missing_ok=True)
+        path = write_atomic(folder / f"preview-{secrets.token_hex(4)}.jpg", jpeg)
+        self.files.added(len(jpeg))
+        return str(path)
+
+    @contextmanager
+    def export_dir(self, s: Session, nbytes: int = 0) -> Iterator[Path]:
+        """`with store.export_dir(s) as folder:` writes a new export of `s` into `folder` (a
+        temporary one, room for about `nbytes` made first); when the block ends without an
+        error, the folder takes its final name (`s.export_dir`) and the previous export goes.
+        On an error it is deleted whole: no partial file survives (a full disk: `DiskFull`)."""
+        self.make_room(nbytes, keep=s)
+        staging = Path(tempfile.mkdtemp(prefix=f"{id(s):x}-", suffix=".partial", dir=self.folder(s)))
+        try:
+            yield staging
+            final = staging.with_name(staging.name[:-len(".partial")])
+            os.replace(staging, final)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            full = as_disk_full(exc, staging.parent) if isinstance(exc, Exception) else None
+            if full is not None:
+                raise full from exc
+            raise
+        old, s.export_dir = s.export_dir, final
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self.files.added(sum(p.stat().st_size for p in final.iterdir()))
+        self.make_room(0, keep=s)  # the estimate was short: others' idle files go
+
+    def _remove_files(self, s: Session) -> None:
+        if s.export_dir is not None:
+            shutil.rmtree(s.export_dir, ignore_errors=True)
+            s.export_dir = None
+        with self._lock:
+            views = self._views.pop(id(s), [])
+        for p in views:
+            p.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- release
     def close(self, s: Session, reason: str = "closed") -> None:
-        """Releases a session's memory and files (its tab closed, or `reason`); an event
-        running on it finishes first."""
+        """Releases a session's memory and own files (views, exports) for `reason`; an event
+        running on it finishes first. Its client's other files stay (see `_expire`)."""
         with self._lock:
             self._sessions.pop(id(s), None)
             for client in [c for c, v in self._by_client.items() if v is s]:
@@ -244,11 +374,20 @@ class SessionStore:
             if s.closed is None:
                 self.released[reason] = self.released.get(reason, 0) + 1
                 log.info("session %x released: %s", id(s), reason)
-            if s.export_dir is not None:
-                shutil.rmtree(s.export_dir, ignore_errors=True)
-                s.export_dir = None
-            self._view_path(s).unlink(missing_ok=True)
+            self._remove_files(s)
             s.release(reason)
+        with self._lock:
+            self._client_of.pop(id(s), None)
+
+    def _expire(self, s: Session, reason: str) -> None:
+        """Releases `s` for `reason` (memory, disk) with its client's files: the user is told
+        to upload again and press Run."""
+        client = self.client_of(s)
+        self.close(s, reason)
+        with self._lock:
+            replaced = client is not None and client in self._by_client  # a newer session of it
+        if client is not None and not replaced:
+            self.files.release(client)
 
     def _enforce_budget(self, keep: Optional[Session] = None) -> int:
         """Releases least recently used idle sessions until the total fits; returns how many."""
@@ -266,36 +405,45 @@ class SessionStore:
                 total -= s.nbytes
                 victims.append(s)
         for s in victims:
-            self.close(s, "memory")
+            self._expire(s, "memory")
         if victims:
             release_free_memory()
         return len(victims)
 
     def sweep(self, now: Optional[float] = None) -> int:
-        """Releases sessions idle for longer than `idle_s`; returns how many."""
-        if not self.idle_s:
-            return 0
+        """Releases sessions idle for longer than `idle_s`, and the files of clients idle that
+        long; deletes uploads no event used (files.py); returns how many sessions went."""
         now = time.monotonic() if now is None else now
-        with self._lock:
-            idle = [s for s in self._sessions.values() if now - s.last_used > self.idle_s]
         closed = 0
-        for s in idle:
-            if not s.lock.acquire(blocking=False):  # an event is running on it: not idle
-                continue
-            try:
-                self.close(s, "idle")
-                closed += 1
-            finally:
-                s.lock.release()
+        if self.idle_s:
+            with self._lock:
+                idle = [s for s in self._sessions.values() if now - s.last_used > self.idle_s]
+            for s in idle:
+                if not s.lock.acquire(blocking=False):  # an event is running on it: not idle
+                    continue
+                try:
+                    self.close(s, "idle")
+                    closed += 1
+                finally:
+                    s.lock.release()
+            for client, seen in self.files.clients():
+                if now - seen > self.idle_s:
+                    with self._lock:
+                        s = self._by_client.get(client)
+                    if s is None or s.closed:
+                        self.files.release(client)
+        self.files.sweep(now)
         if closed:
             release_free_memory()
         return closed
 
     def start_sweeper(self, interval_s: Optional[float] = None) -> None:
-        """One background thread that sweeps idle sessions (every idle_s / 4, at most a minute)."""
-        if self._sweeper is not None or not self.idle_s:
+        """One background thread that sweeps idle sessions and unused uploads (every idle_s / 4,
+        at most a minute, and often enough for uploads unused for `files.unused_s`)."""
+        if self._sweeper is not None:
             return
-        interval = interval_s or max(1.0, min(60.0, self.idle_s / 4))
+        interval = interval_s or max(1.0, min(60.0, self.files.unused_s / 4,
+                                              self.idle_s / 4 if self.idle_s else 60.0))
 
         def loop() -> None:
             while not self._stop.wait(interval):
@@ -308,7 +456,7 @@ class SessionStore:
         self._sweeper.start()
 
     def close_all(self) -> None:
-        """Shutdown: every session released, the export root deleted."""
+        """Shutdown: every session released, the whole root deleted (Gradio's cache in it)."""
         self._stop.set()
         with self._lock:
             sessions = list(self._sessions.values())
@@ -321,4 +469,4 @@ class SessionStore:
 
 
 __all__ = ["SessionStore", "SessionExpired", "release_free_memory", "clean_stale_folders", "hold_folder",
-           "TMP_PREFIX", "OWNER_LOCK"]
+           "temp_parent", "TMP_PREFIX", "OWNER_LOCK", "EXPIRED", "VIEWS_KEPT"]
