@@ -6,13 +6,17 @@
                   [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype float32|bfloat16|float16]
                   [--cache-mb 2048] [--session-mb 4096] [--session-idle-min 60] [--examples assets/examples]
                   [--embedding-cache-dir ~/.cache/panosamic/embeddings] [--embedding-cache-mb 4096]
-                  [--no-preencode] [--shutdown-grace-s 7]
+                  [--no-preencode] [--shutdown-grace-s 7] [--disk-mb 8192]
 
 Every option also reads an environment variable (PANOSAMIC_CHECKPOINT, PANOSAMIC_SUBFOLDER,
 PANOSAMIC_SAM_CHECKPOINT, PANOSAMIC_DEVICE, PANOSAMIC_DTYPE, PANOSAMIC_CACHE_MB, PANOSAMIC_HOST,
 PANOSAMIC_PORT, PANOSAMIC_SHARE, PANOSAMIC_EXAMPLES, PANOSAMIC_SESSION_MB,
 PANOSAMIC_SESSION_IDLE_MIN, PANOSAMIC_EMBEDDING_CACHE, PANOSAMIC_EMBEDDING_CACHE_MB,
-PANOSAMIC_PREENCODE, PANOSAMIC_SHUTDOWN_GRACE_S), for a Hugging Face Space.
+PANOSAMIC_PREENCODE, PANOSAMIC_SHUTDOWN_GRACE_S, PANOSAMIC_DISK_MB), for a Hugging Face Space.
+
+The app's temporary files (uploads, pictures, exports, and Gradio's cache, which the app keeps in
+its own folder) go with each user's session and at shutdown, and stay within --disk-mb
+(panosamic.studio.files, panosamic.studio.serving).
 
 Encoded panoramas are also kept on disk (--embedding-cache-dir, least recently used first
 beyond --embedding-cache-mb), so a restart or the next visitor with the same files skips the
@@ -57,7 +61,7 @@ from gradio.components.plot import PlotData  # noqa: E402  (the point cloud arri
 from panosamic.errors import PanoSAMicError
 from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
-from panosamic.studio import messages, render
+from panosamic.studio import messages, render, serving
 from panosamic.studio.fair import FairGate
 from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown, lowest_priority
 from panosamic.studio.store import SessionExpired
@@ -97,6 +101,8 @@ def _env_bool(name: str, default: bool = False) -> bool:
 #: them across rebuilds too), and how much disk they may take: ViT-H RGB-D-N is 25 MB a panorama.
 EMBEDDING_CACHE_DIR = "~/.cache/panosamic/embeddings"
 EMBEDDING_CACHE_MB = 4096
+#: Disk for the app's temporary files, Gradio's cache included (0 = no budget).
+DISK_MB = 8192
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -129,6 +135,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="memory for all users' sessions together; the least recently used idle ones go first")
     p.add_argument("--session-idle-min", type=float, default=float(_env("SESSION_IDLE_MIN", 60)),
                    help="a session unused this many minutes is closed (its user presses Run again)")
+    p.add_argument("--disk-mb", type=float, default=float(_env("DISK_MB", DISK_MB)),
+                   help="disk for the app's temporary files (uploads, pictures, exports, Gradio's cache); "
+                        "the least recently used idle sessions go first (0 = no budget)")
     p.add_argument("--examples", default=_env("EXAMPLES", str(ROOT / "assets" / "examples")),
                    help="folder with <name>_rgb.jpg|png (+ _depth.png, _normals.png) examples")
     p.add_argument("--shutdown-grace-s", type=float, default=float(_env("SHUTDOWN_GRACE_S", SHUTDOWN_GRACE_S)),
@@ -138,6 +147,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.shutdown_grace_s < float("inf"):
         p.error(f"--shutdown-grace-s must be a number of seconds >= 0, got {args.shutdown_grace_s}")
+    if not 0 <= args.disk_mb < float("inf"):
+        p.error(f"--disk-mb must be a number of megabytes >= 0, got {args.disk_mb}")
     if not 0 <= args.embedding_cache_mb < float("inf"):
         p.error(f"--embedding-cache-mb must be a number of megabytes >= 0, got {args.embedding_cache_mb}")
     return args
@@ -189,7 +200,10 @@ def friendly(fn, shutdown: Optional[Shutdown] = None, quick: bool = False, nice:
             log.warning("handler %s was cut short (%s)", fn.__name__, type(exc).__name__)
             return refuse(exc)
         except Exception as exc:  # noqa: BLE001
-            if not isinstance(exc, PanoSAMicError):
+            if isinstance(exc, PanoSAMicError) or messages.disk_full(exc):
+                # an expected refusal (bad input, a closed session, a full disk): one line, no traceback
+                log.info("%s refused (%s): %s", fn.__name__, type(exc).__name__, messages.user_message(exc))
+            else:
                 log.exception("handler %s failed", fn.__name__)
             return refuse(exc)
 
@@ -264,7 +278,8 @@ class Studio:
                                      cache_mb=settings.cache_mb, examples=settings.examples,
                                      session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min,
                                      embedding_cache_dir=settings.embedding_cache_dir or None,
-                                     embedding_cache_mb=settings.embedding_cache_mb, lend_gpu=zero_gpu_lender())
+                                     embedding_cache_mb=settings.embedding_cache_mb, lend_gpu=zero_gpu_lender(),
+                                     disk_mb=settings.disk_mb)
         self.checkpoints = self.backend.checkpoints
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
@@ -357,17 +372,27 @@ class Studio:
         """An example thumbnail was clicked: its panorama, depth and normals fill the inputs."""
         return tuple(self.examples[evt.index])
 
-    def on_upload(self, pano: Any, s: Optional[Session]):
+    def on_upload(self, pano: Any, s: Optional[Session], request: gr.Request = None):
         """A new panorama replaces the session: show it, clear the results (the old session's
-        memory and files go at once)."""
+        memory and files go at once). The preview is a file of the client's (files.py)."""
         if s is not None:
             self.backend.store.close(s)
         ui = self.ui
-        return {ui.session: None, ui.view: preview_image(pano), ui.viewer: None, ui.legend: render.legend_html([]), ui.plot: None,
+        preview = preview_image(pano)
+        client = getattr(request, "session_hash", None)
+        status = "Press **Run** to segment the panorama." if input_path(pano) else ""
+        if preview is not None and client:
+            try:
+                preview = self.backend.store.write_preview(client, render.view_jpeg(preview))
+            except Exception as exc:  # noqa: BLE001  (a full disk: said on the status line)
+                if not messages.disk_full(exc):
+                    raise
+                log.info("on_upload refused (%s): %s", type(exc).__name__, messages.DISK_FULL)
+                preview, status = None, messages.status_error(messages.DISK_FULL)
+        return {ui.session: None, ui.view: preview, ui.viewer: None, ui.legend: render.legend_html([]), ui.plot: None,
                 ui.candidates: gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False),
                 ui.cls: gr.Dropdown(choices=[], value=None), ui.info: None, ui.downloads: None,
-                ui.run_status: "Press **Run** to segment the panorama." if input_path(pano) else "",
-                ui.edit_status: ""}
+                ui.run_status: status, ui.edit_status: ""}
 
     def segment(self, panorama, depth=None, normals=None, checkpoint=None, depth_scale=0, max_depth=10,
                 opacity=0.55, session=None, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
@@ -752,7 +777,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
     studio = Studio(settings)
+    store = studio.backend.store
+    serving.use_root(store)  # Gradio's cache in the app's own root, before the page's components exist
     demo = build_ui(studio)
+    serving.track_events(demo, store)  # the files each event names become its client's
     allowed = [str(Path(settings.examples).resolve())] if Path(settings.examples).is_dir() else []
     # Import torch and the model code, and measure this device's speed (for the run time
     # shown before Run), while the page is already being served; then pre-encode the examples.
@@ -767,6 +795,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         server_name=settings.host, server_port=settings.port, share=settings.share,
         allowed_paths=allowed, css=CSS, show_error=True, theme=gr.themes.Soft(),
         max_file_size=MAX_UPLOAD,
+        app_kwargs=serving.app_kwargs(store, demo),  # the upload route, bounded and cleaned up
     )
 
 
