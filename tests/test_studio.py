@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -524,7 +525,9 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     assert names == ["office_labels.png", "office_colors.png", "office_stats.json", "office_stats.csv",
                      "office_masks_rle.json", "office_masks.png", "office_pointcloud.glb"]
     first_dir = s.export_dir
-    assert backend.export(s)[0] != files[0] and not Path(first_dir).exists()   # one folder per session
+    assert backend.export(s)[0] != files[0] and Path(first_dir).is_dir()   # kept a minute for its client
+    backend.store.prune(now=time.monotonic() + 61)
+    assert not Path(first_dir).exists()   # then one folder per session
     second_dir = s.export_dir
     backend.close()
     assert not Path(second_dir).exists() and s.closed

@@ -286,9 +286,13 @@ def test_the_view_is_encoded_once_for_both_views_and_goes_with_its_session(backe
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == (256, 512, 3)
     # a new name at each event (the page never gets stale bytes under an old URL), atomic (no
-    # temporary file stays), and only the last two kept: the one shown and the one before
+    # temporary file stays); a replaced one stays a minute (its client may still fetch it)
+    from panosamic.studio.store import RETIRED_S
+
     views = [Path(backend.store.write_view(s, render.view_jpeg(render.view_image(s, o)))) for o in (0.7, 0.9)]
-    assert len({path, *views}) == 3 and not path.exists() and all(v.is_file() for v in views)
-    assert sorted(p.name for p in views[0].parent.iterdir()) == sorted(v.name for v in views)
+    assert len({path, *views}) == 3 and all(v.is_file() for v in (path, *views))
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(v.name for v in (path, *views))
+    assert backend.store.prune(now=time.monotonic() + RETIRED_S + 1) == 2
+    assert not path.exists() and not views[0].exists() and views[1].is_file()
     backend.store.close(s)
-    assert not any(v.exists() for v in views)
+    assert not views[1].exists()

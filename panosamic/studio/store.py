@@ -52,8 +52,12 @@ EXPIRED = {
     "disk": "This session was closed to make room for other users, and " + _GONE,
     "closed": "This session has ended: press Run again.",
 }
-#: Views kept per session: the one shown and the one before (a page may still be fetching it).
-VIEWS_KEPT = 2
+#: A view or export folder replaced by a newer one stays this many seconds: the client that got
+#: it may still be fetching it (gradio_client downloads each result's files after its message;
+#: a burst of clicks queues several).
+RETIRED_S = 60.0
+#: Views kept per session at most, the one shown included (rapid clicks: each makes a picture).
+VIEWS_KEPT = 8
 
 
 class SessionExpired(InputError):
@@ -181,7 +185,8 @@ class SessionStore:
         self._sessions: "OrderedDict[int, Session]" = OrderedDict()  # least recently used first
         self._by_client: dict = {}  # the UI's client (browser tab) id -> its current session
         self._client_of: dict = {}  # id(session) -> its client
-        self._views: dict = {}      # id(session) -> its view files, oldest first
+        self._views: dict = {}      # id(session) -> [(view file, when it was replaced or None)], oldest first
+        self._retired: list = []    # [(when, export folder of id(session))] replaced, kept RETIRED_S
         self._lock = threading.Lock()
         self._room = threading.Lock()  # one eviction for disk at a time
         self._sweeper: Optional[threading.Thread] = None
@@ -268,6 +273,9 @@ class SessionStore:
             return
         with self._room:
             keep_client = self.client_of(keep) if keep is not None else None
+            if self.prune(everything=True):  # replaced views and exports go before anyone's session
+                if self.files.usage(fresh=True) + nbytes <= self.disk_bytes:
+                    return
             while self.files.usage(fresh=True) + nbytes > self.disk_bytes:
                 victim = self._next_victim(keep, keep_client)
                 if victim is None:
@@ -305,16 +313,20 @@ class SessionStore:
     def write_view(self, s: Session, jpeg: bytes) -> str:
         """Writes the session's current ERP picture (JPEG bytes) to a new view file and returns
         its path, for the UI to serve (Gradio's cache is the root: it serves the file as it
-        is, without a copy). Atomic; the session keeps its last `VIEWS_KEPT` views, and a
-        new name each time (a page showing the previous one is never given stale bytes)."""
+        is, without a copy). Atomic, and a new name each time (a page showing the previous one
+        is never given stale bytes); a replaced view stays `RETIRED_S` seconds (its client may
+        still fetch it), `VIEWS_KEPT` at most."""
         self.make_room(len(jpeg), keep=s)
         path = self.folder(s) / f"{id(s):x}-view-{secrets.token_hex(4)}.jpg"
         write_atomic(path, jpeg)
         self.files.added(len(jpeg))
+        now = time.monotonic()
         with self._lock:
             views = self._views.setdefault(id(s), [])
-            views.append(path)
-            old, views[:] = views[:-VIEWS_KEPT], views[-VIEWS_KEPT:]
+            views[:] = [(v, now if when is None else when) for v, when in views]
+            views.append((path, None))
+            old = [v for v, when in views[:-1] if now - when > RETIRED_S] + [v for v, _ in views[:-VIEWS_KEPT]]
+            views[:] = [(v, when) for v, when in views if v not in old]
         for p in old:
             p.unlink(missing_ok=True)
         return str(path)
@@ -348,10 +360,30 @@ class SessionStore:
                 raise full from exc
             raise
         old, s.export_dir = s.export_dir, final
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if old is not None:  # its client may still be fetching it: it goes in RETIRED_S seconds
+            with self._lock:
+                self._retired.append((time.monotonic(), id(s), old))
+        self.prune()
         self.files.added(sum(p.stat().st_size for p in final.iterdir()))
         self.make_room(0, keep=s)  # the estimate was short: others' idle files go
+
+    def prune(self, now: Optional[float] = None, everything: bool = False) -> int:
+        """Deletes the views and export folders replaced more than `RETIRED_S` seconds ago
+        (with `everything`: all replaced ones, to make room); returns how many went."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            gone = [f for when, _, f in self._retired if everything or now - when > RETIRED_S]
+            self._retired = [r for r in self._retired if r[2] not in gone]
+            for views in self._views.values():
+                old = [v for v, when in views if when is not None and (everything or now - when > RETIRED_S)]
+                views[:] = [(v, when) for v, when in views if v not in old]
+                gone += old
+        for f in gone:
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+        return len(gone)
 
     def _remove_files(self, s: Session) -> None:
         if s.export_dir is not None:
@@ -359,8 +391,12 @@ class SessionStore:
             s.export_dir = None
         with self._lock:
             views = self._views.pop(id(s), [])
-        for p in views:
+            exports = [f for _, owner, f in self._retired if owner == id(s)]
+            self._retired = [r for r in self._retired if r[1] != id(s)]
+        for p, _ in views:
             p.unlink(missing_ok=True)
+        for f in exports:
+            shutil.rmtree(f, ignore_errors=True)
 
     # ----------------------------------------------------------------- release
     def close(self, s: Session, reason: str = "closed") -> None:
@@ -433,6 +469,7 @@ class SessionStore:
                     if s is None or s.closed:
                         self.files.release(client)
         self.files.sweep(now)
+        self.prune(now)
         if closed:
             release_free_memory()
         return closed
@@ -442,7 +479,7 @@ class SessionStore:
         at most a minute, and often enough for uploads unused for `files.unused_s`)."""
         if self._sweeper is not None:
             return
-        interval = interval_s or max(1.0, min(60.0, self.files.unused_s / 4,
+        interval = interval_s or max(1.0, min(RETIRED_S / 2, self.files.unused_s / 4,
                                               self.idle_s / 4 if self.idle_s else 60.0))
 
         def loop() -> None:
@@ -469,4 +506,4 @@ class SessionStore:
 
 
 __all__ = ["SessionStore", "SessionExpired", "release_free_memory", "clean_stale_folders", "hold_folder",
-           "temp_parent", "TMP_PREFIX", "OWNER_LOCK", "EXPIRED", "VIEWS_KEPT"]
+           "temp_parent", "TMP_PREFIX", "OWNER_LOCK", "EXPIRED", "VIEWS_KEPT", "RETIRED_S"]
