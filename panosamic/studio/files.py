@@ -46,11 +46,23 @@ DISK_FULL = "The server is out of disk space: try again in a few minutes."
 UPLOADS_WAITING = ("Too many uploaded files are waiting to be used: press Run with the files you uploaded, "
                    "or try again in a few minutes.")
 
-#: An upload no event used within this many seconds is deleted (the page uses one at once).
-UPLOAD_UNUSED_S = 300.0
-#: Unused uploads one address may hold: files and bytes (a full 8K RGB-D-N set is ~0.6 GB).
-UPLOAD_FILES = 8
-UPLOAD_BYTES = 1 << 30
+
+
+def _env_number(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(f"PANOSAMIC_{name}") or default)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+#: An upload no event used within this many seconds is deleted (the page uses one at once);
+#: PANOSAMIC_UPLOAD_UNUSED_S.
+UPLOAD_UNUSED_S = _env_number("UPLOAD_UNUSED_S", 300.0)
+#: Unused uploads one address may hold: files and bytes (a full 8K RGB-D-N set is ~0.6 GB);
+#: PANOSAMIC_UPLOAD_FILES, PANOSAMIC_UPLOAD_MB.
+UPLOAD_FILES = int(_env_number("UPLOAD_FILES", 8))
+UPLOAD_BYTES = int(_env_number("UPLOAD_MB", 1024) * 2**20)
 #: Uploads one client keeps once used (a page holds at most three: panorama, depth, normals).
 CLIENT_UPLOADS = 6
 #: Below this much free space, a write that failed without an errno (OpenCV's) is a full disk.

@@ -93,7 +93,24 @@ class UploadGuard:
                 await asyncio.to_thread(self.store.files.pin_existing)
             if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/gradio_api/upload"):
                 return await self.upload(scope, receive, send)
-        return await self.app(scope, receive, send)
+        try:
+            return await self.app(scope, receive, send)
+        except RuntimeError as exc:
+            # Gradio's event stream (GET /gradio_api/call/<name>/<event id>) raises a 404 when a
+            # client reads two events of one session hash at once and the first one's end took
+            # the second's messages: the response had started, so Starlette can only re-raise
+            # it, with a traceback. The client sees its stream end; one line says why.
+            from starlette.exceptions import HTTPException
+
+            if isinstance(exc.__cause__, HTTPException) and "response already started" in str(exc):
+                log.info("%s %s: the client's stream was cut (%s)", scope.get("method"), scope.get("path"),
+                         exc.__cause__.status_code)
+                try:  # end the response that had started
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except Exception:  # noqa: BLE001  (the connection is gone)
+                    pass
+                return None
+            raise
 
     async def _answer(self, scope, receive, send, status: int, text: str) -> None:
         from starlette.responses import PlainTextResponse
@@ -264,9 +281,10 @@ def track_events(demo, store) -> None:
                 log.warning("%s refused: the disk is full (%s)", name, type(exc).__name__)
                 raise refusal(DISK_FULL) from None
             raise
+        finally:
+            files.drop_leaks()  # gr.File's preprocess leaves an empty temporary file per input
         if isinstance(result, dict):
             files.seen(client, _paths(result.get("data"), []))
-        files.drop_leaks()  # gr.File's preprocess leaves an empty temporary file per input
         return result
 
     async def checked_preprocess_data(block_fn, inputs, state, explicit_call=False):
