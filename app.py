@@ -223,11 +223,13 @@ def panorama_input(**kwargs) -> gr.Image:
             try:
                 read_header(path, "image")
             except PanoSAMicError as exc:
+                log.info("panorama refused (%s): %s", type(exc).__name__, messages.user_message(exc))
                 raise pop_up(messages.user_message(exc)) from None
         try:
             return preprocess(payload)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
             name = getattr(payload, "orig_name", None) or "the file"
+            log.info("panorama refused (%s): %s cannot be read", type(exc).__name__, name)
             raise pop_up(f"{name} is not an image that can be read: upload a JPEG or PNG panorama "
                          "(equirectangular, width = 2 x height).") from None
 

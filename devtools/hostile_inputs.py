@@ -4,7 +4,7 @@
 {kind: HostileFile(path, role, expect)}: `role` is the input it is sent as (panorama, depth,
 normals) and `expect` a fragment of the plain message that must refuse it.
 `HOSTILE_PROMPTS` and `HOSTILE_CHECKPOINTS` are what a client may send instead of a prompt or
-a checkpoint name.
+a checkpoint name; `hostile_calls(url, good)` the ways a script may misuse the HTTP API.
 """
 
 from __future__ import annotations
@@ -172,3 +172,93 @@ HOSTILE_PROMPTS: Dict[str, str] = {
 HOSTILE_CHECKPOINTS = ["/etc", "/tmp", "local/../../etc", "../assets/demo", "demo/../..", "local/..",
                        "C:\\Windows", "~/.cache/huggingface", "..", "a" * 300, "x/y/z", "local//etc",
                        "file:///etc/passwd", "https://example.com/model", " /etc ", "demo\0", "local/.git"]
+
+
+def hostile_calls(url: str, good: Dict[str, str]) -> Dict[str, Any]:
+    """{kind: call} of hostile ways to use the app's HTTP API (what a script, not the page, can
+    send): calls out of order, values of the wrong type, a path nobody uploaded, two streams of
+    one session at once, uploads that are malformed or cut short. Each call returns
+    (HTTP status, text): 200 with the result, or the refusal. `good`: {"pano", "depth",
+    "normals"} paths on the server (uploaded) for calls that need real files."""
+    import socket
+    import threading
+
+    import httpx
+
+    base = url.rstrip("/")
+    host, port = base.split("//", 1)[1].split("/")[0].rsplit(":", 1)
+    http = httpx.Client(timeout=120)
+
+    def fd(path: str) -> Dict[str, Any]:
+        return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+    def call(name: str, data: Any, session: str = "hostile-fresh") -> Any:
+        r = http.post(f"{base}/gradio_api/call/{name}", json={"data": data, "session_hash": session})
+        if r.status_code != 200:
+            return r.status_code, r.text
+        event, text = None, ""
+        try:
+            with http.stream("GET", f"{base}/gradio_api/call/{name}/{r.json()['event_id']}") as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:") and event in ("complete", "error"):
+                        text = line[5:].strip()
+                        break
+        except httpx.HTTPError as exc:  # the server cut the stream (two of one session at once)
+            return 0, f"stream cut: {type(exc).__name__}"
+        return (200 if event == "complete" else 400), text
+
+    def raw(request: bytes) -> Any:
+        s = socket.create_connection((host, int(port)), timeout=10)
+        try:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)  # cut short: the announced body never comes
+            return 0, s.recv(4096).decode("latin-1", "replace")[:200]
+        except OSError as exc:
+            return 0, str(exc)
+        finally:
+            s.close()
+
+    def twice(name: str) -> Any:
+        out: list = []
+        threads = [threading.Thread(target=lambda: out.append(call(name, [None], "hostile-twice"))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return max(out)
+
+    # the endpoints' values as the HTTP API takes them (gr.State left out)
+    seg = [fd(good["pano"]), fd(good["depth"]), fd(good["normals"]), "local", 0, 10, 0.55]
+    part = b'--zz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + b"x" * 50_000
+    return {
+        "order:export_first": lambda: call("export", [None]),
+        "order:undo_first": lambda: call("undo", [0.55, None]),
+        "order:assign_first": lambda: call("assign", ["wall", 0, 0.55, None]),
+        "order:prompt_first": lambda: call("prompt", ['{"points": [[1, 1]]}', 0.55, None]),
+        "type:too_few_values": lambda: call("segment", [1]),
+        "type:text_for_a_file": lambda: call("segment", ["hello", *seg[1:]]),
+        "type:file_without_path": lambda: call("segment", [{"meta": {"_type": "gradio.FileData"}}, *seg[1:]]),
+        "type:path_not_uploaded": lambda: call("segment", [fd("/etc/passwd"), *seg[1:]]),
+        "type:text_for_a_number": lambda: call("segment", [*seg[:4], "abc", *seg[5:]]),
+        "type:dict_for_a_prompt": lambda: call("prompt", [{"points": [[1, 1]]}, 0.55, None]),
+        "http:bad_json": lambda: (lambda r: (r.status_code, r.text))(
+            http.post(f"{base}/gradio_api/call/prompt", content=b"{not json",
+                      headers={"content-type": "application/json"})),
+        "http:unknown_endpoint": lambda: call("no_such_endpoint", []),
+        "http:two_exports_one_stream_each": lambda: twice("export"),
+        "upload:not_multipart": lambda: (lambda r: (r.status_code, r.text))(
+            http.post(f"{base}/gradio_api/upload", content=b"x", headers={"content-type": "text/plain"})),
+        "upload:bad_multipart": lambda: (lambda r: (r.status_code, r.text))(
+            http.post(f"{base}/gradio_api/upload", content=b"garbage",
+                      headers={"content-type": "multipart/form-data; boundary=zz"})),
+        "upload:cut_short": lambda: raw(b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\n"
+                                        b"Content-Type: multipart/form-data; boundary=zz\r\n"
+                                        b"Content-Length: 1000000\r\n\r\n" + part),
+        "upload:evil_name": lambda: (lambda r: (r.status_code, "stored as " + "/".join(
+            Path(p).name for p in r.json()) if r.status_code == 200 else r.text))(
+            http.post(f"{base}/gradio_api/upload", files=[("files", ("../../etc/x.png", b"x"))])),
+        "http:join_cut_short": lambda: raw(b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\n"
+                                           b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"data\": ["),
+    }

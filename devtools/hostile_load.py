@@ -4,10 +4,13 @@
 
 Starts `python app.py` on 127.0.0.1 (the demo checkpoint by default), runs one good Run, then
 `--rounds` requests of each hostile kind (`devtools.hostile_inputs`: files sent as panorama,
-depth or normals; prompt JSON; checkpoint names), stopping early after `--max-seconds`. For
-each kind: refusal time p50/max (client round trip, seconds), and across the run the app's
-RSS growth (MB) and every answer that was not a plain refusal (accepted, a traceback, a server
-folder, "Unexpected error"). A final good prompt checks that the session still works.
+depth or normals; prompt JSON; checkpoint names; misuse of the HTTP API: calls out of order,
+wrong types, paths nobody uploaded, two streams at once, uploads malformed or cut short),
+stopping early after `--max-seconds`. For each kind: refusal time p50/max (client round trip,
+seconds), and across the run the app's RSS growth (MB) and every answer that was not a plain
+refusal (accepted, a traceback, a server folder, "Unexpected error", HTTP 5xx). A final good
+prompt checks that the session still works. The server log must hold no traceback (bad input
+is one line each: `refusals_in_log`); the exit status is 1 otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from devtools.app_process import running_app  # noqa: E402
-from devtools.hostile_inputs import (HOSTILE_CHECKPOINTS, HOSTILE_PROMPTS, write_hostile_files,  # noqa: E402
-                                     write_panorama)
+from devtools.hostile_inputs import (HOSTILE_CHECKPOINTS, HOSTILE_PROMPTS, hostile_calls,  # noqa: E402
+                                     write_hostile_files, write_panorama)
 
 
 def rss_mb(pid: int) -> float:
@@ -37,6 +40,14 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _http_outcome(answer) -> "str | None":
+    """None for a plain answer of the HTTP API (a result, or a refusal in words); otherwise why not."""
+    status, text = answer
+    if status >= 500 or "Traceback" in text or "Unexpected error" in text or "/tmp/" in text:
+        return f"not plain: HTTP {status}: {text[:120]}"
+    return None
 
 
 def main(argv=None) -> int:
@@ -78,6 +89,13 @@ def main(argv=None) -> int:
             calls[f"checkpoint:{i}"] = (lambda v=value: seg(pano, depth, normals, v))
         for name, text in HOSTILE_PROMPTS.items():
             calls[f"prompt:{name}"] = (lambda t=text: c.predict(t, api_name="/prompt"))
+        import httpx
+
+        up = httpx.post(app["url"] + "gradio_api/upload", timeout=60,
+                        files=[("files", (p.name, p.read_bytes())) for p in
+                               (Path(pano["path"]), Path(depth["path"]), Path(normals["path"]))]).json()
+        for kind, fn in hostile_calls(app["url"], dict(zip(("pano", "depth", "normals"), up))).items():
+            calls[f"api:{kind}"] = (lambda fn=fn: _http_outcome(fn()))
         t_start = time.perf_counter()
         for kind, call in calls.items():
             times = []
@@ -86,8 +104,8 @@ def main(argv=None) -> int:
                     break
                 t0 = time.perf_counter()
                 try:
-                    call()
-                    outcome = "accepted"
+                    answer = call()
+                    outcome = answer if kind.startswith("api:") else "accepted"
                 except AppError as e:
                     msg = str(e)
                     bad = ("Traceback" in msg or "Unexpected error" in msg or str(work) in msg
@@ -109,6 +127,7 @@ def main(argv=None) -> int:
         log = (work / "app.log").read_text()
         result["checkpoint_loads_in_log"] = log.count("loading checkpoint ")
         result["tracebacks_in_log"] = log.count("Traceback")
+        result["refusals_in_log"] = log.count(" refused")
     all_times = [v["max_s"] for v in result["kinds"].values()]
     groups = {}
     for kind, v in result["kinds"].items():
@@ -117,7 +136,8 @@ def main(argv=None) -> int:
                              "max_s": round(max(x["max_s"] for x in v), 4)} for g, v in groups.items()}
     result["slowest_refusal_s"] = max(all_times) if all_times else None
     print(json.dumps(result, indent=1))
-    return 0 if not result["not_plain"] and result["session_still_works"] else 1
+    ok = not result["not_plain"] and result["session_still_works"] and result["tracebacks_in_log"] == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

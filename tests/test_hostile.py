@@ -404,3 +404,17 @@ def test_pop_ups_show_text_that_looks_like_html_as_text(tmp_path):
     with pytest.raises(gr.Error) as err:
         studio_app.panorama_input(type="filepath").preprocess(FileData(path=str(bad), orig_name="<b>x</b>.png"))
     assert "<" not in err.value.message
+
+
+def test_a_hostile_load_logs_no_traceback():
+    """devtools.hostile_load (every hostile file, prompt and checkpoint name, and misuse of the
+    HTTP API: calls out of order, wrong types, paths nobody uploaded, two streams at once,
+    uploads malformed or cut short): every answer a plain refusal, bad input one log line each,
+    and no traceback in the server log (tracebacks are for bugs)."""
+    proc = subprocess.run([sys.executable, "-m", "devtools.hostile_load", "--rounds", "1", "--max-seconds", "120"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    result = json.loads(proc.stdout)
+    assert result["not_plain"] == [] and result["session_still_works"], result["not_plain"]
+    assert result["tracebacks_in_log"] == 0
+    assert result["refusals_in_log"] >= len(result["kinds"]) - 10  # a line each (a few answer without one)
+    assert proc.returncode == 0, proc.stderr[-2000:]

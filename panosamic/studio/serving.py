@@ -5,7 +5,8 @@ upload route, and which files each event names.
   component is made: uploads and Gradio's copies then go with the app's own files (deleted by
   session and at shutdown, and after a kill -9 by the next start).
 * `UploadGuard` (ASGI middleware, `app_kwargs`) serves `POST /gradio_api/upload` in place of
-  Gradio's route: each request into its own folder, bounded per address (unused files and
+  Gradio's route (and turns two client mistakes Gradio answers with a traceback, an unknown
+  endpoint and two streams of one session at once, into one log line each): each request into its own folder, bounded per address (unused files and
   bytes) and by the disk budget, deleted whole when it fails (Gradio's route left its
   temporary file behind on a full disk or a dropped connection, and answered HTTP 500). A
   refusal is plain text: 507 for a full disk, 429 for too many unused uploads, 413 too large.
@@ -95,7 +96,14 @@ class UploadGuard:
                 return await self.upload(scope, receive, send)
         try:
             return await self.app(scope, receive, send)
-        except RuntimeError as exc:
+        except Exception as exc:  # noqa: BLE001  (re-raised unless it is one of the two below)
+            from gradio.route_utils import FnIndexInferError
+
+            if isinstance(exc, FnIndexInferError):  # POST /gradio_api/call/<a name no endpoint has>
+                log.info("%s %s: no such endpoint", scope.get("method"), scope.get("path"))
+                return await self._answer(scope, receive, send, 404, "No such endpoint.")
+            if not isinstance(exc, RuntimeError):
+                raise
             # Gradio's event stream (GET /gradio_api/call/<name>/<event id>) raises a 404 when a
             # client reads two events of one session hash at once and the first one's end took
             # the second's messages: the response had started, so Starlette can only re-raise
