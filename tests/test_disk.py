@@ -320,7 +320,10 @@ def test_a_clients_files_go_when_it_closes_and_none_stay_after_shutdown(tmpfs, t
 
 
 def test_a_restart_after_kill_removes_what_the_killed_server_left(tmpfs, tmp_path):
-    from gradio_client import Client, handle_file
+    """kill -9 leaves the process's folder (uploads, pictures, Gradio's cache); the next start
+    deletes it, and nothing else in the temp folder. A client of the killed server that names
+    its old uploads is told they went with the restart."""
+    from panosamic.studio.serving import UPLOAD_FROM_BEFORE_RESTART
 
     env = {"TMPDIR": str(tmpfs), "GRADIO_TEMP_DIR": str(tmpfs)}
     args = ["--checkpoint", str(DEMO), "--device", "cpu", "--examples", str(tmp_path / "none")]
@@ -328,16 +331,20 @@ def test_a_restart_after_kill_removes_what_the_killed_server_left(tmpfs, tmp_pat
     other.mkdir()
     (other / "keep.txt").write_text("another program's file")
     with running_app(args, tmp_path / "first.log", env=env) as app:
-        Client(app["url"], verbose=False, download_files=str(tmp_path / "dl")).predict(
-            *[handle_file(str(p)) for p in _maps(tmp_path)], "local", 0, 10, api_name="/segment")
+        api = Api(app["url"])
+        old_inputs = api.file_data(*_maps(tmp_path))
+        out, error = api.call("segment", *old_inputs, "local", 0, 10)
+        assert error is None, error
         killed, = _roots(tmpfs)
         assert files_under(killed)
         app["proc"].kill()
         app["proc"].wait(timeout=30)
     assert killed.exists()  # kill -9: nothing could clean up
-    with running_app(args, tmp_path / "second.log", env=env):
+    with running_app(args, tmp_path / "second.log", env=env) as app:
         assert not killed.exists() and len(_roots(tmpfs)) == 1
         assert (other / "keep.txt").is_file()
+        out, error = Api(app["url"]).call("segment", *old_inputs, "local", 0, 10)
+        assert error == UPLOAD_FROM_BEFORE_RESTART.format(name="room_rgb.png"), error
 
 
 def test_the_disk_budget_evicts_an_idle_session_and_tells_its_user(tmp_path):

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 FRAMING_BYTES = 64 << 10
 UPLOAD_GONE = ("{name} is no longer on the server: files are deleted when their session closes. "
                "Upload it again (or pick the example again).")
+UPLOAD_FROM_BEFORE_RESTART = ("The server restarted since {name} was uploaded, and its files went with the "
+                              "restart: upload it again (or pick the example again) and press Run.")
 
 
 def use_root(store) -> None:
@@ -78,6 +80,18 @@ def _paths(value: Any, out: List[str]) -> List[str]:
             if isinstance(v, (dict, list, tuple)):
                 _paths(v, out)
     return out
+
+
+def _of_another_start(path: str, root: Path) -> bool:
+    """Whether `path` lies in the temporary folder of an earlier start of the app (a page
+    opened before a restart still names its uploads there; the new start deleted them)."""
+    from .store import TMP_PREFIX
+
+    p = Path(os.path.abspath(path))
+    if p.is_relative_to(root) or not p.is_relative_to(root.parent):
+        return False
+    parts = p.relative_to(root.parent).parts
+    return len(parts) > 1 and parts[0].startswith(TMP_PREFIX)
 
 
 class UploadGuard:
@@ -276,7 +290,12 @@ def track_events(demo, store) -> None:
         name = getattr(block_fn, "api_name", None) or getattr(block_fn, "name", None) or "event"
         if files._pinned is None:
             files.pin_existing()
-        missing = files.seen(client, _paths(bound.get("inputs"), []))
+        named = _paths(bound.get("inputs"), [])
+        earlier = [p for p in named if _of_another_start(p, store.root)]
+        if earlier:
+            log.info("%s refused: an input file from before the server restarted", name)
+            raise refusal(UPLOAD_FROM_BEFORE_RESTART.format(name=Path(earlier[0]).name))
+        missing = files.seen(client, named)
         if missing:
             log.info("%s refused: an input file was deleted with its session", name)
             raise refusal(UPLOAD_GONE.format(name=Path(missing[0]).name))
