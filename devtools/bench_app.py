@@ -17,7 +17,10 @@ session, as curl and the page's JavaScript do, without gradio_client's 50 ms pol
 * `--clients` concurrent users on the 1024x512 examples, each Run then clicks, assigns and
   undoes while the others run: per-endpoint p50/p95 and errors;
 * after the users leave (sessions closed by the idle timeout): RSS against its start, and the
-  export files left; after SIGTERM, whether the export folder is gone;
+  files left in the app's temporary folder (Gradio's cache in it); after SIGTERM, whether the
+  folder is gone;
+* the disk that folder takes: at start, its peak while the concurrent users work (sampled every
+  0.5 s), and after they leave;
 * the floor under every round trip on this machine: a Gradio app with one echo endpoint, in
   this process, driven the same two ways (`gradio_echo_p50_s`, `gradio_echo_p50_s_http`).
 
@@ -265,6 +268,32 @@ def _export_root(pid: int) -> List[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"panosamic-studio-{pid}-*"))
 
 
+class DiskSampler:
+    """The disk the app's temporary folder takes (Gradio's cache in it), sampled every
+    `every_s` seconds on a thread: the peak since `reset`, in MB."""
+
+    def __init__(self, folders: List[Path], every_s: float = 0.5):
+        from panosamic.studio.files import tree_bytes
+
+        self.folders, self.every_s, self._bytes = folders, every_s, tree_bytes
+        self.peak = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def now_mb(self) -> float:
+        return round(sum(self._bytes(f) for f in self.folders if f.exists()) / 2**20, 1)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, self.now_mb())
+
+    def reset(self) -> None:
+        self.peak = self.now_mb()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def _files_under(folders: List[Path]) -> int:
     return sum(1 for d in folders for p in d.rglob("*") if p.is_file())
 
@@ -321,6 +350,8 @@ def main(argv=None) -> int:
     ckpt = [] if args.photo else ["--checkpoint", str(ROOT / "assets" / "demo")]
     with running_app([*ckpt, "--session-idle-min", str(idle_min)], work / "app.log", timeout=120) as app:
         pid = app["proc"].pid
+        disk = DiskSampler(_export_root(pid))
+        result["disk_at_start_mb"] = disk.now_mb()
         result["startup_s"] = round(app["startup_s"], 2)
         result["rss_at_start_mb"] = round(_proc_status(pid)["VmRSS"], 1)
         expected = 0
@@ -338,15 +369,19 @@ def main(argv=None) -> int:
         if args.clients:
             _note(f"{args.clients} concurrent users ...")
             _reset_peak(pid)
+            disk.reset()
             result["concurrent"] = bench_concurrent(app["url"], examples, args.clients, max(1, args.clicks // 3))
+            result["concurrent"]["disk_peak_mb"] = disk.peak
             result["concurrent"]["rss_before_mb"] = round(rss_before, 1)
             result["concurrent"]["rss_peak_mb"] = round(_proc_status(pid)["VmHWM"], 1)
         _wait_for_releases(app["log"], expected + args.clients, args.idle_s * 4 + 30)
         left = _files_under(_export_root(pid))
         rss_after = _proc_status(pid)["VmRSS"]
         result["after_users_leave"] = {"rss_before_users_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
-                                       "rss_delta_mb": round(rss_after - rss_before, 1), "export_files_left": left}
+                                       "rss_delta_mb": round(rss_after - rss_before, 1), "export_files_left": left,
+                                       "disk_mb": disk.now_mb()}
         roots = _export_root(pid)
+    disk.stop()
     result["after_shutdown"] = {"export_folders_left": sum(1 for r in roots if r.exists())}
     result["floor"] = gradio_echo_round_trip()
     text = json.dumps(result, indent=1)
