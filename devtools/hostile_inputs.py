@@ -182,6 +182,7 @@ def hostile_calls(url: str, good: Dict[str, str]) -> Dict[str, Any]:
     "normals"} paths on the server (uploaded) for calls that need real files."""
     import socket
     import threading
+    import time
 
     import httpx
 
@@ -197,6 +198,7 @@ def hostile_calls(url: str, good: Dict[str, str]) -> Dict[str, Any]:
         if r.status_code != 200:
             return r.status_code, r.text
         event, text = None, ""
+        deadline = time.monotonic() + 30  # Gradio's stream may hang on misuse (heartbeats only)
         try:
             with http.stream("GET", f"{base}/gradio_api/call/{name}/{r.json()['event_id']}") as stream:
                 for line in stream.iter_lines():
@@ -205,6 +207,8 @@ def hostile_calls(url: str, good: Dict[str, str]) -> Dict[str, Any]:
                     elif line.startswith("data:") and event in ("complete", "error"):
                         text = line[5:].strip()
                         break
+                    if time.monotonic() > deadline:
+                        return 0, "stream still open after 30 s"
         except httpx.HTTPError as exc:  # the server cut the stream (two of one session at once)
             return 0, f"stream cut: {type(exc).__name__}"
         return (200 if event == "complete" else 400), text
@@ -222,7 +226,8 @@ def hostile_calls(url: str, good: Dict[str, str]) -> Dict[str, Any]:
 
     def twice(name: str) -> Any:
         out: list = []
-        threads = [threading.Thread(target=lambda: out.append(call(name, [None], "hostile-twice"))) for _ in range(2)]
+        session = f"hostile-twice-{time.monotonic_ns()}"
+        threads = [threading.Thread(target=lambda: out.append(call(name, [None], session))) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:

@@ -247,7 +247,7 @@ class TempFiles:
         """Why `address` may not upload `nbytes` more now (too many unused uploads), or None."""
         with self._lock:
             mine = [u for u in self._uploads.values() if u.address == address and not u.used]
-            if len(mine) >= self.upload_files or sum(u.nbytes for u in mine) + nbytes > self.upload_bytes:
+            if sum(u.files for u in mine) >= self.upload_files or sum(u.nbytes for u in mine) + nbytes > self.upload_bytes:
                 return UPLOADS_WAITING
         return None
 
@@ -255,7 +255,7 @@ class TempFiles:
         """(files, bytes) `address` may still upload unused."""
         with self._lock:
             mine = [u for u in self._uploads.values() if u.address == address and not u.used]
-            return (max(0, self.upload_files - len(mine)),
+            return (max(0, self.upload_files - sum(u.files for u in mine)),
                     max(0, self.upload_bytes - sum(u.nbytes for u in mine)))
 
     def new_upload(self, address: str, nbytes: int) -> Path:
@@ -303,11 +303,11 @@ class TempFiles:
                 if not os.path.exists(path):
                     missing.append(path)
                     continue
+                if record is None:  # no client to own it: it stays unused (and goes as such)
+                    continue
                 upload = self._upload_of(parts)
                 if upload is not None and upload in self._uploads:
                     self._uploads[upload].used = True
-                if record is None:
-                    continue
                 self._owners.setdefault(path, set()).add(client)
                 if upload is not None:
                     if path in record.uploads:
