@@ -204,15 +204,19 @@ def test_uploads_and_copies_go_with_the_clients_that_used_them(tmp_path):
 
 
 def test_an_address_has_a_bounded_number_of_unused_uploads(tmp_path):
-    files = TempFiles(tmp_path, upload_files=2, upload_bytes=100)
+    files = TempFiles(tmp_path, upload_files=3, upload_bytes=100)
     assert files.upload_refusal("a", 150) == UPLOADS_WAITING  # larger than the allowance
     first = files.new_upload("a", 40)
-    files.upload_done(first, [])
+    (first / "sha").mkdir()
+    for name in ("x.png", "y.png"):
+        (first / "sha" / name).write_bytes(b"x" * 10)
+    files.upload_done(first, [str(first / "sha" / n) for n in ("x.png", "y.png")])  # one request, two files
+    assert files.allowance("a") == (1, 80) and files.upload_refusal("a", 1) is None
     files.new_upload("a", 40)
-    assert files.upload_refusal("a", 1) == UPLOADS_WAITING   # two unused already
+    assert files.upload_refusal("a", 1) == UPLOADS_WAITING   # three unused files already
     assert files.upload_refusal("b", 50) is None             # another address
-    files.seen("tab", [str(first / "x")])                    # gone already: not counted as used
-    assert files.allowance("b") == (2, 100)
+    files.seen("tab", [str(first / "sha" / "x.png")])        # used: no longer counted
+    assert files.upload_refusal("a", 1) is None and files.allowance("b") == (3, 100)
 
 
 def test_the_disk_budget_releases_the_least_recently_used_idle_session_first(tmp_path):
