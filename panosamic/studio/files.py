@@ -59,10 +59,12 @@ def _env_number(name: str, default: float) -> float:
 #: An upload no event used within this many seconds is deleted (the page uses one at once);
 #: PANOSAMIC_UPLOAD_UNUSED_S.
 UPLOAD_UNUSED_S = _env_number("UPLOAD_UNUSED_S", 300.0)
-#: Unused uploads one address may hold: files and bytes (a full 8K RGB-D-N set is ~0.6 GB);
-#: PANOSAMIC_UPLOAD_FILES, PANOSAMIC_UPLOAD_MB.
-UPLOAD_FILES = int(_env_number("UPLOAD_FILES", 8))
-UPLOAD_BYTES = int(_env_number("UPLOAD_MB", 1024) * 2**20)
+#: Unused uploads one address may hold: files and bytes (a full 8K RGB-D-N set is ~0.6 GB).
+#: An upload is used within a second (the page's change event, an API client's call), so this
+#: bounds what arrives at once from one address: users behind one NAT share it (20 users
+#: starting together: 60 files); PANOSAMIC_UPLOAD_FILES, PANOSAMIC_UPLOAD_MB.
+UPLOAD_FILES = int(_env_number("UPLOAD_FILES", 64))
+UPLOAD_BYTES = int(_env_number("UPLOAD_MB", 2048) * 2**20)
 #: Uploads one client keeps once used (a page holds at most three: panorama, depth, normals).
 CLIENT_UPLOADS = 6
 #: Below this much free space, a write that failed without an errno (OpenCV's) is a full disk.
