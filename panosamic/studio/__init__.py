@@ -3,7 +3,9 @@
     checkpoints.py  the picker's choices (and what a client may ask for), models loaded lazily
     backend.py      StudioBackend: the work behind each event, shared state
     session.py      one user's panorama at the working size: prompts, candidates, edits, undo
-    store.py        sessions' lifetime: idle timeout, memory budget, export folders
+    store.py        sessions' lifetime: idle timeout, memory and disk budgets, a user's files
+    files.py        the app's temporary files: whose they are, how long they stay, a full disk
+    serving.py      Gradio's side of them: its cache in the app's folder, the upload route, events
     cache.py        embeddings (PanoramaState) shared between users by content hash
     prompts.py      the /prompt JSON, checked strictly
     uploads.py      reading uploads; the example list
@@ -12,7 +14,8 @@
     messages.py     user-facing texts: errors with a fix, status lines
     shutdown.py     every handler's job, and a graceful stop on SIGTERM
 
-Importing it does not import torch or gradio (the page opens before any model code loads).
+Importing it does not import torch or gradio (the page opens before any model code loads;
+serving.py imports gradio in its functions).
 """
 
 from .backend import StudioBackend, load_predictor
