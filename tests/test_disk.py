@@ -219,6 +219,46 @@ def test_an_address_has_a_bounded_number_of_unused_uploads(tmp_path):
     assert files.upload_refusal("a", 1) is None and files.allowance("b") == (3, 100)
 
 
+def test_an_idle_clients_files_go_with_its_session(tmp_path):
+    """After --session-idle-min unused, the session goes and so do its client's uploads,
+    previews, views and exports; an active client's files stay."""
+    store = SessionStore(root=tmp_path / "root", idle_s=10)
+    store.files.pin_existing()
+    upload = store.files.new_upload("10.0.0.1", 1)
+    (upload / "sha").mkdir()
+    (upload / "sha" / "room_rgb.png").write_bytes(b"png")
+    store.files.upload_done(upload, [str(upload / "sha" / "room_rgb.png")])
+    idle, busy = make_session(), make_session()
+    store.add(idle, client="idle-tab")
+    store.add(busy, client="busy-tab")
+    store.files.seen("idle-tab", [str(upload / "sha" / "room_rgb.png")])
+    preview = Path(store.write_preview("idle-tab", b"jpeg"))
+    with store.use(idle):
+        view = Path(store.write_view(idle, b"jpeg"))
+    with store.use(busy):
+        other = Path(store.write_view(busy, b"jpeg"))
+    import threading
+
+    held, done = threading.Event(), threading.Event()
+
+    def event_on_busy():  # an event running on it: not idle
+        with busy.lock:
+            held.set()
+            done.wait(30)
+
+    worker = threading.Thread(target=event_on_busy)
+    worker.start()
+    held.wait(30)
+    try:
+        assert store.sweep(now=time.monotonic() + 11) == 1
+    finally:
+        done.set()
+        worker.join(30)
+    assert idle.closed == "idle" and busy.closed is None
+    assert not upload.exists() and not preview.exists() and not view.exists() and other.is_file()
+    store.close_all()
+
+
 def test_the_disk_budget_releases_the_least_recently_used_idle_session_first(tmp_path):
     """Replaced files go first, then the least recently used idle session (told why), and
     when nothing idle is left a plain refusal."""
