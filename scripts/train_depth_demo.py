@@ -118,28 +118,56 @@ def loss_fn(pred: torch.Tensor, target: torch.Tensor, lat_w: torch.Tensor, grad_
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(folder: Path) -> Dict:
-    """Held-out numbers on the bundled 1024x512 examples, through `load_estimator` + `estimate_maps`."""
-    from panosamic import io
+def evaluate(folder: Path, seg_checkpoint: Path = None) -> Dict:
+    """Held-out numbers on the bundled 1024x512 examples, through `load_estimator` + `estimate_maps`.
+
+    With `seg_checkpoint` (default: the RGB-D-N demo, assets/demo) also the issue's done-when:
+    the checkpoint's mIoU on the examples with the estimated depth and normals (the panorama
+    alone) against its mIoU with the true maps."""
+    from panosamic import io, metrics
     from panosamic.estimation import estimate_maps, load_estimator
     from panosamic.estimation.metrics import depth_errors, normal_angle_errors
 
     est = load_estimator(str(folder), device="cpu")
-    per, t = {}, []
+    predictor = None
+    if seg_checkpoint is not None and (seg_checkpoint / "config.json").is_file():
+        import panosamic
+
+        predictor = panosamic.from_pretrained(str(seg_checkpoint), device="cpu")
+    per, t, cms = {}, [], {"true": 0, "estimated": 0}
     for name in io.list_examples():
         paths = io.example_paths(name)
         rgb = io.load_image(paths["image"])
         true_d = io.load_depth(paths["depth"])
-        true_n = geometry.decode_normals(io.load_normals(paths["normals"]))
+        true_rgbn = io.load_normals(paths["normals"])
+        true_n = geometry.decode_normals(true_rgbn)
         H, W = true_d.shape
         t0 = time.perf_counter()
         maps = estimate_maps(rgb, est, H, W)
         t.append(time.perf_counter() - t0)
         per[name] = {**depth_errors(maps.depth, true_d), **normal_angle_errors(maps.normals, true_n)}
-    keys = next(iter(per.values())).keys()
+        if predictor is not None:
+            gt = io.load_labels(paths["labels"]).astype(np.int64)
+            k = predictor.dataset.num_classes
+            for key, (d, n) in {"true": (true_d, true_rgbn), "estimated": (maps.depth, maps.normals_rgb)}.items():
+                predictor.set_panorama(rgb, d, n)
+                cm = metrics.confusion_matrix(predictor.labels, gt, k)
+                cms[key] = cms[key] + cm
+                per[name][f"miou_{key}_maps"] = float(np.nanmean(metrics.iou_from_confusion(cm)))
+    keys = [k for k in next(iter(per.values())).keys() if not k.startswith("miou")]
     overall = {f"median_over_examples_{k}": float(np.median([v[k] for v in per.values()])) for k in keys}
     overall.update({f"mean_over_examples_{k}": float(np.mean([v[k] for v in per.values()])) for k in keys})
-    return {"overall": overall, "per_example": per, "seconds_per_example": float(np.median(t))}
+    out = {"overall": overall, "per_example": per, "seconds_per_example": float(np.median(t))}
+    if predictor is not None:
+        seg = {f"miou_{k}_maps": float(np.nanmean(metrics.iou_from_confusion(cm))) for k, cm in cms.items()}
+        seg["ratio"] = seg["miou_estimated_maps"] / seg["miou_true_maps"]
+        out["segmentation"] = {"checkpoint": str(seg_checkpoint.relative_to(ROOT) if seg_checkpoint.is_relative_to(ROOT)
+                                                 else seg_checkpoint), **seg,
+                               "how": "confusion matrices summed over the six examples; the checkpoint gets the "
+                                      "panorama with the true depth + normals, then with estimate_maps' depth + "
+                                      "normals at the image's 1024x512 (the Predictor wants the image's size; "
+                                      "the normals come from the estimator's working depth either way)"}
+    return out
 
 
 # --------------------------------------------------------------------------- main
@@ -158,11 +186,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--render-workers", type=int, default=2)
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--seg-checkpoint", type=Path, default=ROOT / "assets" / "demo",
+                    help="a PanoSAMic checkpoint reading depth + normals, run with true and estimated maps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     if args.eval_only:
-        print(json.dumps(evaluate(args.out), indent=1))
+        print(json.dumps(evaluate(args.out, args.seg_checkpoint), indent=1))
         return 0
 
     torch.manual_seed(args.seed)
@@ -224,7 +254,7 @@ def main(argv=None) -> int:
     print(f"trained {args.steps} steps in {t_train:.0f} s; saved {args.out}: {sizes}", flush=True)
 
     t_eval = time.perf_counter()
-    results = evaluate(args.out)
+    results = evaluate(args.out, args.seg_checkpoint)
     t_eval = time.perf_counter() - t_eval
     report = {
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -242,6 +272,10 @@ def main(argv=None) -> int:
     print(f"held-out (6 examples, 1024x512): AbsRel median {o['median_over_examples_absrel']:.3f} "
           f"(mean {o['mean_over_examples_absrel']:.3f}), normal angle median "
           f"{o['median_over_examples_angle_median_deg']:.1f} deg", flush=True)
+    if "segmentation" in results:
+        sg = results["segmentation"]
+        print(f"{sg['checkpoint']}: mIoU {sg['miou_estimated_maps']:.3f} with estimated maps vs "
+              f"{sg['miou_true_maps']:.3f} with true maps ({sg['ratio']:.2f}x)", flush=True)
     return 0
 
 
