@@ -4,7 +4,9 @@ Every estimator has
     ``name`` (str, e.g. a Hugging Face id or "demo-depth"), ``licence`` (str, the weights'
     licence as its publisher states it), ``metric`` (bool: True if it predicts metres, False
     for relative depth of an arbitrary scale) and ``note`` (None, or a sentence the app should
-    show, e.g. "the demo estimator ran: the real model could not be fetched (...)").
+    show, e.g. "the demo estimator ran: the real model could not be fetched (...)"); the
+    estimators of :func:`~panosamic.estimation.load_estimator` also have ``fallback`` (True on
+    the demo that ``"auto"`` fell back to).
 
 and one of
     ``predict_views(images, views) -> z_depth`` (:class:`ViewDepthEstimator`): a perspective

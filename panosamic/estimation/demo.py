@@ -130,6 +130,7 @@ class DemoDepthEstimator:
 
     metric = True
     note: Optional[str] = None
+    fallback = False  # load_estimator("auto") sets True on the demo it fell back to
 
     def __init__(self, folder: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu"):
         from safetensors.torch import load_file

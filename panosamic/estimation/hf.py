@@ -66,7 +66,7 @@ def small_config():
     return DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=384,
                                reassemble_factors=[4, 2, 1, 0.5], neck_hidden_sizes=[48, 96, 192, 384],
                                fusion_hidden_size=64, head_hidden_size=32, head_in_index=-1,
-                               depth_estimation_type="metric", max_depth=20.0)
+                               depth_estimation_type="metric", max_depth=20)
 
 
 class TransformersDepthEstimator:
@@ -74,15 +74,16 @@ class TransformersDepthEstimator:
 
     Attributes: ``name`` (the Hub id or folder), ``licence``, ``metric``, ``view_size`` (the
     processor's input size: 518 for Depth Anything), ``note`` (None), ``device``, ``model``,
-    ``processor``. ``batch_size`` views go through the model at once (memory is bounded by
-    it, not by the panorama's size).
+    ``processor``. ``batch_size`` views go through the model at once (default 4 on a CPU, 16
+    elsewhere; memory is bounded by it, not by the panorama's size).
     """
 
     note: Optional[str] = None
+    fallback = False  # load_estimator("auto") sets True on the demo it fell back to
 
     def __init__(self, model_id: str = DEFAULT_MODEL, revision: Optional[str] = None,
                  device: Union[str, torch.device, None] = "cpu", local_files_only: bool = False,
-                 cache_dir: Optional[str] = None, batch_size: int = 4, model=None, processor=None):
+                 cache_dir: Optional[str] = None, batch_size: Optional[int] = None, model=None, processor=None):
         from ..device import resolve_device
 
         self.device = resolve_device(device)
@@ -103,9 +104,11 @@ class TransformersDepthEstimator:
         self.licence = LICENCES.get(model_id, "unknown: see the model card on the Hugging Face Hub")
         cfg = self.model.config
         self.metric = getattr(cfg, "depth_estimation_type", "relative") == "metric"
-        size = getattr(processor, "size", None) or {}
-        self.view_size = int(size.get("height", 518)) if isinstance(size, dict) else 518
-        self.batch_size = max(1, int(batch_size))
+        size = getattr(processor, "size", None)  # a dict, or transformers 5's SizeDict
+        height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
+        self.view_size = int(height or 518)
+        # views per forward pass: 4 on a CPU (no gain from more, less memory), all 14 on a GPU
+        self.batch_size = max(1, int(batch_size or (4 if self.device.type == "cpu" else 16)))
 
     @torch.inference_mode()
     def predict_views(self, images: np.ndarray, views: ViewSet) -> np.ndarray:

@@ -41,7 +41,8 @@ def _is_demo_folder(path: Path) -> bool:
 
 
 def load_estimator(name_or_path: Union[str, os.PathLike] = "auto", device=None, *,
-                   cache_dir: Optional[str] = None, revision: Optional[str] = None, batch_size: int = 4):
+                   cache_dir: Optional[str] = None, revision: Optional[str] = None,
+                   batch_size: Optional[int] = None):
     """A depth estimator with ``.name``, ``.licence``, ``.metric``, ``.note`` and ``.fallback``.
 
     name_or_path:
