@@ -118,6 +118,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="memory for cached panorama embeddings shared by all users (0 = off)")
     p.add_argument("--embedding-cache-dir", default=_env("EMBEDDING_CACHE", EMBEDDING_CACHE_DIR),
                    help="folder that keeps encoded panoramas across restarts, so the same files skip the encoder")
+    p.add_argument("--depth-estimator", default=_env("DEPTH_ESTIMATOR", "auto"),
+                   help="what estimates depth and normals from a photo without them: auto (Depth Anything V2 "
+                        "Metric Indoor Small when it can be had, else the offline demo), demo, a Hub id or "
+                        "folder, or none (Run then asks for the maps)")
     p.add_argument("--embedding-cache-mb", type=float, default=float(_env("EMBEDDING_CACHE_MB", EMBEDDING_CACHE_MB)),
                    help="disk for that folder; the least recently used panoramas go first (0 = off)")
     p.add_argument("--preencode", action=argparse.BooleanOptionalAction, default=_env_bool("PREENCODE", True),
@@ -264,7 +268,8 @@ class Studio:
                                      cache_mb=settings.cache_mb, examples=settings.examples,
                                      session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min,
                                      embedding_cache_dir=settings.embedding_cache_dir or None,
-                                     embedding_cache_mb=settings.embedding_cache_mb, lend_gpu=zero_gpu_lender())
+                                     embedding_cache_mb=settings.embedding_cache_mb, lend_gpu=zero_gpu_lender(),
+                                     depth_estimator=settings.depth_estimator)
         self.checkpoints = self.backend.checkpoints
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
@@ -332,7 +337,8 @@ class Studio:
     # ----------------------------------------------------------------- handlers
     def requirements_text(self, choice: Optional[str], pano: Any, depth: Any, normals: Any) -> Tuple[str, bool]:
         """What the selected checkpoint needs, and whether Run can start."""
-        return messages.requirements_text(self.checkpoints, choice, pano, depth, normals)
+        return messages.requirements_text(self.checkpoints, choice, pano, depth, normals,
+                                          estimates=self.backend.depth_estimator != "none")
 
     def requirements(self, choice: Optional[str], pano: Any, depth: Any, normals: Any):
         """What the checkpoint needs, how long a Run will take when that is long, and Run's state."""
@@ -370,13 +376,15 @@ class Studio:
                 ui.edit_status: ""}
 
     def segment(self, panorama, depth=None, normals=None, checkpoint=None, depth_scale=0, max_depth=10,
-                opacity=0.55, session=None, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+                opacity=0.55, estimate_3d=True, session=None, request: gr.Request = None,
+                progress=gr.Progress(track_tqdm=True)):
         """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings.
         Depth and normals are optional (their None defaults make them optional for API
         clients too): "auto" takes the checkpoint for the maps given."""
         t_start = time.perf_counter()
         s, _ = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
-                                    previous=session, client=getattr(request, "session_hash", None))
+                                    previous=session, client=getattr(request, "session_hash", None),
+                                    estimate_3d=bool(estimate_3d))
         progress(0.92, desc="Rendering")
         with self.backend.store.use(s):
             t1 = time.perf_counter()
@@ -567,6 +575,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                             info="0 = auto: PNG in millimetres, .npy/.exr in metres")
                     max_depth = gr.Slider(1, 50, value=10, step=0.5, label="Max depth T (m)",
                                           info="Depth encoding range of the model (10 m for indoor rooms)")
+                    estimate_3d = gr.Checkbox(value=True, label="Estimate depth for the 3D view",
+                                              info="Without a depth map, an RGB checkpoint's run also estimates "
+                                                   "depth from the photo, for the point cloud and the export")
                     pps = gr.Slider(4, 32, value=16, step=1, label="SAM instance grid (points per side)",
                                     info="For 'Refine with SAM instances'; fewer points are faster")
                 run = gr.Button("Run", variant="primary", interactive=False, elem_id="run-button")
@@ -660,7 +671,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         start = [server_start]
         with gr.Row(visible=False):
             for run_event in action(run.click, studio.segment, heavy_job,
-                                    [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
+                                    [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, estimate_3d,
+                                     session],
                                     outputs, "segment", run_status, heavy):
                 run_event.success(studio.current_start, None, server_start, api_visibility="private",
                                   show_progress="hidden")

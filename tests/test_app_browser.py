@@ -283,7 +283,13 @@ def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
             page.locator("#run-status").get_by_text("Segmented 1024×512").wait_for()
             photo_run_s = time.perf_counter() - t0
             assert "Demo RGB" in page.locator("#run-status").inner_text()
+            assert "estimated from the photo" in page.locator("#run-status").inner_text()
             page.locator("#legend .pano-legend-row").first.wait_for()
+            # the 3D view of an RGB-only photo: its depth estimated, a point cloud with every class
+            page.locator("#pano-3d .js-plotly-plot").first.wait_for()
+            traces = page.evaluate("""() => document.querySelector('#pano-3d .js-plotly-plot')._fullData
+                .filter(t => t.name !== 'camera').map(t => t.x.length)""")
+            assert len(traces) >= 2 and all(n > 0 for n in traces), traces
             # a click gives candidates; Assign writes one into the map; Export gives the files
             view = page.locator("#pano-view img")
             src = _picture_src(page)
@@ -302,11 +308,14 @@ def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
             page.screenshot(path=str(shot))          # the first screen, as a newcomer sees it
             if os.environ.get("PANOSAMIC_UPDATE_SCREENSHOT") == "1":
                 _save_small_png(shot, ROOT / "assets" / "screenshot-photo.png")
-            # the Demo RGB-D-N with a photo alone: Run says what is missing and which choice fits
+            # the Demo RGB-D-N with a photo alone: the depth and normals are estimated from it
             page.locator("#checkpoint input").click()
             page.get_by_role("option", name="Demo RGB-D-N").click()
-            page.locator("#requirements").get_by_text("Missing: depth").wait_for()
-            assert page.locator("#run-button").is_disabled()
+            page.locator("#requirements").get_by_text("will be estimated from the photo").wait_for()
+            assert not page.locator("#run-button").is_disabled()
+            page.locator("#run-button").click()
+            page.locator("#run-status").get_by_text("Demo RGB-D-N").wait_for()
+            assert "depth and normals were estimated" in page.locator("#run-status").inner_text()
 
             # a released checkpoint: not downloaded, the Hub silent -> one message, quickly
             page.locator("#checkpoint input").click()

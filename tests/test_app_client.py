@@ -236,10 +236,7 @@ def test_bad_inputs_give_messages_not_stack_traces(app_env, tmp_path):
     msg = _error(lambda: c.predict(handle_file(str(ex["image"])), handle_file(str(small)),
                                    handle_file(str(ex["normals"])), api_name="/segment"))
     assert "128x64" in msg and "256x128" in msg
-    # a missing modality (the checkpoint needs depth; normals alone cannot stand in for it)
-    msg = _error(lambda: c.predict(handle_file(str(ex["image"])), None, handle_file(str(ex["normals"])),
-                                   api_name="/segment"))
-    assert "needs the depth map" in msg and "Automatic" in msg
+    # a missing modality is estimated from the photo (tests/test_estimation.py): no error here
     # a released checkpoint that is not downloaded, offline: says what failed and how to fix it
     msg = _error(lambda: c.predict(handle_file(str(ex["image"])), None, None, "stanford2d3ds-vith-rgb-fold1",
                                    api_name="/segment"))
@@ -288,6 +285,10 @@ def test_the_app_builds_its_picker_from_the_command_line(reference_dir, tmp_path
     assert studio.checkpoints.default == "local" and studio.checkpoints.local_dir == ckpt.resolve()
     assert studio.examples == []
     text, ok = studio.requirements_text("local", "p.jpg", None, "n.png")
+    assert ok and "depth will be estimated from the photo" in text
+    refusing = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none"),
+                                          "--depth-estimator", "none"]))
+    text, ok = refusing.requirements_text("local", "p.jpg", None, "n.png")
     assert not ok and "Missing: depth" in text
     text, ok = studio.requirements_text("local", "p.jpg", "d.png", None)
     assert ok and "derived from the depth" in text

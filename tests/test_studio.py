@@ -460,8 +460,9 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     ex = write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
     backend = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, examples=str(tmp_path / "examples"))
     assert [Path(p).name for p in backend.examples[0]] == ["office_rgb.jpg", "office_depth.png", "office_normals.png"]
-    with pytest.raises(InputError, match="needs the depth map too"):
-        backend.segment(str(ex["image"]), None, str(ex["normals"]), "local", 0, 10)
+    refusing = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, depth_estimator="none")
+    with pytest.raises(InputError, match="needs the depth map too"):   # no estimator: the map is asked for
+        refusing.segment(str(ex["image"]), None, str(ex["normals"]), "local", 0, 10)
 
     stages = []
     s, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), None, 0, None,

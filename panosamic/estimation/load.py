@@ -42,7 +42,7 @@ def _is_demo_folder(path: Path) -> bool:
 
 def load_estimator(name_or_path: Union[str, os.PathLike] = "auto", device=None, *,
                    cache_dir: Optional[str] = None, revision: Optional[str] = None,
-                   batch_size: Optional[int] = None):
+                   batch_size: Optional[int] = None, local_files_only: bool = False):
     """A depth estimator with ``.name``, ``.licence``, ``.metric``, ``.note`` and ``.fallback``.
 
     name_or_path:
@@ -53,13 +53,15 @@ def load_estimator(name_or_path: Union[str, os.PathLike] = "auto", device=None, 
         anything else: a Hugging Face Hub id (errors are raised, no fallback).
     device: ``"cpu"``, ``"cuda"``, ... or None / ``"auto"`` (cuda > mps > cpu).
     cache_dir, revision, batch_size: passed to :class:`~.hf.TransformersDepthEstimator`.
+    local_files_only: "auto" tries only the Hugging Face cache (a caller that knows the Hub
+        cannot be reached: no connection time-out before the demo takes over).
     """
     name = os.fspath(name_or_path)
     if name == "demo":
         est = DemoDepthEstimator(DEMO_DIR, device=device)
     elif name == "auto":
         est, reasons = None, []
-        tries = [True] if _offline() else [True, False]  # the cache first, then the Hub
+        tries = [True] if _offline() or local_files_only else [True, False]  # the cache first, then the Hub
         for local_only in tries:
             try:
                 est = TransformersDepthEstimator(DEFAULT_MODEL, revision=revision, device=device,
@@ -70,7 +72,8 @@ def load_estimator(name_or_path: Union[str, os.PathLike] = "auto", device=None, 
                 reasons.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip())
         if est is None:
             est = DemoDepthEstimator(DEMO_DIR, device=device)
-            why = "offline (HF_HUB_OFFLINE=1) and not in the cache" if _offline() else reasons[-1]
+            why = ("offline (HF_HUB_OFFLINE=1) and not in the cache" if _offline() else
+                   "the Hub cannot be reached and it is not in the cache" if local_files_only else reasons[-1])
             est.note = f"{FALLBACK_NOTE} ({DEFAULT_MODEL}: {why})"
             est.fallback = True
             return est

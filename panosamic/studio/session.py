@@ -112,7 +112,8 @@ class Session:
                  has_normals: bool = False, key: Optional[str] = None, checkpoint: Optional[str] = None,
                  state: Any = None, model_key: Any = None, max_depth: Optional[float] = None,
                  name: str = "panorama", timings: Optional[Dict[str, float]] = None,
-                 notes: Optional[Sequence[str]] = None, checkpoint_label: Optional[str] = None):
+                 notes: Optional[Sequence[str]] = None, checkpoint_label: Optional[str] = None,
+                 estimated: Sequence[str] = ()):
         labels = np.asarray(labels)
         image = np.asarray(image)
         if image.shape[:2] != labels.shape:
@@ -124,6 +125,8 @@ class Session:
         if self.depth is not None and self.depth.shape != labels.shape:
             raise InputError(f"depth {self.depth.shape} does not match the labels {labels.shape}")
         self.has_normals = bool(has_normals)
+        #: the maps estimated from the photo ("depth", "normals"): exported beside the labels
+        self.estimated: Tuple[str, ...] = tuple(estimated)
         self.classes = tuple(classes)
         self.palette = np.asarray(palette, np.uint8)
         self.initial_labels = labels.astype(np.uint8)
@@ -493,6 +496,7 @@ class Session:
             "classes": list(self.classes),
             "has_depth": self.depth is not None,
             "has_normals": self.has_normals,
+            "estimated_maps": list(self.estimated),
             "max_depth": self.max_depth,
             "edits": len(self.refined),
             "changed_pixels": int(np.count_nonzero(self.labels != self.initial_labels)),
