@@ -223,6 +223,21 @@ def panorama_input(**kwargs) -> gr.Image:
 
 # ============================================================================ the app
 
+CLICK_LABEL = "Click: new selection · Shift-click: add a point (in either view)"
+CLICK_INFO = ("Negative point: a click takes a part away from the selection. Box: two clicks start a new "
+              "selection (Shift keeps the points). After Assign the next click starts afresh.")
+# gr.Image's select event says where, not whether Shift was held: the page notes the modifier of
+# every pointer press (SHIFT_HEAD, in the page's head) and the map's select event hands it in as
+# its third input (SHIFT_INPUT_JS runs in the browser before the event is sent). The 360° viewer
+# sends it itself (static/viewer.js: shift in its pano_click event).
+SHIFT_HEAD = """<script>
+for (const type of ["pointerdown", "click"]) {
+  document.addEventListener(type, (e) => { window.panosamicShift = e.shiftKey === true; }, true);
+}
+</script>"""
+SHIFT_INPUT_JS = "(...inputs) => { inputs[2] = window.panosamicShift === true; return inputs; }"
+
+
 def _click_kind(mode: str) -> str:
     return "box" if mode == CLICK_MODES[2] else "negative" if mode == CLICK_MODES[1] else "positive"
 
@@ -395,21 +410,24 @@ class Studio:
         return {self.ui.edit_status: messages.RESTARTED_SINCE if self.restarted(server_start)
                 else messages.CLICK_BEFORE_RUN}
 
-    def click(self, s, mode, opacity, server_start, evt: gr.SelectData):
-        """A click on the ERP view (display pixels)."""
+    def click(self, s, mode, shift, opacity, server_start, evt: gr.SelectData):
+        """A click on the ERP view (display pixels): a new selection, or with Shift held (`shift`,
+        which the page's SHIFT_INPUT_JS fills in) one more point of the current one."""
         if s is None:
             return self.not_segmented(server_start)
         with self.backend.store.use(s):
-            self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
+            self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode), add=shift is True)
             return self.bundle(s, opacity)
 
     def click_lonlat(self, s, mode, opacity, server_start, evt: gr.EventData):
-        """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
+        """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's
+        prompt, Shift (`shift: true` in the event) as there."""
         if s is None:
             return self.not_segmented(server_start)
         data = getattr(evt, "_data", None) or {}
         with self.backend.store.use(s):
-            self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
+            self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode),
+                                      add=data.get("shift") is True)
             return self.bundle(s, opacity)
 
     def prompt(self, prompt_json, s, opacity, server_start=None):
@@ -477,7 +495,7 @@ class Studio:
 
 
 CSS = """
-#pano-view img { cursor: crosshair; }
+#pano-view img { cursor: crosshair; user-select: none; }
 .pano-legend { font-size: 0.9em; }
 #run-status p, #edit-status p { margin: 0; }
 footer { display: none !important; }
@@ -502,14 +520,15 @@ INTRO = """
 # PanoSAMic Studio
 Semantic segmentation of 360° equirectangular panoramas with **PanoSAMic** (SAM's ViT encoder with
 RGB / depth / normals fusion). Upload a panorama (2:1) or pick an example, press **Run**, then click on the
-panorama, or inside the 360° view, to refine: SAM's prompt decoder runs on the cached embeddings, so clicks are fast.
+panorama, or inside the 360° view, to select a region (each click starts a new selection; **Shift-click** adds a
+point to it) and assign it a class: SAM's prompt decoder runs on the cached embeddings, so clicks are fast.
 """
 
 # The 360° viewer's markup; static/viewer.js draws into it (see that file for what it does).
 VIEWER_HTML = """<div class="pv">
-<canvas class="pv-gl" tabindex="0" aria-label="360° view: drag to turn, wheel or pinch to zoom, arrow keys turn, click to prompt"></canvas>
+<canvas class="pv-gl" tabindex="0" aria-label="360° view: drag to turn, wheel or pinch to zoom, arrow keys turn, click to select, Shift-click to add a point"></canvas>
 <canvas class="pv-compass" title="Where you look (white) and the seam, lon ±180° (red). Click to reset the view."></canvas>
-<div class="pv-title">360° view · drag to turn · click to refine</div>
+<div class="pv-title">360° view · drag to turn · click: new selection · Shift-click: add</div>
 <div class="pv-readout"></div><div class="pv-tip"></div>
 <div class="pv-empty">Press Run, then look around here: drag to turn, wheel or pinch to zoom, click to prompt SAM.</div>
 </div>"""
@@ -578,13 +597,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                       visible=bool(studio.examples))
             with gr.Column(scale=3):
                 with gr.Row(equal_height=True):
-                    view = gr.Image(label="Semantic map — click to refine", interactive=False, elem_id="pano-view",
+                    view = gr.Image(label="Semantic map — click to select", interactive=False, elem_id="pano-view",
                                     buttons=["download", "fullscreen"], height=340, format="jpeg", scale=1)
                     viewer = gr.HTML(None, html_template=VIEWER_HTML, js_on_load=VIEWER_JS.read_text(),
                                      elem_id="pano-viewer", label="360° view", scale=1, min_width=300)
                 with gr.Row(equal_height=True):
                     opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Opacity", scale=2)
-                    mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="Click adds (in either view)", scale=3)
+                    mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label=CLICK_LABEL, info=CLICK_INFO,
+                                    elem_id="click-mode", scale=3)
+                    # whether Shift was held on the map's click: SHIFT_INPUT_JS fills it in
+                    shift = gr.Checkbox(False, visible=False, label="Shift held (filled in by the page)")
                 with gr.Row(equal_height=False):
                     candidates = gr.Radio([("#1", 0), ("#2", 1), ("#3", 2)], value=None, label="Mask candidates",
                                           interactive=False, scale=3)
@@ -678,8 +700,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                    "refine_instances", run_status, heavy)
             action(export.click, studio.export_files, job, [session, *start], [downloads, info], "export",
                    edit_status, files_q)
-        view.select(quick_job(studio.click, status=edit_status), [session, mode, *style, *start], outputs,
-                    api_visibility="private", **light)
+        view.select(quick_job(studio.click, status=edit_status), [session, mode, shift, *style, *start], outputs,
+                    js=SHIFT_INPUT_JS, api_visibility="private", **light)
         viewer.pano_click(quick_job(studio.click_lonlat, status=edit_status), [session, mode, *style, *start],
                           outputs, api_visibility="private", **light)
         demo.unload(studio.tab_closed)
@@ -765,7 +787,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     signal.signal(signal.SIGTERM, functools.partial(_stop_gracefully, studio, demo, settings.shutdown_grace_s))
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
-        allowed_paths=allowed, css=CSS, show_error=True, theme=gr.themes.Soft(),
+        allowed_paths=allowed, css=CSS, head=SHIFT_HEAD, show_error=True, theme=gr.themes.Soft(),
         max_file_size=MAX_UPLOAD,
     )
 

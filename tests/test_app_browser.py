@@ -191,6 +191,10 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         assert _blue_pixels(canvas.screenshot()) > 50, "no mask preview in the 360° viewer"
         src = _wait_new_picture(page, src)
         assert _blue_pixels(erp.screenshot()) > blue_erp + 20, "the viewer's click shows no mask on the ERP view"
+        # Shift-click in the viewer adds a point to the selection
+        canvas.click(position={"x": cbox["width"] * 0.35, "y": cbox["height"] * 0.65}, modifiers=["Shift"])
+        page.locator("#edit-status").get_by_text("2 positive").wait_for()
+        src = _wait_new_picture(page, src)
         page.get_by_role("button", name="Clear prompts").click()
         page.locator("#edit-status").get_by_text("Click on the panorama").wait_for()
         src = _wait_new_picture(page, src)
@@ -208,6 +212,15 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         after = _blue_pixels(view.screenshot())
         assert after > before + 50, f"no mask preview on the ERP view ({before} -> {after} blue pixels)"
         assert "1 positive" in page.locator("#edit-status").inner_text()
+        # a plain click elsewhere starts a new selection (as in SAM's demo); Shift-click adds a point
+        assert "new selection" in page.locator("#click-mode").inner_text()
+        src = _picture_src(page)
+        view.click(position={"x": box["width"] * 0.70, "y": box["height"] * 0.45})
+        src = _wait_new_picture(page, src)
+        assert "1 positive" in page.locator("#edit-status").inner_text()
+        view.click(position={"x": box["width"] * 0.30, "y": box["height"] * 0.62}, modifiers=["Shift"])
+        page.locator("#edit-status").get_by_text("2 positive").wait_for()
+        src = _wait_new_picture(page, src)
 
         # a box drawn with two clicks, the second corner left of the first: wraps across the seam
         page.get_by_label("Box (2 clicks)").check()
@@ -215,11 +228,12 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         page.locator("#edit-status").get_by_text("first box corner").wait_for()
         view.click(position={"x": box["width"] * 0.06, "y": box["height"] * 0.7})
         page.locator("#edit-status").get_by_text("box across the seam").wait_for()
-        # undo twice: back to the single positive point and its mask
+        assert "positive" not in page.locator("#edit-status").inner_text()   # the box alone: a new selection
+        # undo twice: back to the two positive points and their mask
         page.locator("#undo-button").click()
         page.locator("#edit-status").get_by_text("first box corner").wait_for()
         page.locator("#undo-button").click()
-        page.locator("#edit-status").get_by_text("1 positive").wait_for()
+        page.locator("#edit-status").get_by_text("2 positive").wait_for()
 
         # ---- a click on the seam in the viewer: one seamless mask
         page.get_by_label("Positive point").check()
