@@ -54,7 +54,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "200")
 import gradio as gr  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402  (the point cloud arrives as plotly JSON)
 
-from panosamic.errors import PanoSAMicError
+from panosamic.errors import InputError, PanoSAMicError
 from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render
@@ -236,6 +236,20 @@ for (const type of ["pointerdown", "click"]) {
 }
 </script>"""
 SHIFT_INPUT_JS = "(...inputs) => { inputs[2] = window.panosamicShift === true; return inputs; }"
+# The point cloud's request after an action waits in the browser until the action's ERP picture
+# is shown: plotly's redraw of the cloud then blocks the page for seconds without a GPU, and
+# would keep the new picture from being painted (1-5 s after each edit with the cloud open).
+AFTER_PICTURE_JS = """async (...inputs) => {
+  const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  await frame();
+  for (let n = 0; n < 250; n++) {
+    const img = document.querySelector("#pano-view img");
+    if (!img || img.complete) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await frame();
+  return inputs;
+}"""
 
 
 def _click_kind(mode: str) -> str:
@@ -257,6 +271,7 @@ class Components:
     downloads: Any = None
     run_status: Any = None
     edit_status: Any = None
+    cloud_shown: Any = None  # whether the page's point cloud accordion is open (gr.State)
 
     def outputs(self) -> list:
         # the viewer goes last: API clients keep the indices they had before it came
@@ -294,9 +309,9 @@ class Studio:
 
     def bundle(self, s: Session, opacity: float, clear_downloads: bool = False) -> Dict[Any, Any]:
         """What an event on session `s` shows: the ERP view and the 360° viewer (the same
-        picture), legend, candidates, class, info and edit status always; the point cloud only
-        when the labels changed; the downloads are cleared when the labels changed (Export
-        writes them again)."""
+        picture), legend, candidates, class, info and edit status always; the downloads are
+        cleared when the labels changed (Export writes them again). The point cloud is not
+        part of it (`cloud`: the API's answers carry it, the page asks for it apart)."""
         ui = self.ui
         if s.candidates is not None:
             cand = gr.Radio(choices=[(f"#{i + 1} · IoU {float(v):.2f}", i) for i, v in enumerate(s.scores)],
@@ -319,14 +334,54 @@ class Studio:
             ui.info: {**s.summary(), "stats": stats},
             ui.edit_status: messages.edit_status(s),
         }
-        key_3d = (s.labels_version,)
-        if s.rendered_3d != key_3d:
-            s.rendered_3d = key_3d
-            cloud = render.point_cloud_view(s)
-            out[ui.plot] = None if cloud is None else PlotData(type="plotly", plot=cloud)
         if clear_downloads:
             out[ui.downloads] = None
         return out
+
+    def cloud(self, s: Session) -> Dict[Any, Any]:
+        """The point cloud when the labels changed since it was last sent, else {} (the session
+        is in use)."""
+        key = (s.labels_version,)
+        if s.rendered_3d == key:
+            return {}
+        s.rendered_3d = key
+        cloud = render.point_cloud_view(s)
+        return {self.ui.plot: None if cloud is None else PlotData(type="plotly", plot=cloud)}
+
+    def with_cloud(self, fn: Callable) -> Callable:
+        """`fn` (a handler that returns a session's bundle) for the API: its answer carries the
+        point cloud too whenever the labels changed, as API clients always had it."""
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            s = out.get(self.ui.session) if isinstance(out, dict) else None
+            if s is not None:
+                with self.backend.store.use(s):
+                    out.update(self.cloud(s))
+            return out
+
+        return wrapper
+
+    def page_cloud(self, s: Optional[Session], shown: bool):
+        """The page's point cloud, after each action: a plotly redraw of 30 000 points takes
+        seconds in a browser without a GPU, and the ERP picture of an edit waited for it. So
+        the picture comes alone, and the cloud follows only while its accordion is open
+        (`shown`) and when the labels changed since the page got it."""
+        return self._page_cloud(s, shown) or gr.skip()
+
+    def show_cloud(self, s: Optional[Session]):
+        """The point cloud's accordion was opened: the cloud of the current labels."""
+        return {self.ui.cloud_shown: True, **self._page_cloud(s, True)}
+
+    def _page_cloud(self, s: Optional[Session], shown: bool) -> Dict[Any, Any]:
+        if s is None or not shown:
+            return {}
+        try:
+            with self.backend.store.use(s):
+                return self.cloud(s)
+        except InputError:  # the session is gone: the action's own answer said so
+            return {}
 
     def restarted(self, server_start: Optional[str]) -> bool:
         """Whether the page (or API client) sending `server_start` was served by an earlier
@@ -534,6 +589,9 @@ VIEWER_HTML = """<div class="pv">
 </div>"""
 
 
+CLOUD_LABEL = ("Point cloud (3D, needs depth): open to see the classes at their distances; "
+               "redrawn after each edit while open")
+
 MAX_UPLOAD = "512mb"     # the largest legal input: float32 8192x4096x3 normals as .npy (403 MB)
 LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
 HEAVY_NICE = 19         # how much lower the CPU priority of heavy jobs is (Linux nice levels)
@@ -610,7 +668,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     candidates = gr.Radio([("#1", 0), ("#2", 1), ("#3", 2)], value=None, label="Mask candidates",
                                           interactive=False, scale=3)
-                    cls = gr.Dropdown(choices=[], label="Class", allow_custom_value=True, scale=2)
+                    cls = gr.Dropdown(choices=[], label="Class", allow_custom_value=True, scale=2, elem_id="class")
                 with gr.Row():
                     assign = gr.Button("Assign class", variant="primary", elem_id="assign-button")
                     undo = gr.Button("↶ Undo", elem_id="undo-button")
@@ -619,7 +677,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 edit_status = gr.Markdown(elem_id="edit-status", label="Edit status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                plot = gr.Plot(label="Point cloud (needs depth): hover for class and distance", elem_id="pano-3d")
+                # drawn on demand: plotly redraws all 30 000 points for every new figure (seconds
+                # without a GPU), so the cloud comes only while this is open (Studio.page_cloud)
+                with gr.Accordion(CLOUD_LABEL, open=False, elem_id="pano-3d-box") as cloud_box:
+                    plot = gr.Plot(label="Point cloud: hover for class and distance", elem_id="pano-3d")
             with gr.Column(scale=2):
                 legend = gr.HTML(render.legend_html([]), label="Legend", elem_id="legend")
                 export = gr.Button("Export (full resolution)", size="sm", elem_id="export-button")
@@ -633,8 +694,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
             apply_prompt = gr.Button("Apply prompt", size="sm")
             info = gr.JSON(label="Session (summary, statistics)")
 
+        cloud_shown = gr.State(False)
         studio.ui = Components(session, view, viewer, legend, plot, candidates, cls, info, downloads, run_status,
-                               edit_status)
+                               edit_status, cloud_shown)
         outputs = studio.ui.outputs()
         style = [opacity]
         # Run, SAM instances and export run at a lower CPU priority than clicks and edits, so
@@ -673,11 +735,19 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # Each action is two events on the same handler: the page's own (its refusals land whole
         # on the run or edit status line) and the named API endpoint on a hidden button (its
         # refusals are errors, as API clients expect). Both share one queue and one session.
+        # The page's events leave the point cloud out: it follows them only while its accordion
+        # is open (Studio.page_cloud); the API's answers carry it (Studio.with_cloud).
         def action(trigger, fn, wrap, inputs, outs, api_name, status, queue):
-            page = trigger(wrap(fn, status=status), inputs, outs + ([status] if status not in outs else []),
+            with_plot = plot in outs
+            page_outs = [o for o in outs if o is not plot] + ([status] if status not in outs else [])
+            page = trigger(wrap(fn, status=status), inputs, page_outs,
                            api_name=f"page_{api_name}", api_visibility="private", **queue)
+            if with_plot:
+                page.then(quick_job(studio.page_cloud), [session, cloud_shown], plot, js=AFTER_PICTURE_JS,
+                          api_visibility="private", trigger_mode="always_last", **{**light, "show_progress": "hidden"})
             hidden = gr.Button(visible=False, elem_id=f"api-{api_name}")
-            return page, hidden.click(wrap(fn), inputs, outs, api_name=api_name, **queue)
+            api_fn = studio.with_cloud(fn) if with_plot else fn
+            return page, hidden.click(wrap(api_fn), inputs, outs, api_name=api_name, **queue)
 
         start = [server_start]
         with gr.Row(visible=False):
@@ -704,6 +774,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     js=SHIFT_INPUT_JS, api_visibility="private", **light)
         viewer.pano_click(quick_job(studio.click_lonlat, status=edit_status), [session, mode, *style, *start],
                           outputs, api_visibility="private", **light)
+        cloud_box.expand(quick_job(studio.show_cloud), session, [cloud_shown, plot], api_visibility="private",
+                         **{**light, "show_progress": "hidden"})
+        cloud_box.collapse(lambda: False, None, cloud_shown, api_visibility="private",
+                           **{**light, "show_progress": "hidden"})
         demo.unload(studio.tab_closed)
         opacity.change(quick_job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo
