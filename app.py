@@ -553,6 +553,13 @@ CSS = """
 #pano-view img { cursor: crosshair; user-select: none; }
 .pano-legend { font-size: 0.9em; }
 #run-status p, #edit-status p { margin: 0; }
+/* an edit over a second shows its timer ("processing | 1.2s") at the right of the edit status:
+   Gradio's minimal progress put it below the line, where the status' box clipped it, so the user
+   saw only the status fade */
+#edit-status [data-testid="status-tracker"].minimal { overflow: visible; }
+#edit-status [data-testid="status-tracker"].minimal .progress-text {
+  transform: none; opacity: 0; animation: pano-late-progress 0s linear 1s forwards; }
+@keyframes pano-late-progress { to { opacity: 1; } }
 footer { display: none !important; }
 #examples .thumbnail-item { aspect-ratio: 2 / 1; }
 #pano-viewer .pv-title { position: absolute; left: 8px; top: 6px; font-size: 12px; color: #fff;
