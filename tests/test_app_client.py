@@ -359,12 +359,14 @@ def test_a_click_before_run_says_so_on_the_edit_status(reference_dir, tmp_path):
 
     studio, demo = _studio_and_page(reference_dir, tmp_path)
     ui = studio.ui
-    calls = {(ui.view, "select"): (studio.click, gr.SelectData(ui.view, {"index": [5, 5], "value": None})),
-             (ui.viewer, "pano_click"): (studio.click_lonlat, gr.EventData(ui.viewer, {"lon": 10.0, "lat": 5.0}))}
-    for (target, event), (handler, evt) in calls.items():
+    mode = app.CLICK_MODES[0]
+    calls = {(ui.view, "select"): (studio.click, (mode, True), gr.SelectData(ui.view, {"index": [5, 5], "value": None})),
+             (ui.viewer, "pano_click"): (studio.click_lonlat, (mode,),
+                                         gr.EventData(ui.viewer, {"lon": 10.0, "lat": 5.0, "shift": True}))}
+    for (target, event), (handler, args, evt) in calls.items():
         name = handler.__name__
         fn = next(f for f in demo.fns.values() if (target._id, event) in f.targets)
-        result = app.friendly(handler)(None, app.CLICK_MODES[0], 0.55, None, evt)
+        result = app.friendly(handler)(None, *args, 0.55, None, evt)
         out = asyncio.run(demo.postprocess_data(fn, result, None))
         assert len(out) == len(ui.outputs()) == len(fn.outputs)
         for comp, value in zip(fn.outputs, out):

@@ -488,10 +488,10 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     backend.click(s, 60, 70, "positive")
     assert s.points == [(60.5, 70.5)] and len(s.scores) == 3
     point_masks = s.candidates
-    backend.click(s, 250, 30, "box")                           # the first corner: no decoder run
+    backend.click(s, 250, 30, "box", add=True)                 # the first corner: no decoder run
     assert s.pending_corner == (250.5, 30.5) and s.candidates is point_masks
-    backend.click(s, 20, 100, "box")
-    assert s.box == [250.5, 30.5, 20.5, 100.5] and s.candidates is not None
+    backend.click(s, 20, 100, "box")                           # with Shift's first corner: the point stays
+    assert s.box == [250.5, 30.5, 20.5, 100.5] and s.candidates is not None and s.points == [(60.5, 70.5)]
     backend.prompt(s, '{"points": [[10, 10]], "labels": [0], "append": true}')
     assert s.point_labels == [1, 0] and s.box == [250.5, 30.5, 20.5, 100.5]
     before = s.summary()["prompts"]

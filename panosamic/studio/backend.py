@@ -615,30 +615,44 @@ class StudioBackend:
             s.undo()
             raise
 
-    def click(self, s: Session, x_display: float, y_display: float, kind: str = "positive") -> None:
-        """A click on the ERP view at display (= working) pixels: a positive/negative point,
-        or a box corner (kind "box"; the decoder runs once the second corner completes it)."""
+    def click(self, s: Session, x_display: float, y_display: float, kind: str = "positive",
+              add: bool = False) -> None:
+        """A click on the ERP view at display (= working) pixels: a positive point, a negative
+        point or a box corner (kind "box"; the decoder runs once the second corner completes
+        it). As in SAM's demo, a positive point or a box starts a new selection, and with `add`
+        (Shift held) joins the current one; a negative point takes a part away from the
+        current selection (see `_add_click`)."""
         with self.store.use(s):
             h, w = s.input_size
             x = min(max((float(x_display) + 0.5) / s.scale, 0.0), w - 1.0)
             y = min(max((float(y_display) + 0.5) / s.scale, 0.0), h - 1.0)
-            self._add_click(s, x, y, kind)
+            self._add_click(s, x, y, kind, add)
 
-    def click_lonlat(self, s: Session, lon: Any, lat: Any, kind: str = "positive") -> None:
+    def click_lonlat(self, s: Session, lon: Any, lat: Any, kind: str = "positive", add: bool = False) -> None:
         """A click in the 360° viewer: the direction (lon, lat) in degrees, `panosamic.geometry`'s
         conventions, becomes the input pixel of that direction; then exactly as `click`
         (a box by two corners, the second left of the first wraps across the seam)."""
         with self.store.use(s):
             x, y = lonlat_to_pixels(_finite(lon, "longitude"), _finite(lat, "latitude"), s.input_size)
-            self._add_click(s, x, y, kind)
+            self._add_click(s, x, y, kind, add)
 
-    def _add_click(self, s: Session, x: float, y: float, kind: str) -> None:
-        """What a click does in either view, (x, y) in input pixels (the session is in use)."""
+    def _add_click(self, s: Session, x: float, y: float, kind: str, add: bool = False) -> None:
+        """What a click does in either view, (x, y) in input pixels (the session is in use).
+        Positive: a new selection of this point, or with `add` one more point of the current
+        one. Negative: one more point of the current selection, to take a part away (alone it
+        would select the rest of the panorama, so without a selection it is refused). Box: the
+        first corner starts a new selection (with `add` the points stay), the second completes
+        the box. Each click is one undo step."""
         if kind == "box":
-            if not s.add_box_corner(x, y):
+            if not s.add_box_corner(x, y, new=not add):
                 return
-        elif kind in ("positive", "negative"):
-            s.add_point(x, y, positive=(kind == "positive"))
+        elif kind == "positive":
+            s.add_point(x, y, positive=True, new=not add)
+        elif kind == "negative":
+            if not s.has_prompts:
+                raise InputError("A negative point takes a part away from a selection: first click on what you "
+                                 "want (Positive point or Box), then add negative points where the mask spills over.")
+            s.add_point(x, y, positive=False)
         else:
             raise InputError(f"A click adds a positive point, a negative point or a box corner, not {kind!r}.")
         self._predict_or_undo(s)
