@@ -331,6 +331,7 @@ def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
             assert "estimated from the photo" in page.locator("#run-status").inner_text()
             page.locator("#legend .pano-legend-row").first.wait_for()
             # the 3D view of an RGB-only photo: its depth estimated, a point cloud with every class
+            page.locator("#pano-3d-box").get_by_text("Point cloud (3D").click()
             page.locator("#pano-3d .js-plotly-plot").first.wait_for()
             traces = page.evaluate("""() => document.querySelector('#pano-3d .js-plotly-plot')._fullData
                 .filter(t => t.name !== 'camera').map(t => t.x.length)""")
