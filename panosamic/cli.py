@@ -490,7 +490,8 @@ def cmd_evaluate(args) -> int:
     try:
         result = evaluate_dataset(args.dataset, args.root, args.fold, model, args.out, max_depth=args.max_depth,
                                   save_labels=args.save_labels, engine=args.engine, ray_options=ray_options,
-                                  overwrite=args.overwrite, progress=not args.no_progress)
+                                  overwrite=args.overwrite, progress=not args.no_progress,
+                                  estimate_maps=args.estimate_maps)
     except FoldError as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
@@ -686,6 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "depth, as the checkpoints were trained; cached)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--save-labels", action="store_true", help="also write labels/<area>/<sample>.png")
+    p.add_argument("--estimate-maps", nargs="?", const="auto", default=None, metavar="ESTIMATOR",
+                   help="estimate depth (and normals) from each RGB image instead of reading the dataset's maps "
+                        "(auto, the default when given alone, demo, or a Hub id; local engine): how a checkpoint "
+                        "does on photos that come without them")
     _add_run_args(p, overwrite="discard earlier results in --out instead of resuming")
     p.set_defaults(func=cmd_evaluate)
 
