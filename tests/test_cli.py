@@ -233,12 +233,20 @@ def test_batch_with_failures_subprocess(tmp_path, checkpoint_dir):
     assert status == {"broken": "error", "good": "ok", "nodepth": "error", "wide": "error", "notes": "error"}
 
 
-def test_missing_normals_named(tmp_path, checkpoint_dir):
+def test_missing_normals_follow_from_the_depth(tmp_path, checkpoint_dir):
+    """An RGB-D-N checkpoint, a panorama with its depth but no normals: the normals are derived
+    from the depth (the stats say so); without depth either, the message names the files."""
     a = write_panorama(tmp_path, "a.png", 64, seed=9, normals=False)
     code, _, err = run_main("predict", a["image"], "--checkpoint", checkpoint_dir, "--out", tmp_path / "o",
                             "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "a_stats.json").read_text())["normals"] == "derived from the depth"
+    (tmp_path / "b").mkdir()
+    b = write_panorama(tmp_path / "b", "b.png", 64, seed=9, normals=False, depth=False)
+    code, _, err = run_main("predict", b["image"], "--checkpoint", checkpoint_dir, "--out", tmp_path / "o2",
+                            "--no-progress")
     assert code == 1
-    assert "normals" in err and "a_normals.png" in err
+    assert "depth" in err and "b_depth" in err and "--estimate-maps" in err
 
 
 def test_bad_checkpoint_is_a_message(tmp_path):
