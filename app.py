@@ -58,7 +58,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "200")
 import gradio as gr  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402  (the point cloud arrives as plotly JSON)
 
-from panosamic.errors import PanoSAMicError
+from panosamic.errors import InputError, PanoSAMicError
 from panosamic.io import read_header
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render, serving
@@ -124,6 +124,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="memory for cached panorama embeddings shared by all users (0 = off)")
     p.add_argument("--embedding-cache-dir", default=_env("EMBEDDING_CACHE", EMBEDDING_CACHE_DIR),
                    help="folder that keeps encoded panoramas across restarts, so the same files skip the encoder")
+    p.add_argument("--depth-estimator", default=_env("DEPTH_ESTIMATOR", "auto"),
+                   help="what estimates depth and normals from a photo without them: auto (Depth Anything V2 "
+                        "Metric Indoor Small when it can be had, else the offline demo), demo, a Hub id or "
+                        "folder, or none (Run then asks for the maps)")
     p.add_argument("--embedding-cache-mb", type=float, default=float(_env("EMBEDDING_CACHE_MB", EMBEDDING_CACHE_MB)),
                    help="disk for that folder; the least recently used panoramas go first (0 = off)")
     p.add_argument("--preencode", action=argparse.BooleanOptionalAction, default=_env_bool("PREENCODE", True),
@@ -239,6 +243,35 @@ def panorama_input(**kwargs) -> gr.Image:
 
 # ============================================================================ the app
 
+CLICK_LABEL = "Click: new selection · Shift-click: add a point (in either view)"
+CLICK_INFO = ("Negative point: a click takes a part away from the selection. Box: two clicks start a new "
+              "selection (Shift keeps the points). After Assign the next click starts afresh.")
+# gr.Image's select event says where, not whether Shift was held: the page notes the modifier of
+# every pointer press (SHIFT_HEAD, in the page's head) and the map's select event hands it in as
+# its third input (SHIFT_INPUT_JS runs in the browser before the event is sent). The 360° viewer
+# sends it itself (static/viewer.js: shift in its pano_click event).
+SHIFT_HEAD = """<script>
+for (const type of ["pointerdown", "click"]) {
+  document.addEventListener(type, (e) => { window.panosamicShift = e.shiftKey === true; }, true);
+}
+</script>"""
+SHIFT_INPUT_JS = "(...inputs) => { inputs[2] = window.panosamicShift === true; return inputs; }"
+# The point cloud's request after an action waits in the browser until the action's ERP picture
+# is shown: plotly's redraw of the cloud then blocks the page for seconds without a GPU, and
+# would keep the new picture from being painted (1-5 s after each edit with the cloud open).
+AFTER_PICTURE_JS = """async (...inputs) => {
+  const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  await frame();
+  for (let n = 0; n < 250; n++) {
+    const img = document.querySelector("#pano-view img");
+    if (!img || img.complete) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await frame();
+  return inputs;
+}"""
+
+
 def _click_kind(mode: str) -> str:
     return "box" if mode == CLICK_MODES[2] else "negative" if mode == CLICK_MODES[1] else "positive"
 
@@ -258,6 +291,7 @@ class Components:
     downloads: Any = None
     run_status: Any = None
     edit_status: Any = None
+    cloud_shown: Any = None  # whether the page's point cloud accordion is open (gr.State)
 
     def outputs(self) -> list:
         # the viewer goes last: API clients keep the indices they had before it came
@@ -281,7 +315,7 @@ class Studio:
                                      session_mb=settings.session_mb, session_idle_s=60 * settings.session_idle_min,
                                      embedding_cache_dir=settings.embedding_cache_dir or None,
                                      embedding_cache_mb=settings.embedding_cache_mb, lend_gpu=zero_gpu_lender(),
-                                     disk_mb=settings.disk_mb)
+                                     depth_estimator=settings.depth_estimator, disk_mb=settings.disk_mb)
         self.checkpoints = self.backend.checkpoints
         self.checkpoints.hub.start()   # known by the time the page is built (at most ~2 s)
         self.examples = self.backend.examples
@@ -296,9 +330,9 @@ class Studio:
 
     def bundle(self, s: Session, opacity: float, clear_downloads: bool = False) -> Dict[Any, Any]:
         """What an event on session `s` shows: the ERP view and the 360° viewer (the same
-        picture), legend, candidates, class, info and edit status always; the point cloud only
-        when the labels changed; the downloads are cleared when the labels changed (Export
-        writes them again)."""
+        picture), legend, candidates, class, info and edit status always; the downloads are
+        cleared when the labels changed (Export writes them again). The point cloud is not
+        part of it (`cloud`: the API's answers carry it, the page asks for it apart)."""
         ui = self.ui
         if s.candidates is not None:
             cand = gr.Radio(choices=[(f"#{i + 1} · IoU {float(v):.2f}", i) for i, v in enumerate(s.scores)],
@@ -321,14 +355,54 @@ class Studio:
             ui.info: {**s.summary(), "stats": stats},
             ui.edit_status: messages.edit_status(s),
         }
-        key_3d = (s.labels_version,)
-        if s.rendered_3d != key_3d:
-            s.rendered_3d = key_3d
-            cloud = render.point_cloud_view(s)
-            out[ui.plot] = None if cloud is None else PlotData(type="plotly", plot=cloud)
         if clear_downloads:
             out[ui.downloads] = None
         return out
+
+    def cloud(self, s: Session) -> Dict[Any, Any]:
+        """The point cloud when the labels changed since it was last sent, else {} (the session
+        is in use)."""
+        key = (s.labels_version,)
+        if s.rendered_3d == key:
+            return {}
+        s.rendered_3d = key
+        cloud = render.point_cloud_view(s)
+        return {self.ui.plot: None if cloud is None else PlotData(type="plotly", plot=cloud)}
+
+    def with_cloud(self, fn: Callable) -> Callable:
+        """`fn` (a handler that returns a session's bundle) for the API: its answer carries the
+        point cloud too whenever the labels changed, as API clients always had it."""
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            s = out.get(self.ui.session) if isinstance(out, dict) else None
+            if s is not None:
+                with self.backend.store.use(s):
+                    out.update(self.cloud(s))
+            return out
+
+        return wrapper
+
+    def page_cloud(self, s: Optional[Session], shown: bool):
+        """The page's point cloud, after each action: a plotly redraw of 30 000 points takes
+        seconds in a browser without a GPU, and the ERP picture of an edit waited for it. So
+        the picture comes alone, and the cloud follows only while its accordion is open
+        (`shown`) and when the labels changed since the page got it."""
+        return self._page_cloud(s, shown) or gr.skip()
+
+    def show_cloud(self, s: Optional[Session]):
+        """The point cloud's accordion was opened: the cloud of the current labels."""
+        return {self.ui.cloud_shown: True, **self._page_cloud(s, True)}
+
+    def _page_cloud(self, s: Optional[Session], shown: bool) -> Dict[Any, Any]:
+        if s is None or not shown:
+            return {}
+        try:
+            with self.backend.store.use(s):
+                return self.cloud(s)
+        except InputError:  # the session is gone: the action's own answer said so
+            return {}
 
     def restarted(self, server_start: Optional[str]) -> bool:
         """Whether the page (or API client) sending `server_start` was served by an earlier
@@ -349,7 +423,8 @@ class Studio:
     # ----------------------------------------------------------------- handlers
     def requirements_text(self, choice: Optional[str], pano: Any, depth: Any, normals: Any) -> Tuple[str, bool]:
         """What the selected checkpoint needs, and whether Run can start."""
-        return messages.requirements_text(self.checkpoints, choice, pano, depth, normals)
+        return messages.requirements_text(self.checkpoints, choice, pano, depth, normals,
+                                          estimates=self.backend.depth_estimator != "none")
 
     def requirements(self, choice: Optional[str], pano: Any, depth: Any, normals: Any):
         """What the checkpoint needs, how long a Run will take when that is long, and Run's state."""
@@ -397,13 +472,15 @@ class Studio:
                 ui.run_status: status, ui.edit_status: ""}
 
     def segment(self, panorama, depth=None, normals=None, checkpoint=None, depth_scale=0, max_depth=10,
-                opacity=0.55, session=None, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+                opacity=0.55, estimate_3d=True, session=None, request: gr.Request = None,
+                progress=gr.Progress(track_tqdm=True)):
         """Segments a panorama: loads the checkpoint on first use, reuses cached embeddings.
         Depth and normals are optional (their None defaults make them optional for API
         clients too): "auto" takes the checkpoint for the maps given."""
         t_start = time.perf_counter()
         s, _ = self.backend.segment(panorama, depth, normals, checkpoint, depth_scale, max_depth, progress,
-                                    previous=session, client=getattr(request, "session_hash", None))
+                                    previous=session, client=getattr(request, "session_hash", None),
+                                    estimate_3d=bool(estimate_3d))
         progress(0.92, desc="Rendering")
         with self.backend.store.use(s):
             t1 = time.perf_counter()
@@ -422,21 +499,24 @@ class Studio:
         return {self.ui.edit_status: messages.RESTARTED_SINCE if self.restarted(server_start)
                 else messages.CLICK_BEFORE_RUN}
 
-    def click(self, s, mode, opacity, server_start, evt: gr.SelectData):
-        """A click on the ERP view (display pixels)."""
+    def click(self, s, mode, shift, opacity, server_start, evt: gr.SelectData):
+        """A click on the ERP view (display pixels): a new selection, or with Shift held (`shift`,
+        which the page's SHIFT_INPUT_JS fills in) one more point of the current one."""
         if s is None:
             return self.not_segmented(server_start)
         with self.backend.store.use(s):
-            self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode))
+            self.backend.click(s, evt.index[0], evt.index[1], _click_kind(mode), add=shift is True)
             return self.bundle(s, opacity)
 
     def click_lonlat(self, s, mode, opacity, server_start, evt: gr.EventData):
-        """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's prompt."""
+        """A click in the 360° viewer: its direction (lon, lat in degrees) as the ERP click's
+        prompt, Shift (`shift: true` in the event) as there."""
         if s is None:
             return self.not_segmented(server_start)
         data = getattr(evt, "_data", None) or {}
         with self.backend.store.use(s):
-            self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode))
+            self.backend.click_lonlat(s, data.get("lon"), data.get("lat"), _click_kind(mode),
+                                      add=data.get("shift") is True)
             return self.bundle(s, opacity)
 
     def prompt(self, prompt_json, s, opacity, server_start=None):
@@ -504,9 +584,16 @@ class Studio:
 
 
 CSS = """
-#pano-view img { cursor: crosshair; }
+#pano-view img { cursor: crosshair; user-select: none; }
 .pano-legend { font-size: 0.9em; }
 #run-status p, #edit-status p { margin: 0; }
+/* an edit over a second shows its timer ("processing | 1.2s") at the right of the edit status:
+   Gradio's minimal progress put it below the line, where the status' box clipped it, so the user
+   saw only the status fade */
+#edit-status [data-testid="status-tracker"].minimal { overflow: visible; }
+#edit-status [data-testid="status-tracker"].minimal .progress-text {
+  transform: none; opacity: 0; animation: pano-late-progress 0s linear 1s forwards; }
+@keyframes pano-late-progress { to { opacity: 1; } }
 footer { display: none !important; }
 #examples .thumbnail-item { aspect-ratio: 2 / 1; }
 #pano-viewer .pv-title { position: absolute; left: 8px; top: 6px; font-size: 12px; color: #fff;
@@ -529,18 +616,22 @@ INTRO = """
 # PanoSAMic Studio
 Semantic segmentation of 360° equirectangular panoramas with **PanoSAMic** (SAM's ViT encoder with
 RGB / depth / normals fusion). Upload a panorama (2:1) or pick an example, press **Run**, then click on the
-panorama, or inside the 360° view, to refine: SAM's prompt decoder runs on the cached embeddings, so clicks are fast.
+panorama, or inside the 360° view, to select a region (each click starts a new selection; **Shift-click** adds a
+point to it) and assign it a class: SAM's prompt decoder runs on the cached embeddings, so clicks are fast.
 """
 
 # The 360° viewer's markup; static/viewer.js draws into it (see that file for what it does).
 VIEWER_HTML = """<div class="pv">
-<canvas class="pv-gl" tabindex="0" aria-label="360° view: drag to turn, wheel or pinch to zoom, arrow keys turn, click to prompt"></canvas>
+<canvas class="pv-gl" tabindex="0" aria-label="360° view: drag to turn, wheel or pinch to zoom, arrow keys turn, click to select, Shift-click to add a point"></canvas>
 <canvas class="pv-compass" title="Where you look (white) and the seam, lon ±180° (red). Click to reset the view."></canvas>
-<div class="pv-title">360° view · drag to turn · click to refine</div>
+<div class="pv-title">360° view · drag to turn · click: new selection · Shift-click: add</div>
 <div class="pv-readout"></div><div class="pv-tip"></div>
 <div class="pv-empty">Press Run, then look around here: drag to turn, wheel or pinch to zoom, click to prompt SAM.</div>
 </div>"""
 
+
+CLOUD_LABEL = ("Point cloud (3D, needs depth): open to see the classes at their distances; "
+               "redrawn after each edit while open")
 
 MAX_UPLOAD = "512mb"     # the largest legal input: float32 8192x4096x3 normals as .npy (403 MB)
 LIGHT_CONCURRENCY = 8  # clicks and edits served at once (each takes milliseconds of CPU)
@@ -594,6 +685,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                             info="0 = auto: PNG in millimetres, .npy/.exr in metres")
                     max_depth = gr.Slider(1, 50, value=10, step=0.5, label="Max depth T (m)",
                                           info="Depth encoding range of the model (10 m for indoor rooms)")
+                    estimate_3d = gr.Checkbox(value=True, label="Estimate depth for the 3D view",
+                                              info="Without a depth map, an RGB checkpoint's run also estimates "
+                                                   "depth from the photo, for the point cloud and the export")
                     pps = gr.Slider(4, 32, value=16, step=1, label="SAM instance grid (points per side)",
                                     info="For 'Refine with SAM instances'; fewer points are faster")
                 run = gr.Button("Run", variant="primary", interactive=False, elem_id="run-button")
@@ -605,17 +699,20 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                       visible=bool(studio.examples))
             with gr.Column(scale=3):
                 with gr.Row(equal_height=True):
-                    view = gr.Image(label="Semantic map — click to refine", interactive=False, elem_id="pano-view",
+                    view = gr.Image(label="Semantic map — click to select", interactive=False, elem_id="pano-view",
                                     buttons=["download", "fullscreen"], height=340, format="jpeg", scale=1)
                     viewer = gr.HTML(None, html_template=VIEWER_HTML, js_on_load=VIEWER_JS.read_text(),
                                      elem_id="pano-viewer", label="360° view", scale=1, min_width=300)
                 with gr.Row(equal_height=True):
                     opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Opacity", scale=2)
-                    mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="Click adds (in either view)", scale=3)
+                    mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label=CLICK_LABEL, info=CLICK_INFO,
+                                    elem_id="click-mode", scale=3)
+                    # whether Shift was held on the map's click: SHIFT_INPUT_JS fills it in
+                    shift = gr.Checkbox(False, visible=False, label="Shift held (filled in by the page)")
                 with gr.Row(equal_height=False):
                     candidates = gr.Radio([("#1", 0), ("#2", 1), ("#3", 2)], value=None, label="Mask candidates",
                                           interactive=False, scale=3)
-                    cls = gr.Dropdown(choices=[], label="Class", allow_custom_value=True, scale=2)
+                    cls = gr.Dropdown(choices=[], label="Class", allow_custom_value=True, scale=2, elem_id="class")
                 with gr.Row():
                     assign = gr.Button("Assign class", variant="primary", elem_id="assign-button")
                     undo = gr.Button("↶ Undo", elem_id="undo-button")
@@ -624,7 +721,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 edit_status = gr.Markdown(elem_id="edit-status", label="Edit status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                plot = gr.Plot(label="Point cloud (needs depth): hover for class and distance", elem_id="pano-3d")
+                # drawn on demand: plotly redraws all 30 000 points for every new figure (seconds
+                # without a GPU), so the cloud comes only while this is open (Studio.page_cloud)
+                with gr.Accordion(CLOUD_LABEL, open=False, elem_id="pano-3d-box") as cloud_box:
+                    plot = gr.Plot(label="Point cloud: hover for class and distance", elem_id="pano-3d")
             with gr.Column(scale=2):
                 legend = gr.HTML(render.legend_html([]), label="Legend", elem_id="legend")
                 export = gr.Button("Export (full resolution)", size="sm", elem_id="export-button")
@@ -638,8 +738,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
             apply_prompt = gr.Button("Apply prompt", size="sm")
             info = gr.JSON(label="Session (summary, statistics)")
 
+        cloud_shown = gr.State(False)
         studio.ui = Components(session, view, viewer, legend, plot, candidates, cls, info, downloads, run_status,
-                               edit_status)
+                               edit_status, cloud_shown)
         outputs = studio.ui.outputs()
         style = [opacity]
         # Run, SAM instances and export run at a lower CPU priority than clicks and edits, so
@@ -678,16 +779,25 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # Each action is two events on the same handler: the page's own (its refusals land whole
         # on the run or edit status line) and the named API endpoint on a hidden button (its
         # refusals are errors, as API clients expect). Both share one queue and one session.
+        # The page's events leave the point cloud out: it follows them only while its accordion
+        # is open (Studio.page_cloud); the API's answers carry it (Studio.with_cloud).
         def action(trigger, fn, wrap, inputs, outs, api_name, status, queue):
-            page = trigger(wrap(fn, status=status), inputs, outs + ([status] if status not in outs else []),
+            with_plot = plot in outs
+            page_outs = [o for o in outs if o is not plot] + ([status] if status not in outs else [])
+            page = trigger(wrap(fn, status=status), inputs, page_outs,
                            api_name=f"page_{api_name}", api_visibility="private", **queue)
+            if with_plot:
+                page.then(quick_job(studio.page_cloud), [session, cloud_shown], plot, js=AFTER_PICTURE_JS,
+                          api_visibility="private", trigger_mode="always_last", **{**light, "show_progress": "hidden"})
             hidden = gr.Button(visible=False, elem_id=f"api-{api_name}")
-            return page, hidden.click(wrap(fn), inputs, outs, api_name=api_name, **queue)
+            api_fn = studio.with_cloud(fn) if with_plot else fn
+            return page, hidden.click(wrap(api_fn), inputs, outs, api_name=api_name, **queue)
 
         start = [server_start]
         with gr.Row(visible=False):
             for run_event in action(run.click, studio.segment, heavy_job,
-                                    [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, session],
+                                    [pano, depth, normals, checkpoint, depth_scale, max_depth, *style, estimate_3d,
+                                     session],
                                     outputs, "segment", run_status, heavy):
                 run_event.success(studio.current_start, None, server_start, api_visibility="private",
                                   show_progress="hidden")
@@ -705,10 +815,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
                    "refine_instances", run_status, heavy)
             action(export.click, studio.export_files, job, [session, *start], [downloads, info], "export",
                    edit_status, files_q)
-        view.select(quick_job(studio.click, status=edit_status), [session, mode, *style, *start], outputs,
-                    api_visibility="private", **light)
+        view.select(quick_job(studio.click, status=edit_status), [session, mode, shift, *style, *start], outputs,
+                    js=SHIFT_INPUT_JS, api_visibility="private", **light)
         viewer.pano_click(quick_job(studio.click_lonlat, status=edit_status), [session, mode, *style, *start],
                           outputs, api_visibility="private", **light)
+        cloud_box.expand(quick_job(studio.show_cloud), session, [cloud_shown, plot], api_visibility="private",
+                         **{**light, "show_progress": "hidden"})
+        cloud_box.collapse(lambda: False, None, cloud_shown, api_visibility="private",
+                           **{**light, "show_progress": "hidden"})
         demo.unload(studio.tab_closed)
         opacity.change(quick_job(studio.restyle), [session, *style], [view, viewer], api_visibility="private", **light)
     return demo
@@ -795,7 +909,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     signal.signal(signal.SIGTERM, functools.partial(_stop_gracefully, studio, demo, settings.shutdown_grace_s))
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
-        allowed_paths=allowed, css=CSS, show_error=True, theme=gr.themes.Soft(),
+        allowed_paths=allowed, css=CSS, head=SHIFT_HEAD, show_error=True, theme=gr.themes.Soft(),
         max_file_size=MAX_UPLOAD,
         app_kwargs=serving.app_kwargs(store, demo),  # the upload route, bounded and cleaned up
     )

@@ -37,7 +37,7 @@ from panosamic.datasets import STANFORD2D3DS
 
 __all__ = [
     "Box", "Light", "Scene", "RenderedPanorama", "SCENE_KINDS", "EXAMPLES",
-    "make_scene", "render", "render_example",
+    "make_scene", "render", "render_example", "trace_depth",
 ]
 
 # Stanford2D3DS class indices
@@ -605,6 +605,32 @@ def _cast(origin: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray, 
     return blocked if any_hit else (best_t, best_i)
 
 
+def _trace(scene: Scene, dirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Distance (metres, float64) to the first surface along each unit ray ``dirs`` (N, 3) from the
+    camera, and the index of the box hit there (-1: the room shell)."""
+    cam = np.asarray(scene.camera, dtype=np.float64)
+    safe = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
+    room_lo, room_hi = np.zeros(3), np.asarray(scene.size, dtype=np.float64)
+    t_shell = np.min(np.where(safe > 0, (room_hi - cam) / safe, (room_lo - cam) / safe), axis=1)
+    if not len(scene.boxes):
+        return t_shell, np.full(dirs.shape[0], -1)
+    lo, hi = _box_arrays(scene.boxes)
+    t_box, bi = _cast(cam, dirs, lo, hi, t_shell)
+    return np.where(bi >= 0, t_box, t_shell).astype(np.float64), bi
+
+
+def trace_depth(scene: Scene, rays) -> np.ndarray:
+    """Exact depth of ``scene`` along any rays: ``rays`` ``(..., 3)`` in the world frame (normalised
+    here) -> ``(...)`` float32 Euclidean distance from the camera in metres, the same ray cast as
+    :func:`render` (so ``trace_depth(scene, geometry.erp_rays(h, w))`` is ``render(scene, w).depth``)."""
+    r = np.asarray(rays, dtype=np.float64)
+    shape = r.shape[:-1]
+    r = r.reshape(-1, 3)
+    r = r / np.linalg.norm(r, axis=1, keepdims=True)
+    t, _ = _trace(scene, r)
+    return t.astype(np.float32).reshape(shape)
+
+
 def _face_of(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, inside: bool):
     """Axis (0..2) and outward sign (+1/-1) of the box face nearest to each point ``p`` (N,3)."""
     d = np.concatenate([np.abs(p - lo), np.abs(p - hi)], axis=1)  # (N, 6): lo faces, hi faces
@@ -817,16 +843,11 @@ def render(scene: Scene, width: int = 1024, height: Optional[int] = None) -> Ren
     dirs = geometry.erp_rays(height, width).reshape(-1, 3)
     n = dirs.shape[0]
 
-    # 1. room shell seen from inside: exit distance of the room box
-    safe = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
-    room_lo, room_hi = np.zeros(3), np.array([sx, sy, sz])
-    t_shell = np.min(np.where(safe > 0, (room_hi - cam) / safe, (room_lo - cam) / safe), axis=1)
-
-    # 2. nearest box
-    lo, hi = _box_arrays(scene.boxes)
-    t_box, bi = _cast(cam, dirs, lo, hi, t_shell) if len(scene.boxes) else (t_shell, np.full(n, -1))
+    # 1. room shell seen from inside, 2. nearest box
+    t, bi = _trace(scene, dirs)
     hit_box = bi >= 0
-    t = np.where(hit_box, t_box, t_shell).astype(np.float64)
+    room_lo, room_hi = np.zeros(3), np.array([sx, sy, sz])
+    lo, hi = _box_arrays(scene.boxes)
     p = cam + dirs * t[:, None]
 
     # 3. per-pixel surface attributes

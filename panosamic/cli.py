@@ -217,6 +217,7 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
     companions = None
     inputs: Dict[str, Any] = {}
     used: Dict[str, Optional[str]] = {"depth": None, "normals": None}
+    estimator_name = getattr(args, "estimate_maps", None)
     for kind, given in (("depth", depth_path), ("normals", normals_path)):
         if kind not in needs:
             continue
@@ -224,11 +225,17 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
         if src is None:
             companions = companions if companions is not None else find_companions(path)
             src = companions.get(kind)
+        if src is None and estimator_name and kind == "depth":
+            inputs["depth"], used["depth"] = _estimated_depth(image, args), f"estimated ({args.estimator.name})"
+            continue
+        if src is None and kind == "normals" and "depth" in inputs:  # the Predictor derives them from the depth
+            used["normals"] = "derived from the depth"
+            continue
         if src is None:
             flag = f"--{kind}"
             raise InputError(f"this checkpoint needs {kind} ({'+'.join(needs)}) but no {kind} was found for it: "
-                             f"put {_expected_companion_names(path, kind)} next to it or pass {flag} PATH "
-                             "(one per panorama, in order)")
+                             f"put {_expected_companion_names(path, kind)} next to it, pass {flag} PATH "
+                             "(one per panorama, in order), or add --estimate-maps to estimate it from the photo")
         if not Path(src).is_file():
             raise InputError(f"{kind} file {src} does not exist")
         inputs[kind] = load_depth(Path(src), args.depth_scale) if kind == "depth" else load_normals(Path(src))
@@ -242,6 +249,10 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
     h, w = labels.shape
     save_labels_png(paths["labels"], labels_array(labels, k))
     save_image(paths["color"], ds.colorize(labels))
+    if str(used["depth"] or "").startswith("estimated"):
+        from .io import save_depth_png
+
+        save_depth_png(out / f"{stem}_depth_estimated.png", inputs["depth"])
     seconds = time.perf_counter() - t0
     doc = {
         "input": str(path), "depth": used["depth"], "normals": used["normals"],
@@ -255,6 +266,18 @@ def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, paths["stats"])
     return {"stats": stats, "width": w, "height": h, "seconds": seconds, **used}
+
+
+def _estimated_depth(image: np.ndarray, args) -> np.ndarray:
+    """Depth (metres, the image's size) estimated from the panorama with `--estimate-maps`'s
+    estimator, loaded once per command (`panosamic.estimation`)."""
+    from .estimation import estimate_depth, load_estimator
+
+    if getattr(args, "estimator", None) is None:
+        args.estimator = load_estimator(args.estimate_maps, device=args.device)
+        if getattr(args.estimator, "note", None):
+            print(f"note: {args.estimator.note}", file=sys.stderr)
+    return estimate_depth(image, args.estimator, size=image.shape[:2])
 
 
 class _BlockBar:
@@ -467,7 +490,8 @@ def cmd_evaluate(args) -> int:
     try:
         result = evaluate_dataset(args.dataset, args.root, args.fold, model, args.out, max_depth=args.max_depth,
                                   save_labels=args.save_labels, engine=args.engine, ray_options=ray_options,
-                                  overwrite=args.overwrite, progress=not args.no_progress)
+                                  overwrite=args.overwrite, progress=not args.no_progress,
+                                  estimate_maps=args.estimate_maps)
     except FoldError as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
@@ -639,6 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metres per unit of depth PNGs (default 0.001: 16-bit millimetres; .npy/.exr are metres)")
     p.add_argument("--max-depth", type=float, default=10.0, metavar="M",
                    help="depth in metres that maps to black in the depth encoding (default 10)")
+    p.add_argument("--estimate-maps", nargs="?", const="auto", default=None, metavar="ESTIMATOR",
+                   help="estimate depth (and so normals) from the photo where a checkpoint needs them and none "
+                        "is found: auto (Depth Anything V2 Metric Indoor Small, else the offline demo; the "
+                        "default when the flag is given alone), demo, or a Hub id; writes <stem>_depth_estimated.png")
     _add_run_args(p, overwrite="replace existing results in --out")
     p.set_defaults(func=cmd_predict)
 
@@ -659,6 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "depth, as the checkpoints were trained; cached)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--save-labels", action="store_true", help="also write labels/<area>/<sample>.png")
+    p.add_argument("--estimate-maps", nargs="?", const="auto", default=None, metavar="ESTIMATOR",
+                   help="estimate depth (and normals) from each RGB image instead of reading the dataset's maps "
+                        "(auto, the default when given alone, demo, or a Hub id; local engine): how a checkpoint "
+                        "does on photos that come without them")
     _add_run_args(p, overwrite="discard earlier results in --out instead of resuming")
     p.set_defaults(func=cmd_evaluate)
 

@@ -135,7 +135,7 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         # click the first RGB-D-N example (the photos before it are RGB only): panorama, depth
         # and normals are filled in
         page.locator("#examples .thumbnail-item").filter(has_text="RGB-D-N").first.click()
-        page.wait_for_function("() => !document.querySelector('#run-button').disabled")
+        page.wait_for_function("() => { const b = document.querySelector('#run-button'); return b && !b.disabled; }")
         assert "❌" not in page.locator("#requirements").inner_text()
 
         t0 = time.perf_counter()
@@ -143,12 +143,9 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         page.locator("#run-status").get_by_text("Segmented").wait_for(timeout=300_000)  # big models on CPU
         run_s = time.perf_counter() - t0
         page.locator("#legend .pano-legend-row").first.wait_for()
-        page.locator("#pano-3d .js-plotly-plot").first.wait_for()
-        # plotly.js read the point cloud's typed arrays: one trace per class (and the camera),
-        # each with its points
-        points = page.evaluate("""() => document.querySelector('#pano-3d .js-plotly-plot')._fullData
-            .filter(t => t.name !== 'camera').map(t => [t.name, t.x.length])""")
-        assert len(points) >= 2 and all(n > 0 for _, n in points), points
+        # the point cloud is drawn on demand (plotly redraws take seconds without a GPU): its
+        # accordion is closed, nothing is drawn (opened at the end)
+        assert page.locator("#pano-3d .js-plotly-plot").count() == 0
 
         # ---- the 360° viewer: a WebGL canvas showing the segmented panorama
         canvas = page.locator("#pano-viewer canvas.pv-gl")
@@ -191,6 +188,10 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         assert _blue_pixels(canvas.screenshot()) > 50, "no mask preview in the 360° viewer"
         src = _wait_new_picture(page, src)
         assert _blue_pixels(erp.screenshot()) > blue_erp + 20, "the viewer's click shows no mask on the ERP view"
+        # Shift-click in the viewer adds a point to the selection
+        canvas.click(position={"x": cbox["width"] * 0.35, "y": cbox["height"] * 0.65}, modifiers=["Shift"])
+        page.locator("#edit-status").get_by_text("2 positive").wait_for()
+        src = _wait_new_picture(page, src)
         page.get_by_role("button", name="Clear prompts").click()
         page.locator("#edit-status").get_by_text("Click on the panorama").wait_for()
         src = _wait_new_picture(page, src)
@@ -208,6 +209,15 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         after = _blue_pixels(view.screenshot())
         assert after > before + 50, f"no mask preview on the ERP view ({before} -> {after} blue pixels)"
         assert "1 positive" in page.locator("#edit-status").inner_text()
+        # a plain click elsewhere starts a new selection (as in SAM's demo); Shift-click adds a point
+        assert "new selection" in page.locator("#click-mode").inner_text()
+        src = _picture_src(page)
+        view.click(position={"x": box["width"] * 0.70, "y": box["height"] * 0.45})
+        src = _wait_new_picture(page, src)
+        assert "1 positive" in page.locator("#edit-status").inner_text()
+        view.click(position={"x": box["width"] * 0.30, "y": box["height"] * 0.62}, modifiers=["Shift"])
+        page.locator("#edit-status").get_by_text("2 positive").wait_for()
+        src = _wait_new_picture(page, src)
 
         # a box drawn with two clicks, the second corner left of the first: wraps across the seam
         page.get_by_label("Box (2 clicks)").check()
@@ -215,11 +225,12 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         page.locator("#edit-status").get_by_text("first box corner").wait_for()
         view.click(position={"x": box["width"] * 0.06, "y": box["height"] * 0.7})
         page.locator("#edit-status").get_by_text("box across the seam").wait_for()
-        # undo twice: back to the single positive point and its mask
+        assert "positive" not in page.locator("#edit-status").inner_text()   # the box alone: a new selection
+        # undo twice: back to the two positive points and their mask
         page.locator("#undo-button").click()
         page.locator("#edit-status").get_by_text("first box corner").wait_for()
         page.locator("#undo-button").click()
-        page.locator("#edit-status").get_by_text("1 positive").wait_for()
+        page.locator("#edit-status").get_by_text("2 positive").wait_for()
 
         # ---- a click on the seam in the viewer: one seamless mask
         page.get_by_label("Positive point").check()
@@ -245,6 +256,38 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         seam_agreement = float((left & right).sum() / (left | right).sum())
         assert seam_agreement > 0.6, f"the mask is not seamless across lon ±180° ({seam_agreement:.2f})"
 
+        # ---- edits: from the click on Assign or Undo to the new picture on the ERP view
+        src = _picture_src(page)
+        t0 = time.perf_counter()
+        page.locator("#assign-button").click()
+        src = _wait_new_picture(page, src)
+        assign_s = time.perf_counter() - t0
+        page.locator("#edit-status").get_by_text("1 edit(s)").wait_for()
+        t0 = time.perf_counter()
+        page.locator("#undo-button").click()
+        src = _wait_new_picture(page, src)
+        undo_s = time.perf_counter() - t0
+        page.locator("#edit-status").get_by_text("mask #").wait_for()
+        assert page.locator("#pano-3d .js-plotly-plot").count() == 0   # no point cloud drawn meanwhile
+
+        # ---- the point cloud, once its accordion is opened: plotly.js read the typed arrays, one
+        # trace per class (and the camera), each with its points; while open, it follows the edits
+        page.locator("#pano-3d-box").get_by_text("Point cloud (3D").click()
+        page.locator("#pano-3d .js-plotly-plot").first.wait_for()
+        cloud = """() => Object.fromEntries(document.querySelector('#pano-3d .js-plotly-plot')._fullData
+            .filter(t => t.name !== 'camera').map(t => [t.name, t.x.length]))"""
+        points = page.evaluate(cloud)
+        assert len(points) >= 2 and all(n > 0 for n in points.values()), points
+        page.locator("#class input").click()
+        page.get_by_role("option", name="ceiling", exact=True).click()
+        src = _picture_src(page)
+        t0 = time.perf_counter()
+        page.locator("#assign-button").click()
+        _wait_new_picture(page, src)
+        assign_open_s = time.perf_counter() - t0
+        page.wait_for_function(f"() => ({cloud})().ceiling > {points.get('ceiling', 0)}")
+        assign_cloud_s = time.perf_counter() - t0
+
         shot = tmp_path / "screenshot.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
@@ -252,7 +295,9 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
             _save_small_png(shot, ROOT / "assets" / "screenshot.png")
         print(f"\nbrowser: startup {app['startup_s']:.2f} s, run {run_s:.2f} s, viewer click->mask "
               f"{viewer_click_s:.2f} s, ERP click->mask {click_s:.2f} s, drag difference {drag_diff:.1f}, "
-              f"seam agreement {seam_agreement:.2f}, screenshot {shot}")
+              f"seam agreement {seam_agreement:.2f}; click -> new picture: assign {assign_s:.2f} s, undo "
+              f"{undo_s:.2f} s, assign with the point cloud open {assign_open_s:.2f} s (its cloud "
+              f"{assign_cloud_s:.2f} s); screenshot {shot}")
         page.close()
 
 
@@ -276,14 +321,21 @@ def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
             assert page.locator("#checkpoint input").input_value().startswith("Automatic")
             t0 = time.perf_counter()
             page.locator("#panorama-input input[type=file]").set_input_files(str(photo))
-            page.wait_for_function("() => !document.querySelector('#run-button').disabled")
+            page.wait_for_function("() => { const b = document.querySelector('#run-button'); return b && !b.disabled; }")
             need = page.locator("#requirements").inner_text()
             assert "Demo RGB" in need and "Ready" in need, need
             page.locator("#run-button").click()
             page.locator("#run-status").get_by_text("Segmented 1024×512").wait_for()
             photo_run_s = time.perf_counter() - t0
             assert "Demo RGB" in page.locator("#run-status").inner_text()
+            assert "estimated from the photo" in page.locator("#run-status").inner_text()
             page.locator("#legend .pano-legend-row").first.wait_for()
+            # the 3D view of an RGB-only photo: its depth estimated, a point cloud with every class
+            page.locator("#pano-3d-box").get_by_text("Point cloud (3D").click()
+            page.locator("#pano-3d .js-plotly-plot").first.wait_for()
+            traces = page.evaluate("""() => document.querySelector('#pano-3d .js-plotly-plot')._fullData
+                .filter(t => t.name !== 'camera').map(t => t.x.length)""")
+            assert len(traces) >= 2 and all(n > 0 for n in traces), traces
             # a click gives candidates; Assign writes one into the map; Export gives the files
             view = page.locator("#pano-view img")
             src = _picture_src(page)
@@ -297,11 +349,19 @@ def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
             page.locator("#edit-status").get_by_text("1 edit(s)").wait_for()
             page.locator("#export-button").click()
             page.locator("#downloads").get_by_text("hotel_room_labels", exact=True).wait_for()
-            # the Demo RGB-D-N with a photo alone: Run says what is missing and which choice fits
+            shot = tmp_path / "screenshot-photo.png"
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.screenshot(path=str(shot))          # the first screen, as a newcomer sees it
+            if os.environ.get("PANOSAMIC_UPDATE_SCREENSHOT") == "1":
+                _save_small_png(shot, ROOT / "assets" / "screenshot-photo.png")
+            # the Demo RGB-D-N with a photo alone: the depth and normals are estimated from it
             page.locator("#checkpoint input").click()
             page.get_by_role("option", name="Demo RGB-D-N").click()
-            page.locator("#requirements").get_by_text("Missing: depth").wait_for()
-            assert page.locator("#run-button").is_disabled()
+            page.locator("#requirements").get_by_text("will be estimated from the photo").wait_for()
+            assert not page.locator("#run-button").is_disabled()
+            page.locator("#run-button").click()
+            page.locator("#run-status").get_by_text("Demo RGB-D-N").wait_for()
+            assert "depth and normals were estimated" in page.locator("#run-status").inner_text()
 
             # a released checkpoint: not downloaded, the Hub silent -> one message, quickly
             page.locator("#checkpoint input").click()

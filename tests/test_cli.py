@@ -233,12 +233,20 @@ def test_batch_with_failures_subprocess(tmp_path, checkpoint_dir):
     assert status == {"broken": "error", "good": "ok", "nodepth": "error", "wide": "error", "notes": "error"}
 
 
-def test_missing_normals_named(tmp_path, checkpoint_dir):
+def test_missing_normals_follow_from_the_depth(tmp_path, checkpoint_dir):
+    """An RGB-D-N checkpoint, a panorama with its depth but no normals: the normals are derived
+    from the depth (the stats say so); without depth either, the message names the files."""
     a = write_panorama(tmp_path, "a.png", 64, seed=9, normals=False)
     code, _, err = run_main("predict", a["image"], "--checkpoint", checkpoint_dir, "--out", tmp_path / "o",
                             "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "a_stats.json").read_text())["normals"] == "derived from the depth"
+    (tmp_path / "b").mkdir()
+    b = write_panorama(tmp_path / "b", "b.png", 64, seed=9, normals=False, depth=False)
+    code, _, err = run_main("predict", b["image"], "--checkpoint", checkpoint_dir, "--out", tmp_path / "o2",
+                            "--no-progress")
     assert code == 1
-    assert "normals" in err and "a_normals.png" in err
+    assert "depth" in err and "b_depth" in err and "--estimate-maps" in err
 
 
 def test_bad_checkpoint_is_a_message(tmp_path):
@@ -335,3 +343,34 @@ def test_bundled_examples(checkpoint_dir, tmp_path):
     assert code == 0, err
     for p in usable:
         assert (tmp_path / f"{cli.output_stem(p)}_labels.png").is_file()
+
+
+def test_predict_estimates_missing_maps_from_the_photo(tmp_path, monkeypatch):
+    """`predict --estimate-maps` on a real RGB-only photo with the RGB-D-N demo: the depth is
+    estimated (offline: the demo estimator, said on stderr), the normals derived from it, the
+    estimated depth written as a 16-bit PNG in mm, the stats say where the maps came from.
+    Without the flag the same photo fails with the advice to add it."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    photo = tmp_path / "in" / "hotel_room_rgb.jpg"
+    photo.parent.mkdir()
+    shutil.copy(root / "assets" / "examples" / "hotel_room_rgb.jpg", photo)
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PANOSAMIC_ALLOCATOR": "system"}
+    base = [sys.executable, "-m", "panosamic", "predict", str(photo), "--checkpoint", str(root / "assets" / "demo"),
+            "--device", "cpu"]
+    out = subprocess.run(base + ["--out", str(tmp_path / "plain")], capture_output=True, text=True, cwd=root,
+                         env=env, timeout=300)
+    assert out.returncode == 1 and "--estimate-maps" in out.stderr + out.stdout
+    out = subprocess.run(base + ["--out", str(tmp_path / "est"), "--estimate-maps"], capture_output=True, text=True,
+                         cwd=root, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "demo estimator ran" in out.stderr
+    stats = json.loads((tmp_path / "est" / "hotel_room_stats.json").read_text())
+    assert stats["depth"] == "estimated (demo-depth)" and stats["normals"] == "derived from the depth"
+    from panosamic.io import load_depth
+
+    depth = load_depth(tmp_path / "est" / "hotel_room_depth_estimated.png")
+    assert depth.shape == (512, 1024) and (depth > 0.3).mean() > 0.99 and depth.max() < 20

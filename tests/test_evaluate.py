@@ -290,3 +290,32 @@ def test_tof360_wrong_layout_and_folds(tof360, dataset, tmp_path):
     code, _, err = run_main("evaluate", "--dataset", "tof360", "--root", dataset, "--fold", 1,
                             "--checkpoint", DEMO, "--out", tmp_path / "o")
     assert code == 1 and "no samples of Hospital" in err and "ToF-360" in err  # a Stanford folder
+
+
+def test_evaluate_with_maps_estimated_from_the_rgb_images(dataset, tmp_path, monkeypatch):
+    """`evaluate --estimate-maps demo`: the dataset's depth and normals are not read (the
+    samples' own maps are replaced by garbage here, and the scores do not move), the depth is
+    estimated from each RGB image; the demo checkpoint still segments the rendered rooms."""
+    import json
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = ["evaluate", "--dataset", "stanford2d3ds", "--root", dataset, "--fold", 1, "--checkpoint", DEMO,
+            "--no-progress", "--max-depth", 4.0, "--estimate-maps", "demo"]
+    code, _, err = run_main(*base, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "estimated from the RGB images by demo-depth" in err
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert first["num_samples"] > 0 and first["num_failed"] == 0 and first["miou"] > 0.3
+    # the dataset's own maps play no part: break them and score again
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    for f in list(broken.rglob("depth.png")) + list(broken.rglob("normals.webp")):
+        f.write_bytes(b"not an image")
+    code, _, err = run_main(*base[:4], broken, *base[5:], "--out", tmp_path / "b")
+    assert code == 0, err
+    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert second["miou"] == pytest.approx(first["miou"]) and second["num_failed"] == 0
+    code, _, err = run_main(*base, "--out", tmp_path / "c", "--engine", "ray")
+    assert code != 0 and "local engine" in err

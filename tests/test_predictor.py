@@ -164,7 +164,7 @@ def test_mask_input_round_trip_across_views(reference_predictor):
     ({"image": np.zeros((128, 256, 3), np.uint8)}, "needs depth and normals"),
     ({"image": np.zeros((128, 256, 3), np.uint8), "depth": np.ones((64, 128)),
       "normals": np.zeros((128, 256, 3))}, "same size"),
-    ({"image": np.zeros((128, 256, 3), np.uint8), "depth": np.ones((128, 256))}, "normals"),
+    ({"image": np.zeros((128, 256, 3), np.uint8), "normals": np.zeros((128, 256, 3))}, "needs depth"),
     ({"image": "panorama.png"}, "numeric array"),
     ({"image": np.full((128, 256, 3), np.nan)}, "NaN"),
 ])
@@ -175,11 +175,23 @@ def test_bad_panoramas_get_clear_errors(reference_predictor, kwargs, pattern):
         fresh.set_panorama(**kwargs)
 
 
-def test_missing_normals_hint_mentions_estimation(reference_predictor):
-    predictor, _ = reference_predictor
-    with pytest.raises(InputError, match="normals_from_depth"):
-        panosamic.Predictor(predictor.model, device="cpu").set_panorama(
-            np.zeros((128, 256, 3), np.uint8), depth=np.ones((128, 256)))
+def test_depth_alone_gets_normals_derived_from_it(reference_predictor):
+    """An RGB-D-N model given depth but no normals reads the normals `geometry.normals_for_model`
+    derives from that depth: the same embeddings as passing those normals explicitly."""
+    from panosamic.geometry import normals_for_model
+
+    predictor, inputs = reference_predictor
+    model = predictor.model
+    h, w = model.erp_size
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    depth = inputs["depth_m"] if inputs["depth_m"].shape == (h, w) else np.full((h, w), 2.5, np.float32)
+    derived = panosamic.Predictor(model, device="cpu").encode(image, depth=depth)
+    explicit = panosamic.Predictor(model, device="cpu").encode(image, depth=depth,
+                                                              normals=normals_for_model(depth, h, w))
+    torch.testing.assert_close(derived.embeddings, explicit.embeddings, rtol=0, atol=0)
+    without = panosamic.Predictor(model, device="cpu").encode(image, depth=depth, normals=np.zeros((h, w, 3)))
+    assert not torch.equal(derived.embeddings, without.embeddings)   # the normals did reach the model
 
 
 @pytest.mark.parametrize("kwargs, pattern", [

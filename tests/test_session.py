@@ -67,6 +67,31 @@ def test_prompts_points_boxes_and_seam_wrapping_box():
     assert s.undo() == "prompts" and s.box == [10, 1, 20, 9]
 
 
+def test_a_new_selection_replaces_the_prompts_and_undo_brings_them_back():
+    s = make_session()
+    s.add_point(3, 4)
+    s.add_point(5, 6, positive=False)
+    s.add_point(40, 20, new=True)                  # a plain click elsewhere: a new selection
+    assert s.points == [(40.0, 20.0)] and s.point_labels == [1]
+    assert s.undo() == "prompts" and s.points == [(3.0, 4.0), (5.0, 6.0)] and s.point_labels == [1, 0]
+    s.add_point(40, 20, new=True)
+    assert s.add_box_corner(60, 20, new=True) is False     # a box's first corner: a new selection at once
+    assert not s.points and s.box is None and s.pending_corner == (60, 20) and s.candidates is None
+    assert s.add_box_corner(4, 5, new=True) is True        # the second corner only completes it
+    assert s.box == [60, 5, 4, 20] and not s.points
+    s.add_point(30, 10)                                     # Shift: the box keeps its point
+    assert s.add_box_corner(1, 1) is False and s.box == [60, 5, 4, 20] and s.points == [(30.0, 10.0)]
+    assert s.add_box_corner(9, 9) is True and s.box == [1, 1, 9, 9] and s.points == [(30.0, 10.0)]
+    for _ in range(4):
+        s.undo()
+    assert s.box is None and s.pending_corner == (60, 20) and not s.points
+    # after Assign the prompts are gone: the next click starts afresh whatever it is
+    s.add_point(30, 10, new=True)
+    s.set_candidates(np.ones((1, *s.shape), bool), [0.9])
+    s.assign("wall")
+    assert not s.has_prompts and s.pending_corner is None and s.candidates is None
+
+
 @pytest.mark.parametrize("bad", [
     dict(points=[[100, 2]]), dict(points=[[1, 2]], labels=[2]), dict(points=[[1, 2]], labels=[1, 0]),
     dict(points=[]), dict(box=[1, 2, 3]), dict(box=[5, 5, 9, 5]), dict(points=[["a", 1]]),

@@ -461,8 +461,9 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     ex = write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
     backend = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, examples=str(tmp_path / "examples"))
     assert [Path(p).name for p in backend.examples[0]] == ["office_rgb.jpg", "office_depth.png", "office_normals.png"]
-    with pytest.raises(InputError, match="needs the depth map too"):
-        backend.segment(str(ex["image"]), None, str(ex["normals"]), "local", 0, 10)
+    refusing = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64, depth_estimator="none")
+    with pytest.raises(InputError, match="needs the depth map too"):   # no estimator: the map is asked for
+        refusing.segment(str(ex["image"]), None, str(ex["normals"]), "local", 0, 10)
 
     stages = []
     s, cached = backend.segment(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), None, 0, None,
@@ -488,10 +489,10 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
     backend.click(s, 60, 70, "positive")
     assert s.points == [(60.5, 70.5)] and len(s.scores) == 3
     point_masks = s.candidates
-    backend.click(s, 250, 30, "box")                           # the first corner: no decoder run
+    backend.click(s, 250, 30, "box", add=True)                 # the first corner: no decoder run
     assert s.pending_corner == (250.5, 30.5) and s.candidates is point_masks
-    backend.click(s, 20, 100, "box")
-    assert s.box == [250.5, 30.5, 20.5, 100.5] and s.candidates is not None
+    backend.click(s, 20, 100, "box")                           # with Shift's first corner: the point stays
+    assert s.box == [250.5, 30.5, 20.5, 100.5] and s.candidates is not None and s.points == [(60.5, 70.5)]
     backend.prompt(s, '{"points": [[10, 10]], "labels": [0], "append": true}')
     assert s.point_labels == [1, 0] and s.box == [250.5, 30.5, 20.5, 100.5]
     before = s.summary()["prompts"]

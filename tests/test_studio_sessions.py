@@ -231,6 +231,46 @@ def test_viewer_clicks_by_direction_equal_pixel_prompts(backend, big_example):
         backend.click_lonlat(None, 0, 0, "positive")
 
 
+def test_a_plain_click_starts_a_new_selection_shift_adds_and_negative_subtracts(backend, big_example):
+    """SAM's demo's habit, in both views: a plain click selects anew, Shift-click (add) adds a
+    point, a negative click takes a part away from the selection (refused without one), a box
+    replaces the prompt unless Shift keeps the points; each is one undo step, and after Assign
+    the next click starts afresh."""
+    s = _segment(backend, big_example)
+    backend.click(s, 100, 150)
+    first = s.candidates.copy()
+    backend.click(s, 400, 60)                                # a second object: not mixed with the first
+    assert s.points == [(400.5 / 0.25, 60.5 / 0.25)] and s.point_labels == [1]
+    alone = s.candidates.copy()
+    backend.click(s, 100, 150, add=True)                     # Shift-click: both points
+    assert len(s.points) == 2 and s.point_labels == [1, 1]
+    backend.undo(s)                                          # back to the second object's selection
+    np.testing.assert_array_equal(s.candidates, alone)
+    backend.undo(s)                                          # and to the first one's
+    np.testing.assert_array_equal(s.candidates, first)
+    backend.click(s, 110, 160, "negative")                   # subtracts: joins the current selection
+    assert s.point_labels == [1, 0] and s.points[0] == (100.5 / 0.25, 150.5 / 0.25)
+    backend.click_lonlat(s, 20.0, -10.0, "positive", add=True)   # the viewer's Shift-click
+    assert s.point_labels == [1, 0, 1]
+    backend.click_lonlat(s, 20.0, -10.0, "positive")             # the viewer's plain click
+    assert s.point_labels == [1]
+    backend.click(s, 300, 50, "box", add=True)               # Shift: the box keeps the point
+    backend.click(s, 350, 90, "box")
+    assert s.point_labels == [1] and s.box is not None
+    backend.click(s, 300, 50, "box")                         # plain: the box alone, from its first corner
+    assert not s.points and s.box is None and s.candidates is None
+    backend.click(s, 350, 90, "box")
+    assert not s.points and s.box is not None and s.candidates is not None
+    backend.assign(s, "wall")
+    assert not s.has_prompts
+    with pytest.raises(InputError, match="first click on what you want"):
+        backend.click(s, 110, 160, "negative")                # nothing selected to take a part from
+    assert not s.has_prompts and s.candidates is None
+    backend.click(s, 100, 150, add=True)                     # after Assign: a fresh selection
+    assert s.point_labels == [1]
+    np.testing.assert_array_equal(s.candidates, first)
+
+
 def test_labels_at_any_size_equal_the_argmax_of_the_logits(backend, big_example):
     s = _segment(backend, big_example)
     predictor = backend.registry.get(s.model_key)

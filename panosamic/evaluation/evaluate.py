@@ -79,14 +79,24 @@ def csv_fields(classes: Sequence[str]) -> List[str]:
 
 
 def score_sample(predictor, layout: Layout, sample: Sample, labels_dir: Optional[Path] = None,
-                 mask_black: Optional[bool] = None) -> Dict[str, Any]:
+                 mask_black: Optional[bool] = None, estimator: Any = None) -> Dict[str, Any]:
     """Predict one sample and return its CSV row (see the module docstring). Raises
     :class:`~panosamic.errors.PanoSAMicError` on unreadable files; writes the label PNG only
-    after the prediction succeeded."""
+    after the prediction succeeded. With `estimator` (`panosamic.estimation.load_estimator`)
+    the dataset's depth and normals are not read: the depth is estimated from the RGB image
+    and the normals derived from it, as for a photo that comes without them."""
     t0 = time.perf_counter()
     mods = predictor.required_modalities
-    data = layout.load(sample, mods, mask_black=layout.black_void_for(mods) if mask_black is None else mask_black)
-    predictor.set_panorama(data.image, depth=data.depth, normals=data.normals)
+    black = layout.black_void_for(mods) if mask_black is None else mask_black
+    if estimator is not None and "depth" in mods:
+        from ..estimation import estimate_depth
+
+        data = layout.load(sample, ("image",), mask_black=black)
+        depth = estimate_depth(data.image, estimator, size=data.image.shape[:2])
+        predictor.set_panorama(data.image, depth=depth)
+    else:
+        data = layout.load(sample, mods, mask_black=black)
+        predictor.set_panorama(data.image, depth=data.depth, normals=data.normals)
     pred = predictor.labels
     k = layout.dataset.num_classes
     gt = data.labels
@@ -188,7 +198,8 @@ def _checkpoint_facts(model: Dict[str, Any]) -> Dict[str, Any]:
 def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, max_depth: Optional[float] = None,
                      save_labels: bool = False, engine: str = "local", ray_options: Optional[Dict[str, Any]] = None,
                      overwrite: bool = False, progress: bool = True,
-                     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Dict[str, Any]:
+                     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                     estimate_maps: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate ``model`` (keyword arguments of :func:`panosamic.from_pretrained` without
     ``max_depth``: checkpoint, subfolder, sam, config, device, dtype) on ``fold``'s test split
     of the processed dataset at ``root``; returns the metrics.json content.
@@ -196,7 +207,11 @@ def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, 
     ``max_depth`` None derives T from the training split (:func:`split_max_depth`).
     ``engine`` "local" (one process) or "ray" (``ray_options``: address, num_actors,
     num_gpus_per_actor, num_cpus_per_actor; see :mod:`panosamic.ray_engine`).
+    ``estimate_maps`` ("auto", "demo", a Hub id; local engine): the depth and normals are
+    estimated from each RGB image instead of read (the dataset's own maps are not used).
     """
+    if estimate_maps and engine != "local":
+        raise InputError("--estimate-maps runs with the local engine only for now: drop --engine ray")
     from tqdm.auto import tqdm
 
     layout = get_layout(dataset, root)
@@ -262,7 +277,8 @@ def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, 
     t_run = time.perf_counter()
     with open(csv_path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        for row in _run_engine(engine, layout, pending, model, t, labels_dir, mask_black, ray_options, log):
+        for row in _run_engine(engine, layout, pending, model, t, labels_dir, mask_black, ray_options, log,
+                               estimate_maps):
             if row["status"] != "ok":
                 bar.write(f"panosamic: error: {row['sample']}: {row['error']}", file=sys.stderr)
             writer.writerow(row)
@@ -293,7 +309,7 @@ def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, 
 
 def _run_engine(engine: str, layout: Layout, pending: List[Sample], model: Dict[str, Any], t: float,
                 labels_dir: Optional[Path], mask_black: bool, ray_options: Optional[Dict[str, Any]],
-                log: Callable[[str], None]) -> Iterator[Dict[str, Any]]:
+                log: Callable[[str], None], estimate_maps: Optional[str] = None) -> Iterator[Dict[str, Any]]:
     """Rows of the pending samples, in completion order."""
     if not pending:
         return
@@ -311,15 +327,22 @@ def _run_engine(engine: str, layout: Layout, pending: List[Sample], model: Dict[
     predictor = from_pretrained(max_depth=t, **model)
     log(f"panosamic: model on {predictor.device} (loaded in {time.perf_counter() - t_load:.1f} s); "
         f"{len(pending)} sample(s) to score")
+    estimator = None
+    if estimate_maps:
+        from ..estimation import load_estimator
+
+        estimator = load_estimator(estimate_maps, device=model.get("device"))
+        log(f"panosamic: depth and normals estimated from the RGB images by {estimator.name}"
+            + (f" ({estimator.note})" if getattr(estimator, "note", None) else ""))
     for sample in pending:
-        yield score_one_safely(predictor, layout, sample, labels_dir, mask_black)
+        yield score_one_safely(predictor, layout, sample, labels_dir, mask_black, estimator)
 
 
 def score_one_safely(predictor, layout: Layout, sample: Sample, labels_dir: Optional[Path],
-                     mask_black: bool) -> Dict[str, Any]:
+                     mask_black: bool, estimator: Any = None) -> Dict[str, Any]:
     """:func:`score_sample`, with a failure turned into an error row (the run goes on)."""
     try:
-        return score_sample(predictor, layout, sample, labels_dir, mask_black)
+        return score_sample(predictor, layout, sample, labels_dir, mask_black, estimator)
     except (PanoSAMicError, OSError) as e:
         return error_row(sample, str(e).strip() or type(e).__name__)
 

@@ -65,6 +65,9 @@ GpuLender = Callable[..., Callable]
 LENT_GPU_BASE_S = 20.0
 LENT_GPU_S_PER_TFLOP = 1.0
 LENT_GPU_INSTANCES_S = 60
+#: Seconds asked of a lent GPU to estimate depth: 14 views of Depth Anything V2 Small (~25 M
+#: parameters, 518 px) take well under a second on a GPU; loading it there takes the rest.
+LENT_GPU_ESTIMATE_S = 30
 
 #: Runs expected to take longer than this (seconds) on this device are announced before Run.
 LONG_RUN_S = 60.0
@@ -132,6 +135,9 @@ class StudioBackend:
         lend_gpu: `spaces.GPU` on a ZeroGPU Space (see the module docstring); None runs
             everything in this process on `device`.
         gpu_device: the device inside lent calls.
+        depth_estimator: what estimates depth (and so normals) from a photo that comes without:
+            "auto" (the real monocular model when it can be had, else the offline demo), "demo",
+            a Hub id or folder (`panosamic.estimation.load_estimator`), or "none" (refuse instead).
     """
 
     def __init__(self, checkpoint: str = HUB_REPO, subfolder: Optional[str] = None,
@@ -140,7 +146,7 @@ class StudioBackend:
                  session_mb: float = 4096, session_idle_s: float = 3600, work_width: int = 2048,
                  loader: Optional[Callable[[ModelKey], Any]] = None, lend_gpu: Optional[GpuLender] = None,
                  gpu_device: str = "cuda", embedding_cache_dir: Optional[str] = None,
-                 embedding_cache_mb: float = 4096, disk_mb: float = 0):
+                 embedding_cache_mb: float = 4096, depth_estimator: str = "auto", disk_mb: float = 0):
         # with a lent GPU, models live on the CPU in this process (loaded outside GPU calls)
         self.device = "cpu" if lend_gpu is not None else device
         self.gpu_device = gpu_device if lend_gpu is not None else None
@@ -148,8 +154,12 @@ class StudioBackend:
         if lend_gpu is not None:
             self._encode = lend_gpu(self._encode_job, duration=self._encode_seconds)
             self._instances = lend_gpu(self._instances_job, duration=LENT_GPU_INSTANCES_S)
+            self._estimate = lend_gpu(self._estimate_job, duration=LENT_GPU_ESTIMATE_S)
         else:
             self._encode, self._instances = self._encode_job, self._instances_job
+            self._estimate = self._estimate_job
+        self.depth_estimator = str(depth_estimator or "none")
+        self._estimator: Any = None  # loaded on first need (`estimator`)
         self.work_width = int(work_width)
         self.checkpoints = Checkpoints(checkpoint, subfolder, sam)
         self._loader = loader or load_predictor
@@ -204,14 +214,14 @@ class StudioBackend:
         return choice
 
     def _cache_key(self, key: ModelKey, files: Dict[str, Any], max_depth: float,
-                   depth_scale: Optional[float]) -> str:
+                   depth_scale: Optional[float], estimated: Optional[str] = None) -> str:
         """The content key of a panorama's embeddings: the bytes of the files the checkpoint
         reads (a few MB, not the decoded arrays: up to 330 MB at 8K), the settings, the
         checkpoint, the weights it was read from and this package's version (the disk cache
         outlives a code change)."""
         return content_key(*(_file_bytes(files[m]) for m in ("image", "depth", "normals")),
                            max_depth=max_depth, depth_scale=depth_scale, checkpoint=repr(key),
-                           weights=self._weights.get(key, ""), version=__version__)
+                           weights=self._weights.get(key, ""), version=__version__, estimated=estimated)
 
     def _cached_state(self, ckey: str) -> Any:
         """The cached `PanoramaState` for `ckey`: from memory, else from disk (then kept in
@@ -278,17 +288,20 @@ class StudioBackend:
     def segment(self, pano: Any, depth_file: Any, normals_file: Any, choice: Optional[str],
                 depth_scale: Optional[float], max_depth: Optional[float],
                 progress: Progress = _no_progress, previous: Optional[Session] = None,
-                client: Optional[str] = None) -> Tuple[Session, bool]:
+                client: Optional[str] = None, estimate_3d: bool = True) -> Tuple[Session, bool]:
         """Reads the inputs, loads the checkpoint on first use, reuses cached embeddings;
         returns (new session, whether the embeddings came from the cache). The user's
-        `previous` session is released; `client` identifies the browser tab (see SessionStore)."""
+        `previous` session is released; `client` identifies the browser tab (see SessionStore).
+        Maps the checkpoint reads but the user did not give are estimated from the photo
+        (`depth_estimator`); with `estimate_3d` the depth is estimated for the 3D view too when
+        the checkpoint reads RGB only."""
         with self._user_job():
             return self._segment(pano, depth_file, normals_file, choice, depth_scale, max_depth, progress,
-                                 previous, client)
+                                 previous, client, estimate_3d)
 
     def _segment(self, pano: Any, depth_file: Any, normals_file: Any, choice: Optional[str],
                  depth_scale: Optional[float], max_depth: Optional[float], progress: Progress,
-                 previous: Optional[Session], client: Optional[str]) -> Tuple[Session, bool]:
+                 previous: Optional[Session], client: Optional[str], estimate_3d: bool = True) -> Tuple[Session, bool]:
         progress(0.0, desc="Reading the inputs")
         max_depth = _positive(max_depth, "Max depth T", default=DEFAULT_MAX_DEPTH)
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
@@ -299,18 +312,25 @@ class StudioBackend:
         image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes,
                                                   decoding=self._decoding)
         timings: Dict[str, float] = {"read": time.perf_counter() - t0}
-        _check_maps(self.checkpoints.modalities(choice), depth is not None, normals is not None)
+        can_estimate = self.depth_estimator != "none"
+        _check_maps(self.checkpoints.modalities(choice), depth is not None or can_estimate, normals is not None)
+
+        def estimate() -> Tuple[np.ndarray, str]:
+            return self._estimated_depth(pano, image, progress, timings)
+
         with self._compute(progress):
-            predictor, required, ckey, state, cached = self._embeddings(
+            predictor, required, ckey, state, depth, cached = self._embeddings(
                 choice, key, (pano, depth_file, normals_file), (image, depth, normals), max_depth, depth_scale,
-                progress, timings, notes)
+                progress, timings, notes, estimate=estimate if can_estimate else None, for_3d=estimate_3d)
+        estimated = () if depth is None or depth_file is not None else (
+            ("depth", "normals") if "normals" in required and normals is None else ("depth",))
         t0 = time.perf_counter()
         size = working_size(*image.shape[:2], self.work_width)
         s = Session(_resize_area(image, size), predictor.labels_at(size, state=state),
                     predictor.dataset.classes, predictor.dataset.palette, input_size=image.shape[:2],
                     depth=None if depth is None else _resize_depth(depth, size),
                     has_normals="normals" in required, key=ckey, checkpoint=choice,
-                    checkpoint_label=self.checkpoints.label(choice),
+                    checkpoint_label=self.checkpoints.label(choice), estimated=estimated,
                     state=state, model_key=key, max_depth=max_depth, name=name, timings=timings, notes=notes)
         s.timings["working_maps"] = time.perf_counter() - t0
         del image, depth, normals  # the input-size arrays go now
@@ -321,12 +341,15 @@ class StudioBackend:
     def _embeddings(self, choice: str, key: ModelKey, files: Tuple[Any, Any, Any],
                     arrays: Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]], max_depth: float,
                     depth_scale: Optional[float], progress: Progress, timings: Dict[str, float],
-                    notes: List[str]) -> Tuple[Any, Tuple[str, ...], str, Any, bool]:
+                    notes: List[str], estimate: Optional[Callable[[], Tuple[np.ndarray, str]]] = None,
+                    for_3d: bool = False) -> Tuple[Any, Tuple[str, ...], str, Any, Optional[np.ndarray], bool]:
         """The heavy part of Run, under the compute lock: loads the checkpoint on first use and
         finds the panorama's `PanoramaState` in the caches (memory, then disk) or encodes it
-        (then stores it in both). Returns (predictor, its modalities, cache key, state, whether
-        it was cached); adds "load" and the encoder's stages to `timings` (none of them on a
-        cache hit). Also what `preencode_examples` runs."""
+        (then stores it in both). Without a depth map, `estimate()` -> (depth in metres, the
+        estimator's name) supplies one when the checkpoint reads depth (or, with `for_3d`,
+        for the 3D view). Returns (predictor, its modalities, cache key, state, the depth used,
+        whether the state was cached); adds "load" and the encoder's stages to `timings` (none
+        of them on a cache hit). Also what `preencode_examples` runs."""
         if not self.registry.loaded(key):
             # not downloaded and no Hub: say so within ~2 s (huggingface_hub would retry for long)
             self.checkpoints.check_available(choice)
@@ -337,14 +360,21 @@ class StudioBackend:
         required = tuple(predictor.required_modalities)
         self.checkpoints.learn(choice, required)
         image, depth, normals = arrays
+        _check_maps(required, depth is not None or estimate is not None, normals is not None)
+        estimated = None
+        if depth is None and estimate is not None and ("depth" in required or for_3d):
+            depth, estimated = estimate()
         # maps the checkpoint does not use are left out of the cache key too
         use = {"image": True, "depth": depth is not None and "depth" in required,
                "normals": normals is not None and "normals" in required}
-        _check_maps(required, depth is not None, normals is not None)
-        if "normals" in required and normals is None:  # the Predictor derives them from the depth
+        if estimated is not None:
+            maps = "depth and normals" if "normals" in required and normals is None else "depth"
+            notes.append(f"No depth map was given: the {maps} {'were' if ' and ' in maps else 'was'} estimated "
+                         f"from the photo by {estimated}.")
+        elif "normals" in required and normals is None:  # the Predictor derives them from the depth
             notes.append("No normal map was given: the normals were derived from the depth map.")
         ckey = self._cache_key(key, {m: f if use[m] else None for m, f in zip(("image", "depth", "normals"), files)},
-                               max_depth, depth_scale)
+                               max_depth, depth_scale, estimated=estimated if use["depth"] else None)
         state = self._cached_state(ckey)
         cached = state is not None
         if cached:  # for the log only: a user must not learn that someone else ran these files
@@ -355,7 +385,46 @@ class StudioBackend:
             timings.update(state.timings)
             self.cache.put(ckey, state)
             self.disk.put(ckey, state)  # 25 MB for ViT-H RGB-D-N: ~0.1 s here (2 busy cores); off: nothing
-        return predictor, required, ckey, state, cached
+        return predictor, required, ckey, state, depth, cached
+
+    def estimator(self) -> Any:
+        """The depth estimator, loaded on first need and kept (`panosamic.estimation`): with
+        "auto" and a Hub known to be unreachable only the Hugging Face cache is tried, so the
+        demo takes over at once instead of after a connection time-out."""
+        if self._estimator is None:
+            from ..estimation import load_estimator
+
+            local_only = self.depth_estimator == "auto" and self.checkpoints.hub.known_unreachable()
+            self._estimator = load_estimator(self.depth_estimator, device=self.device, local_files_only=local_only)
+        return self._estimator
+
+    def _estimate_job(self, image: np.ndarray) -> np.ndarray:
+        """Depth (H, W) float32 metres of an (H, W, 3) photo at its own size, on the lent GPU
+        when there is one (the estimator is loaded in that call's process)."""
+        from ..estimation import estimate_depth
+
+        return estimate_depth(image, self.estimator(), size=image.shape[:2])
+
+    def _estimated_depth(self, pano: Any, image: np.ndarray, progress: Progress,
+                         timings: Dict[str, float]) -> Tuple[np.ndarray, str]:
+        """(depth of the photo in metres at its size, how the status names the estimator); kept
+        in the memory cache under the photo's bytes and the estimator, so a second Run of the
+        same photo (another checkpoint, a restart of the session) does not estimate again."""
+        progress(0.04, desc="Estimating depth from the photo")
+        t0 = time.perf_counter()
+        est = self.estimator()
+        name = getattr(est, "name", "the depth estimator")
+        key = content_key(_file_bytes(pano), estimator=name, purpose="depth")
+        depth = self.cache.get(key)
+        if depth is None:
+            depth = self._estimate(image)
+            self.cache.put(key, depth)
+        timings["estimate"] = time.perf_counter() - t0
+        if getattr(est, "fallback", False):
+            name = f"{name} (a toy for rendered rooms: the real model could not be fetched)"
+        elif name == "demo-depth" or "demo" in str(name):
+            name = f"{name} (a toy for rendered rooms)"
+        return depth, name
 
     def preencode_examples(self, stop: Optional[threading.Event] = None,
                            idle_s: float = PREENCODE_IDLE_S) -> int:
@@ -553,30 +622,44 @@ class StudioBackend:
             s.undo()
             raise
 
-    def click(self, s: Session, x_display: float, y_display: float, kind: str = "positive") -> None:
-        """A click on the ERP view at display (= working) pixels: a positive/negative point,
-        or a box corner (kind "box"; the decoder runs once the second corner completes it)."""
+    def click(self, s: Session, x_display: float, y_display: float, kind: str = "positive",
+              add: bool = False) -> None:
+        """A click on the ERP view at display (= working) pixels: a positive point, a negative
+        point or a box corner (kind "box"; the decoder runs once the second corner completes
+        it). As in SAM's demo, a positive point or a box starts a new selection, and with `add`
+        (Shift held) joins the current one; a negative point takes a part away from the
+        current selection (see `_add_click`)."""
         with self.store.use(s):
             h, w = s.input_size
             x = min(max((float(x_display) + 0.5) / s.scale, 0.0), w - 1.0)
             y = min(max((float(y_display) + 0.5) / s.scale, 0.0), h - 1.0)
-            self._add_click(s, x, y, kind)
+            self._add_click(s, x, y, kind, add)
 
-    def click_lonlat(self, s: Session, lon: Any, lat: Any, kind: str = "positive") -> None:
+    def click_lonlat(self, s: Session, lon: Any, lat: Any, kind: str = "positive", add: bool = False) -> None:
         """A click in the 360° viewer: the direction (lon, lat) in degrees, `panosamic.geometry`'s
         conventions, becomes the input pixel of that direction; then exactly as `click`
         (a box by two corners, the second left of the first wraps across the seam)."""
         with self.store.use(s):
             x, y = lonlat_to_pixels(_finite(lon, "longitude"), _finite(lat, "latitude"), s.input_size)
-            self._add_click(s, x, y, kind)
+            self._add_click(s, x, y, kind, add)
 
-    def _add_click(self, s: Session, x: float, y: float, kind: str) -> None:
-        """What a click does in either view, (x, y) in input pixels (the session is in use)."""
+    def _add_click(self, s: Session, x: float, y: float, kind: str, add: bool = False) -> None:
+        """What a click does in either view, (x, y) in input pixels (the session is in use).
+        Positive: a new selection of this point, or with `add` one more point of the current
+        one. Negative: one more point of the current selection, to take a part away (alone it
+        would select the rest of the panorama, so without a selection it is refused). Box: the
+        first corner starts a new selection (with `add` the points stay), the second completes
+        the box. Each click is one undo step."""
         if kind == "box":
-            if not s.add_box_corner(x, y):
+            if not s.add_box_corner(x, y, new=not add):
                 return
-        elif kind in ("positive", "negative"):
-            s.add_point(x, y, positive=(kind == "positive"))
+        elif kind == "positive":
+            s.add_point(x, y, positive=True, new=not add)
+        elif kind == "negative":
+            if not s.has_prompts:
+                raise InputError("A negative point takes a part away from a selection: first click on what you "
+                                 "want (Positive point or Box), then add negative points where the mask spills over.")
+            s.add_point(x, y, positive=False)
         else:
             raise InputError(f"A click adds a positive point, a negative point or a box corner, not {kind!r}.")
         self._predict_or_undo(s)

@@ -25,7 +25,8 @@ from ..exports import (COLORS_PNG_SUFFIX, class_stats, encode_rle, mask_bbox, po
 from ..io import panorama_stem, save_labels_png
 from .session import Session
 
-KINDS = ("labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb")
+KINDS = ("labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb",
+         "depth_estimated", "normals_estimated")
 _TILE_ROWS = 512
 
 
@@ -62,7 +63,9 @@ def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
 
     kinds: labels (PNG, class indices), colors (PNG), stats_json, stats_csv, coco_rle (JSON:
     per-class segments and the refined masks), masks_png (16-bit ids of the refined masks,
-    0 = none; only with refined masks) and pointcloud_glb (only with depth).
+    0 = none; only with refined masks), pointcloud_glb (only with depth), and, for maps
+    estimated from the photo, depth_estimated (16-bit PNG, millimetres, 0 = unknown) and
+    normals_estimated (RGB PNG, 127.5 * (n + 1), world frame), both at the input size.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,6 +116,28 @@ def _write_tables(s: Session, labels: np.ndarray, path: Callable[[str], str], ou
     if s.depth is not None:
         out["pointcloud_glb"] = point_cloud_glb(path("pointcloud.glb"), s.depth, s.labels, s.palette,
                                                 max_points=glb_max_points, max_depth=None)
+    if "depth" in s.estimated and s.depth is not None:
+        _write_estimated_maps(s, path, out)
+
+
+def _write_estimated_maps(s: Session, path: Callable[[str], str], out: Dict[str, str]) -> None:
+    """The depth (and normals) estimated from the photo, at the input size, from the session's
+    working-size depth: the depth bilinear across the seam, the normals taken at the working
+    size (at 8192x4096 `normals_from_depth` would need 0.8 GB per float64 array) and enlarged."""
+    import cv2
+
+    from ..geometry import encode_normals, normals_for_model
+    from ..io import save_depth_png, save_normals_png
+
+    H, W = s.input_size
+    # zlib level 3 as the label PNG: level 9 took 48 s for both maps of an 8192x4096 photo here
+    out["depth_estimated"] = str(save_depth_png(path("depth_estimated.png"), resize_erp(s.depth, H, W), compression=3))
+    if "normals" in s.estimated:
+        h, w = s.depth.shape
+        rgb = encode_normals(normals_for_model(s.depth, h, w))
+        if (h, w) != (H, W):
+            rgb = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_LINEAR)
+        out["normals_estimated"] = str(save_normals_png(path("normals_estimated.png"), rgb, compression=3))
 
 
 def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:

@@ -130,11 +130,12 @@ def given_maps(pano: Any, depth: Any, normals: Any) -> Tuple[str, ...]:
 
 
 def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any, depth: Any,
-                      normals: Any) -> Tuple[str, bool]:
+                      normals: Any, estimates: bool = False) -> Tuple[str, bool]:
     """(Markdown: what the selected checkpoint needs and what is missing, whether Run can start).
 
     Only presence matters: `pano`, `depth` and `normals` are the inputs, or any non-None marker.
     "Automatic" names the checkpoint it takes for the maps given (`Checkpoints.for_maps`).
+    `estimates`: a missing depth map (and so the normals) is estimated from the photo.
     """
     maps = given_maps(pano, depth, normals)
     value = (choice or checkpoints.default).strip() or checkpoints.default
@@ -167,6 +168,8 @@ def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any
     derived = "normals" in missing and have["depth"]
     if derived:
         missing.remove("normals")
+    estimated = [m for m in missing if estimates]
+    missing = [m for m in missing if m not in estimated]
     if missing:
         names = " and ".join(MODALITY_NAMES[m] for m in missing)
         return (f"⚠ {need} Missing: {names}. Upload it, or pick **Automatic**, which takes the checkpoint "
@@ -175,6 +178,8 @@ def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any
     note = f" The {' and '.join(unused)} map is not used by this checkpoint." if unused else ""
     if derived:
         note += " The normals will be derived from the depth map."
+    if estimated:
+        note += f" The {' and '.join(MODALITY_NAMES[m] for m in estimated)} will be estimated from the photo."
     return f"{need}{'' if unavailable else ' Ready.'}{note}", True
 
 

@@ -112,7 +112,8 @@ class Session:
                  has_normals: bool = False, key: Optional[str] = None, checkpoint: Optional[str] = None,
                  state: Any = None, model_key: Any = None, max_depth: Optional[float] = None,
                  name: str = "panorama", timings: Optional[Dict[str, float]] = None,
-                 notes: Optional[Sequence[str]] = None, checkpoint_label: Optional[str] = None):
+                 notes: Optional[Sequence[str]] = None, checkpoint_label: Optional[str] = None,
+                 estimated: Sequence[str] = ()):
         labels = np.asarray(labels)
         image = np.asarray(image)
         if image.shape[:2] != labels.shape:
@@ -124,6 +125,8 @@ class Session:
         if self.depth is not None and self.depth.shape != labels.shape:
             raise InputError(f"depth {self.depth.shape} does not match the labels {labels.shape}")
         self.has_normals = bool(has_normals)
+        #: the maps estimated from the photo ("depth", "normals"): exported beside the labels
+        self.estimated: Tuple[str, ...] = tuple(estimated)
         self.classes = tuple(classes)
         self.palette = np.asarray(palette, np.uint8)
         self.initial_labels = labels.astype(np.uint8)
@@ -297,21 +300,32 @@ class Session:
     def has_prompts(self) -> bool:
         return bool(self.points) or self.box is not None
 
-    def add_point(self, x: float, y: float, positive: bool = True) -> None:
-        """Adds a positive (foreground) or negative (background) point (input pixels)."""
+    def _start_selection(self) -> None:
+        self.points, self.point_labels, self.box, self.pending_corner = [], [], None, None
+
+    def add_point(self, x: float, y: float, positive: bool = True, new: bool = False) -> None:
+        """Adds a positive (foreground) or negative (background) point (input pixels); with
+        `new` the point starts a new selection instead (the points, box and half-drawn box
+        go; undo brings them back)."""
         x, y = self._check_xy(x, y)
         self._push_prompts()
+        if new:
+            self._start_selection()
         self.points.append((x, y))
         self.point_labels.append(1 if positive else 0)
         self._drop_candidates()
 
-    def add_box_corner(self, x: float, y: float) -> bool:
+    def add_box_corner(self, x: float, y: float, new: bool = False) -> bool:
         """First call stores a corner; the second completes the box (first corner's x is x1,
-        so a second corner left of the first makes a box that wraps across the seam).
-        Returns True when a box was completed."""
+        so a second corner left of the first makes a box that wraps across the seam), which
+        replaces any box. With `new` a first corner starts a new selection: the points and
+        box go at once (else the box joins the points). Returns True when a box was completed."""
         x, y = self._check_xy(x, y)
         self._push_prompts()
         if self.pending_corner is None:
+            if new:
+                self._start_selection()
+                self._drop_candidates()
             self.pending_corner = (x, y)
             return False
         x0, y0 = self.pending_corner
@@ -356,7 +370,7 @@ class Session:
         if not self.has_prompts and self.pending_corner is None and self.candidates is None:
             return False
         self._push_prompts()
-        self.points, self.point_labels, self.box, self.pending_corner = [], [], None, None
+        self._start_selection()
         self._drop_candidates()
         return True
 
@@ -448,7 +462,7 @@ class Session:
         self.labels[mask] = idx
         self.edited |= mask
         self.refined.append(RefinedMask.from_mask(mask, idx, score, "prompt"))
-        self.points, self.point_labels, self.box, self.pending_corner = [], [], None, None
+        self._start_selection()  # the next click starts a new selection
         self._drop_candidates()
         self._labels_changed(step.region, step.labels)
         return changed
@@ -493,6 +507,7 @@ class Session:
             "classes": list(self.classes),
             "has_depth": self.depth is not None,
             "has_normals": self.has_normals,
+            "estimated_maps": list(self.estimated),
             "max_depth": self.max_depth,
             "edits": len(self.refined),
             "changed_pixels": int(np.count_nonzero(self.labels != self.initial_labels)),

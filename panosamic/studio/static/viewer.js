@@ -15,8 +15,8 @@
 // y left, z up, so a direction is (cos lat cos lon, -cos lat sin lon, sin lat).
 // A fragment shader turns each screen pixel into its ray and samples the ERP texture at
 // the ray's (lon, lat); a click turns the pointer into the same ray in JavaScript and
-// sends trigger("pano_click", {lon, lat}) to Python, which adds the prompt exactly as a
-// click on the ERP view does.
+// sends trigger("pano_click", {lon, lat, shift}) to Python, which adds the prompt exactly as
+// a click on the ERP view does (shift: Shift was held, the click adds to the selection).
 //
 // Controls: drag to turn, wheel or pinch to zoom (field of view 20-120°), arrow keys turn
 // by 15°, +/- zoom, 0 (or a click on the compass) resets. The compass shows where you look
@@ -298,7 +298,7 @@ function endPointer(e, cancelled) {
     if (!gesture.moved && !cancelled) {
       const p = local(e);
       const d = directionAt(p.x, p.y);
-      trigger("pano_click", { lon: d.lon, lat: d.lat });
+      trigger("pano_click", { lon: d.lon, lat: d.lat, shift: e.shiftKey === true });
     }
     gesture = null;
   } else if (gesture && pointers.size === 1) {
