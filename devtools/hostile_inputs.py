@@ -190,10 +190,15 @@ def hostile_calls(url: str, good: Dict[str, str]) -> Dict[str, Any]:
     host, port = base.split("//", 1)[1].split("/")[0].rsplit(":", 1)
     http = httpx.Client(timeout=120)
 
+    endpoints = http.get(f"{base}/gradio_api/info").json()["named_endpoints"]
+
     def fd(path: str) -> Dict[str, Any]:
         return {"path": path, "meta": {"_type": "gradio.FileData"}}
 
-    def call(name: str, data: Any, session: str = "hostile-fresh") -> Any:
+    def call(name: str, data: Any, session: str = "hostile-fresh", fill: bool = True) -> Any:
+        params = endpoints.get("/" + name, {}).get("parameters", [])
+        if fill and len(data) < len(params):  # the rest: their defaults, as gradio_client does
+            data = data + [q.get("parameter_default") for q in params[len(data):]]
         r = http.post(f"{base}/gradio_api/call/{name}", json={"data": data, "session_hash": session})
         if r.status_code != 200:
             return r.status_code, r.text
@@ -227,27 +232,28 @@ def hostile_calls(url: str, good: Dict[str, str]) -> Dict[str, Any]:
     def twice(name: str) -> Any:
         out: list = []
         session = f"hostile-twice-{time.monotonic_ns()}"
-        threads = [threading.Thread(target=lambda: out.append(call(name, [None], session))) for _ in range(2)]
+        threads = [threading.Thread(target=lambda: out.append(call(name, [], session))) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         return max(out)
 
-    # the endpoints' values as the HTTP API takes them (gr.State left out)
-    seg = [fd(good["pano"]), fd(good["depth"]), fd(good["normals"]), "local", 0, 10, 0.55]
+    # the endpoints' leading values as the HTTP API takes them (gr.State left out; the rest:
+    # their defaults, as gradio_client fills them in)
+    seg = [fd(good["pano"]), fd(good["depth"]), fd(good["normals"]), "local", 0, 10]
     part = b'--zz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + b"x" * 50_000
     return {
-        "order:export_first": lambda: call("export", [None]),
-        "order:undo_first": lambda: call("undo", [0.55, None]),
-        "order:assign_first": lambda: call("assign", ["wall", 0, 0.55, None]),
-        "order:prompt_first": lambda: call("prompt", ['{"points": [[1, 1]]}', 0.55, None]),
-        "type:too_few_values": lambda: call("segment", [1]),
+        "order:export_first": lambda: call("export", []),
+        "order:undo_first": lambda: call("undo", []),
+        "order:assign_first": lambda: call("assign", ["wall", 0]),
+        "order:prompt_first": lambda: call("prompt", ['{"points": [[1, 1]]}']),
+        "type:too_few_values": lambda: call("segment", [1], fill=False),
         "type:text_for_a_file": lambda: call("segment", ["hello", *seg[1:]]),
         "type:file_without_path": lambda: call("segment", [{"meta": {"_type": "gradio.FileData"}}, *seg[1:]]),
         "type:path_not_uploaded": lambda: call("segment", [fd("/etc/passwd"), *seg[1:]]),
         "type:text_for_a_number": lambda: call("segment", [*seg[:4], "abc", *seg[5:]]),
-        "type:dict_for_a_prompt": lambda: call("prompt", [{"points": [[1, 1]]}, 0.55, None]),
+        "type:dict_for_a_prompt": lambda: call("prompt", [{"points": [[1, 1]]}]),
         "http:bad_json": lambda: (lambda r: (r.status_code, r.text))(
             http.post(f"{base}/gradio_api/call/prompt", content=b"{not json",
                       headers={"content-type": "application/json"})),
