@@ -473,9 +473,10 @@ def run_eta_check(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     from . import eta
 
     cfg, dev = _setup(preset, config, modalities, single_view, size, device, threads, seed)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu_s()
+    load_before = os.getloadavg()
     before = eta.estimate_seconds(cfg, dev, dtype, attention)
-    probe_s = time.perf_counter() - t
+    probe_s, probe_cpu = time.perf_counter() - t, _cpu_s() - c
     _note(f"estimate {before.seconds:.1f} s ({before.source}, {before.rate_tflops * 1e3:.1f} GFLOP/s; "
           f"probe {probe_s:.1f} s)", quiet)
     result = run_benchmark(preset=preset, config=config, modalities=modalities, single_view=single_view,
@@ -490,11 +491,16 @@ def run_eta_check(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         "estimate_s": round(before.seconds, 3), "source": before.source,
         "rate_gflops": round(before.rate_tflops * 1e3, 2), "tflop": round(before.tflop, 3),
         "passes": before.passes, "probe_s": round(probe_s, 2),
+        # cores this process got (CPU s / wall s) during the probe and the run: on a shared
+        # machine a gap between them, not the model, is what moves the ratio
+        "probe_cores": round(probe_cpu / probe_s, 2) if probe_s > 0 else None,
+        "run_cores": round(result["set_panorama_s"]["cpu_s_median"] / median, 2) if median > 0 else None,
+        "loadavg_before": [round(v, 2) for v in load_before],
         "measured_first_s": first, "measured_median_s": median,
         "ratio_first": round(before.seconds / first, 4), "ratio_median": round(before.seconds / median, 4),
         "holds": bool(0.67 <= before.seconds / first <= 1.5),
         "next_estimate_s": round(after.seconds, 3), "next_source": after.source,
-        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
     }
     return result
 

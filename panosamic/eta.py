@@ -2,14 +2,16 @@
 
 - `encoder_flops(config)`: floating-point operations of one image through SAM's ViT
   (multiply-add = 2), per block and in total, from the architecture alone.
-- `estimate_seconds(config, device, dtype)`: expected seconds of one `set_panorama`, from
-  those FLOPs and this device's rate. The rate is measured once per (device, dtype) by timing
-  two small ViT blocks (a fraction of a second on a CPU), and replaced by the rate of real
-  runs as soon as a `Predictor` has encoded a panorama on that device.
+- `estimate_seconds(config, device, dtype)`: expected seconds of one `set_panorama`: the
+  seconds of one windowed and one global-attention ViT block of this encoder's shape on this
+  device (`calibrate`: real-size blocks; vit_h 5.8 s in bfloat16 on a 2-core CPU) times their numbers,
+  times the images, plus fusion and decoding of this model (`calibrate_tail`). A real run of
+  the same shape on the same device then replaces both by what it took (`record_rate`,
+  `record_tail`).
 - `Progress`: what `Predictor.set_panorama(on_progress=...)` reports: the stage, ViT blocks
   done of total, seconds elapsed and seconds left.
 
-ViT-H RGB-D-N dual view is 6 images x ~5.5 TFLOP = ~33 TFLOP per panorama; RGB needs a third.
+ViT-H RGB-D-N dual view is 6 images x ~6 TFLOP = ~36 TFLOP per panorama; RGB needs a third.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 
 STAGES = ("preprocess", "encode", "fuse", "decode", "done")
 
-# Preprocessing, fusion and decoding as a share of the encoder's time (see `estimate_seconds`).
-TAIL = 0.05
+# Preprocessing, fusion and decoding as a share of the encoder's time, where they were not timed
+# for this model (see `estimate_seconds`): measured 18 % for vit_b RGB dual view (bfloat16) and
+# 11 % for vit_h RGB (float32) on the 2-core AMD EPYC.
+TAIL = 0.15
 
 # --- FLOP model ---------------------------------------------------------------------------------
 
@@ -86,6 +90,8 @@ def encoder_passes(config: Mapping[str, Any]) -> int:
 Shape = Tuple[int, int, int, int]
 
 _times: Dict[Tuple[str, str, str, Shape], "BlockTimes"] = {}
+# (device type, dtype, tail shape) -> (seconds of fusion + decoding of one panorama, source)
+_tails: Dict[Tuple[str, str, Tuple[int, ...]], Tuple[float, str]] = {}
 _rates: Dict[Tuple[str, str, str], Tuple[float, str]] = {}
 _lock = threading.Lock()
 _probe_lock = threading.Lock()  # one probe at a time: two would share the cores and both read slow
@@ -125,6 +131,78 @@ def _kinds(config: Mapping[str, Any]) -> Tuple[int, int]:
     return config["encoder_depth"] - n_global, n_global
 
 
+def tail_shape(config: Mapping[str, Any]) -> Tuple[int, ...]:
+    """What fusion and decoding cost depends on: (embed dim, token grid side, prompt dim,
+    modalities, views, classes, taps)."""
+    return (int(config["encoder_embed_dim"]), int(config["image_size"]) // int(config["patch_size"]),
+            int(config["prompt_embed_dim"]), len(config["modalities"]), encoder_passes(config) // len(config["modalities"]),
+            int(config["num_classes"]), len(config["encoder_global_attn_indexes"]))
+
+
+def record_tail(device, dtype, config: Mapping[str, Any], seconds: float, source: str = "measured") -> None:
+    """Remembers the seconds of preprocessing, fusion and decoding of one panorama of `config`
+    (`Predictor.encode` calls it with what a real run took)."""
+    if seconds <= 0:
+        return
+    key = _key(device, dtype)[:2] + (tail_shape(config),)
+    with _lock:
+        old = _tails.get(key)
+        if source == "measured" and old is not None and old[1] == "measured":
+            seconds = 0.5 * (seconds + old[0])  # smooth run-to-run noise
+        if source == "measured" or old is None or old[1] != "measured":
+            _tails[key] = (float(seconds), source)
+
+
+def tail_seconds(config: Mapping[str, Any], device, dtype) -> Optional[Tuple[float, str]]:
+    """(seconds, source) of fusion and decoding of one panorama of `config`, None if not timed."""
+    with _lock:
+        return _tails.get(_key(device, dtype)[:2] + (tail_shape(config),))
+
+
+def calibrate_tail(device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype] = "float32",
+                   config: Optional[Mapping[str, Any]] = None) -> float:
+    """Times fusion and decoding of one panorama of `config` at full size, random weights: one
+    of its (identical) fusion blocks on the real tapped-map shape, counted once per tap, and the
+    semantic decoder once. Every op there is local (per pixel or small window), but the maps are
+    large (vit_b RGB dual view: 4 x 2 x 768 x 64 x 64 in, 2 x 1024 x 256 x 256 out), so it is
+    timed at full size. Cost: one fusion block of the four and the decoder, a few seconds on the
+    2-core AMD EPYC for the released sizes."""
+    from .model.decoder import SemanticDecoder
+    from .model.fusion import FusionBlock
+
+    if config is None:
+        from .config import resolve_config
+
+        config = resolve_config("vit_b", modalities=("image",))
+    C, g, P, M, V, K, taps = tail_shape(config)
+    dev = torch.device(device)
+    torch_dtype = getattr(torch, _key(dev, dtype)[1])
+    with _probe_lock:
+        block = FusionBlock(embed_dim=C, grid=g, num_modalities=M, prompt_embed_dim=P,
+                            channel_attention=config["channel_attention"],
+                            spatial_attention=config["spatial_attention"]).to(dev).eval()
+        decoder = SemanticDecoder(in_channels=taps * P, hidden_dim=P, num_classes=K, size=4 * g,
+                                  dual_view=V == 2).to(dev).eval()
+        x = torch.randn(V * M, C, g, g, device=dev)
+        autocast = torch.autocast(dev.type, dtype=torch_dtype) if torch_dtype != torch.float32 else nullcontext()
+        with torch.inference_mode(), autocast:
+            t = time.perf_counter()
+            fused = block(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t_block = time.perf_counter() - t
+            fused = fused.repeat(1, taps, 1, 1)
+            t = time.perf_counter()
+            decoder(fused)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t_decoder = time.perf_counter() - t
+        del block, decoder, fused, x
+    seconds = taps * t_block + t_decoder
+    record_tail(dev, dtype, config, seconds, source="calibrated")
+    return tail_seconds(config, dev, dtype)[0]
+
+
 def set_rate(device, dtype, flops_per_s: float, attention: str = "auto", source: str = "injected") -> None:
     """Sets a device-wide rate (FLOP/s) for every shape without block times of its own, and
     forgets those of (device, dtype, attention): for tests and for a rate known in advance."""
@@ -152,6 +230,7 @@ def reset_rates() -> None:
     with _lock:
         _rates.clear()
         _times.clear()
+        _tails.clear()
 
 
 def known(config: Mapping[str, Any], device, dtype="float32", attention: str = "auto") -> bool:
@@ -222,14 +301,19 @@ def _probe_config(dim: int, heads: int, grid: int, window: int) -> Dict[str, Any
 
 
 def calibrate(device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype] = "float32",
-              attention: str = "auto", config: Optional[Mapping[str, Any]] = None) -> BlockTimes:
+              attention: str = "auto", config: Optional[Mapping[str, Any]] = None,
+              tail: bool = True) -> BlockTimes:
     """Times one windowed and one global-attention block of `config`'s real shape (random
-    weights, one image) on `device`, twice each in turn, and keeps the faster of each pair.
+    weights, one image) on `device`; with `tail` (and a full model config) also its fusion and
+    decoding (`calibrate_tail`).
 
-    `config` defaults to SAM's vit_b. Cost on the 2-core AMD EPYC (float32): vit_b ~6 s,
-    vit_h ~15 s (two passes of 65+110 / 177+248 GFLOP); milliseconds on a GPU. The first pass
-    pays one-off costs (kernel set-up, first touch of the 4096x4096 score buffers) that a real
-    run pays once in 12-32 blocks, hence the faster of two.
+    Two pairs of blocks are built; the first pair runs untimed (kernel set-up, first touch of
+    the 4096x4096 score buffers: once per real run), then the second pair is timed, once each:
+    its weights come from memory, not from a cache that a repeat would have warmed, as a real
+    model's do (a small effect: 1.04x for a vit_b block in bfloat16 on the 2-core AMD EPYC).
+    `config` defaults to SAM's vit_b. Measured with the tail on the 2-core AMD EPYC: vit_b 4.8 s
+    (bfloat16) / 13.5 s (float32, machine busy), vit_h 5.8 s (bfloat16) for 2 x (65 + 110) /
+    2 x (177 + 248) GFLOP; milliseconds on a GPU.
     """
     from functools import partial
 
@@ -244,28 +328,30 @@ def calibrate(device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.
     key = _key(dev, dtype, attention)
     torch_dtype = getattr(torch, key[1])
     with _probe_lock:
-        vit = TappedImageEncoderViT(depth=2, embed_dim=dim, img_size=grid * 16, mlp_ratio=4,
+        vit = TappedImageEncoderViT(depth=4, embed_dim=dim, img_size=grid * 16, mlp_ratio=4,
                                     norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=heads,
-                                    patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
+                                    patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1, 3),
                                     window_size=window, out_chans=256, attention=attention).to(dev).eval()
         x = torch.randn(1, grid, grid, dim, device=dev)
         autocast = torch.autocast(dev.type, dtype=torch_dtype) if torch_dtype != torch.float32 else nullcontext()
-        seconds: List[List[float]] = [[], []]
+        seconds: List[float] = []
         with torch.inference_mode(), autocast:
-            for _ in range(2):
-                for i, block in enumerate(vit.blocks):
-                    t = time.perf_counter()
-                    block(x)
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)
-                    seconds[i].append(time.perf_counter() - t)
+            for block in vit.blocks:  # windowed, global (untimed), windowed, global
+                t = time.perf_counter()
+                block(x)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                seconds.append(time.perf_counter() - t)
         del vit
-    times = BlockTimes(min(seconds[0]), min(seconds[1]), "calibrated")
+    times = BlockTimes(seconds[2], seconds[3], "calibrated")
     with _lock:
         slot = key + (encoder_shape(config),)
         if slot not in _times:  # a real run's times are better than a probe's
             _times[slot] = times
-        return _times[slot]
+        times = _times[slot]
+    if tail and "channel_attention" in config and tail_seconds(config, dev, dtype) is None:
+        calibrate_tail(dev, dtype, config)
+    return times
 
 
 def block_times(config: Mapping[str, Any], device="cpu", dtype="float32", attention: str = "auto",
@@ -317,7 +403,8 @@ def estimate_seconds(config: Mapping[str, Any], device: Union[str, torch.device]
     `modalities` overrides the config's (e.g. ("image",) to price the RGB checkpoint). The
     encoder's blocks at this device's measured seconds per block of this shape (`block_times`;
     a probe runs first when none is known and `probe` is True, else ValueError), plus
-    preprocessing, fusion and decoding, counted as `TAIL` of the encoder's time.
+    preprocessing, fusion and decoding as timed for this model (`calibrate_tail`, then real
+    runs), else counted as `TAIL` of the encoder's time.
     """
     cfg = dict(config)
     if modalities is not None:
@@ -328,7 +415,9 @@ def estimate_seconds(config: Mapping[str, Any], device: Union[str, torch.device]
     if times is None:
         raise ValueError("no rate known for this encoder on this device (estimate_seconds(probe=True) measures one)")
     encoder_s = passes * _encoder_seconds(cfg, times)
-    return Estimate(seconds=(1 + TAIL) * encoder_s, passes=passes, tflop=flops / 1e12,
+    tail = tail_seconds(cfg, device, dtype) if "channel_attention" in cfg else None
+    tail_s = tail[0] if tail is not None else TAIL * encoder_s
+    return Estimate(seconds=encoder_s + tail_s, passes=passes, tflop=flops / 1e12,
                     rate_tflops=flops / encoder_s / 1e12, source=times.source)
 
 

@@ -23,7 +23,8 @@ from .errors import InputError
 from .geometry import normals_for_model, roll_half, unroll_half, x_to_view
 from .hub import HUB_REPO_ID
 from .inputs import as_array, check_panorama
-from .eta import Progress, ProgressTracker, block_seconds, encoder_flops, encoder_passes, record_rate
+from .eta import (Progress, ProgressTracker, block_seconds, encoder_flops, encoder_passes, record_rate,
+                  record_tail)
 from .model import PanoSAMic
 from .model.attention import ATTENTION_MODES
 
@@ -295,6 +296,7 @@ class Predictor:
             del taps  # the large tapped maps are not needed once fused
             with stage("decode"):
                 logits = self.model.decode_semantics(fused)
+        record_tail(self.device, self.dtype, cfg, timings["preprocess"] + timings["fuse"] + timings["decode"])
         if tracker is not None:
             tracker.finish()
         return PanoramaState(embeddings.float(), logits.float().cpu(), input_size, timings)

@@ -226,28 +226,30 @@ class StudioBackend:
     def warm_up(self, probe: bool = True) -> None:
         """Imports the model code and, with `probe`, measures this device's speed
         (`panosamic.eta`: real-size blocks of each offered checkpoint's encoder shape, the
-        default's first; vit_h ~15 s on a 2-core CPU), so that the first Run starts sooner and
+        default's first; vit_h 5.8 s in bfloat16 on a 2-core CPU), so that the first Run starts sooner and
         `run_time_note` never makes an event wait (it says nothing for a shape not measured).
         For a background thread at start-up; with a lent GPU only the imports."""
         from .. import predictor, weights  # noqa: F401
         from ..device import resolve_device
-        from ..eta import calibrate, encoder_shape, known
+        from ..eta import calibrate, calibrate_tail, encoder_shape, known, tail_seconds, tail_shape
 
         self._warm.set()  # from now on run_time_note answers for every shape measured so far
         if self.gpu_device is not None or not probe:
             return
         device, dtype = resolve_device(self.device), self.dtype or "float32"
-        shapes = set()
+        seen = set()
         for value in [self.checkpoints.default] + self.checkpoints.listed():
             try:
                 config = self.checkpoints.architecture(value)
             except InputError:
                 continue
-            if config is None or encoder_shape(config) in shapes:
+            if config is None or (encoder_shape(config), tail_shape(config)) in seen:
                 continue
-            shapes.add(encoder_shape(config))
+            seen.add((encoder_shape(config), tail_shape(config)))
             if not known(config, device, dtype):
-                calibrate(device, dtype, config=config)
+                calibrate(device, dtype, config=config)  # the ViT blocks and this model's fusion + decoding
+            elif tail_seconds(config, device, dtype) is None:
+                calibrate_tail(device, dtype, config=config)  # same ViT, other maps: fusion + decoding only
 
     def run_time_note(self, choice: Optional[str]) -> str:
         """Markdown for before Run when the selected checkpoint will take long on this device
