@@ -6,13 +6,14 @@
                   [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype float32|bfloat16|float16]
                   [--cache-mb 2048] [--session-mb 4096] [--session-idle-min 60] [--examples assets/examples]
                   [--embedding-cache-dir ~/.cache/panosamic/embeddings] [--embedding-cache-mb 4096]
-                  [--no-preencode] [--shutdown-grace-s 7] [--disk-mb 8192]
+                  [--no-preencode] [--no-eta-probe] [--shutdown-grace-s 7] [--disk-mb 8192]
 
 Every option also reads an environment variable (PANOSAMIC_CHECKPOINT, PANOSAMIC_SUBFOLDER,
 PANOSAMIC_SAM_CHECKPOINT, PANOSAMIC_DEVICE, PANOSAMIC_DTYPE, PANOSAMIC_CACHE_MB, PANOSAMIC_HOST,
 PANOSAMIC_PORT, PANOSAMIC_SHARE, PANOSAMIC_EXAMPLES, PANOSAMIC_SESSION_MB,
 PANOSAMIC_SESSION_IDLE_MIN, PANOSAMIC_EMBEDDING_CACHE, PANOSAMIC_EMBEDDING_CACHE_MB,
-PANOSAMIC_PREENCODE, PANOSAMIC_SHUTDOWN_GRACE_S, PANOSAMIC_DISK_MB), for a Hugging Face Space.
+PANOSAMIC_PREENCODE, PANOSAMIC_ETA_PROBE, PANOSAMIC_SHUTDOWN_GRACE_S, PANOSAMIC_DISK_MB), for a Hugging
+Face Space.
 
 The app's temporary files (uploads, pictures, exports, and Gradio's cache, which the app keeps in
 its own folder) go with each user's session and at shutdown, and stay within --disk-mb
@@ -133,6 +134,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--preencode", action=argparse.BooleanOptionalAction, default=_env_bool("PREENCODE", True),
                    help="after start-up, encode the examples for the default checkpoint in the background "
                         "at the lowest CPU priority (users' runs go first)")
+    p.add_argument("--eta-probe", action=argparse.BooleanOptionalAction, default=_env_bool("ETA_PROBE", True),
+                   help="at start-up, time real-size ViT blocks of each offered checkpoint's encoder (vit_h: "
+                        "~15 s of a 2-core CPU) so that the page can say before Run how long it will take")
     p.add_argument("--max-models", type=int, default=int(_env("MAX_MODELS", 1)),
                    help="checkpoints kept loaded at once")
     p.add_argument("--session-mb", type=float, default=float(_env("SESSION_MB", 4096)),
@@ -828,12 +832,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
     return demo
 
 
-def _warm_up(backend: StudioBackend, stop: Optional[threading.Event] = None, preencode: bool = False) -> None:
-    """Start-up's background work: the imports and the device's speed (at normal priority: it
-    is measured), then, with `preencode`, the examples' embeddings at the lowest CPU priority
-    (StudioBackend.preencode_examples: users' runs go first) until done or `stop` is set."""
+def _warm_up(backend: StudioBackend, stop: Optional[threading.Event] = None, preencode: bool = False,
+             eta_probe: bool = True) -> None:
+    """Start-up's background work: the imports and, with `eta_probe`, the device's speed (at
+    normal priority: it is measured), then, with `preencode`, the examples' embeddings at the
+    lowest CPU priority (StudioBackend.preencode_examples: users' runs go first) until done or
+    `stop` is set."""
     try:
-        backend.warm_up()
+        backend.warm_up(probe=eta_probe)
     except Exception:  # noqa: BLE001  (reported properly on Run)
         log.exception("warming up failed")
     if not preencode or stop is None or stop.is_set():
@@ -900,7 +906,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     allowed = [str(Path(settings.examples).resolve())] if Path(settings.examples).is_dir() else []
     # Import torch and the model code, and measure this device's speed (for the run time
     # shown before Run), while the page is already being served; then pre-encode the examples.
-    threading.Thread(target=_warm_up, args=(studio.backend, studio.stop_background, settings.preencode),
+    threading.Thread(target=_warm_up, args=(studio.backend, studio.stop_background, settings.preencode,
+                                            settings.eta_probe),
                      name="warm-up", daemon=True).start()
     demo.queue(default_concurrency_limit=LIGHT_CONCURRENCY)
     studio.backend.store.start_sweeper()

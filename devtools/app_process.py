@@ -41,12 +41,14 @@ def running_app(args: List[str], log_path: Path, env: Optional[Dict[str, str]] =
                 timeout: float = 90.0, script: Path = ROOT / "app.py") -> Iterator[Dict]:
     """Starts app.py (or `script`, a wrapper of its main) with `args` (+ --host/--port); yields
     {"url", "startup_s", "proc", "log"}. Stopped with SIGTERM (then SIGKILL) afterwards, unless
-    it has already exited. Without the disk embedding cache and the examples' pre-encoding
-    (unless `args` or `env` ask for them): a first Run then encodes, whatever ran before."""
+    it has already exited. Without the disk embedding cache, the examples' pre-encoding and the
+    start-up speed probe (unless `args` or `env` ask for them): a first Run then encodes,
+    whatever ran before, and no probe competes with the test for the cores."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
                 "PYTHONUNBUFFERED": "1", "PANOSAMIC_EMBEDDING_CACHE_MB": "0", "PANOSAMIC_PREENCODE": "0",
+                "PANOSAMIC_ETA_PROBE": "0",
                 **(env or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port),

@@ -16,6 +16,13 @@ allocator runs (`panosamic.allocator`: tcmalloc when installed).
 (`--attention`, `--dtype`, `--compile`) on the same model, device and inputs, alternating
 them, and prints both timings (whole `set_panorama` and the encoder on one image), the
 ratio ours/stock, peak memory of each side and how many labels agree.
+
+    python -m panosamic.bench --preset vit_h --modalities image --check-eta --repeats 1
+
+`--check-eta` first asks `panosamic.eta.estimate_seconds` how long the run will take (a probe
+of real-size blocks of this encoder, as the app does before a Run), then runs it (no warm-up:
+the first run is the one a user waits for) and adds "eta" to the JSON: the estimate, the
+measured run, the ratio estimate/measured and whether it is within 0.67-1.5x.
 """
 
 from __future__ import annotations
@@ -449,6 +456,55 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
     return result
 
 
+def run_eta_check(preset: Optional[str] = "vit_b", config: Optional[str] = None,
+                  modalities: Optional[Sequence[str]] = None, single_view: bool = False,
+                  size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                  attention: str = "auto", repeats: int = 1, warmup: int = 0, threads: Optional[int] = None,
+                  encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True) -> Dict[str, Any]:
+    """The announced time against the run that follows, in one process (`--check-eta`).
+
+    First `panosamic.eta.estimate_seconds` for the model (it probes real-size blocks of this
+    encoder shape, as the app does before a Run), then `run_benchmark` on the same model with
+    `warmup` (default 0: the first run is what a user waits for) and `repeats` runs. Returns
+    the benchmark's JSON plus "eta": the estimate (seconds, source, rate, probe seconds),
+    the measured first run and median, their ratios estimate/measured, whether the first is
+    within 0.67-1.5x (`holds`), and the estimate a later run would get (from the measured rate).
+    """
+    from . import eta
+
+    cfg, dev = _setup(preset, config, modalities, single_view, size, device, threads, seed)
+    t, c = time.perf_counter(), _cpu_s()
+    load_before = os.getloadavg()
+    before = eta.estimate_seconds(cfg, dev, dtype, attention)
+    probe_s, probe_cpu = time.perf_counter() - t, _cpu_s() - c
+    _note(f"estimate {before.seconds:.1f} s ({before.source}, {before.rate_tflops * 1e3:.1f} GFLOP/s; "
+          f"probe {probe_s:.1f} s)", quiet)
+    result = run_benchmark(preset=preset, config=config, modalities=modalities, single_view=single_view,
+                           size=size, device=str(dev), dtype=dtype, repeats=repeats, clicks=1, warmup=warmup,
+                           threads=threads, encoder_chunk_size=encoder_chunk_size, seed=seed, quiet=quiet,
+                           attention=attention)
+    runs = result["set_panorama_s"]["runs"]
+    first, median = runs[0], result["set_panorama_s"]["median"]
+    after = eta.estimate_seconds(cfg, dev, dtype, attention)
+    result["mode"] = "check-eta"
+    result["eta"] = {
+        "estimate_s": round(before.seconds, 3), "source": before.source,
+        "rate_gflops": round(before.rate_tflops * 1e3, 2), "tflop": round(before.tflop, 3),
+        "passes": before.passes, "probe_s": round(probe_s, 2),
+        # cores this process got (CPU s / wall s) during the probe and the run: on a shared
+        # machine a gap between them, not the model, is what moves the ratio
+        "probe_cores": round(probe_cpu / probe_s, 2) if probe_s > 0 else None,
+        "run_cores": round(result["set_panorama_s"]["cpu_s_median"] / median, 2) if median > 0 else None,
+        "loadavg_before": [round(v, 2) for v in load_before],
+        "measured_first_s": first, "measured_median_s": median,
+        "ratio_first": round(before.seconds / first, 4), "ratio_median": round(before.seconds / median, 4),
+        "holds": bool(0.67 <= before.seconds / first <= 1.5),
+        "next_estimate_s": round(after.seconds, 3), "next_source": after.source,
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+    }
+    return result
+
+
 def _stock_in_child(preset, config, modalities, single_view, size, device, repeats, warmup, encoder_repeats,
                     threads, encoder_chunk_size, seed, quiet):
     """The stock side (segment_anything's attention, float32) in a fresh process with the
@@ -496,7 +552,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--repeats", type=int, default=3, help="timed set_panorama runs (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed set_panorama runs first (default 1)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed set_panorama runs first (default 1; 0 with --check-eta)")
     p.add_argument("--clicks", type=int, default=20, help="timed single-click predicts (default 20)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     p.add_argument("--encoder-chunk-size", type=int, default=None, help="images per ViT call (default: all on CUDA, 1 elsewhere)")
@@ -506,6 +563,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--compare-stock", action="store_true",
                    help="time the stock path (segment_anything's attention, float32) against ours "
                         "(--attention/--dtype/--compile) alternately; prints ratio, peak memory, label agreement")
+    p.add_argument("--check-eta", action="store_true",
+                   help="estimate the run first (panosamic.eta, as the app does before a Run), then run it "
+                        "(--warmup default 0 here); prints both and the ratio estimate/measured")
     p.add_argument("--encoder-repeats", type=int, default=None,
                    help="timed single-image encoder runs (per side with --compare-stock; default 3 there, else 0)")
     p.add_argument("--stock-allocator", default="same", choices=["same", "system"],
@@ -524,11 +584,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 0 if args.check_eta else 1
     if args.repeats < 1 or args.clicks < 1 or args.warmup < 0:
         parser.error("--repeats and --clicks must be at least 1, --warmup at least 0")
     try:
         mods = modalities_from_names(args.modalities.split(",")) if args.modalities else None
-        if args.compare_stock:
+        if args.check_eta:
+            result = run_eta_check(preset=args.preset, config=args.config, modalities=mods,
+                                   single_view=args.single_view, size=args.size, device=args.device,
+                                   dtype=args.dtype, attention=args.attention, repeats=args.repeats,
+                                   warmup=args.warmup, threads=args.threads,
+                                   encoder_chunk_size=args.encoder_chunk_size, seed=args.seed, quiet=args.quiet)
+        elif args.compare_stock:
             result = run_comparison(preset=args.preset, config=args.config, modalities=mods,
                                     single_view=args.single_view, size=args.size, device=args.device,
                                     dtype=args.dtype, attention=args.attention, compile=args.compile,

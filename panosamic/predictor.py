@@ -23,7 +23,8 @@ from .errors import InputError
 from .geometry import normals_for_model, roll_half, unroll_half, x_to_view
 from .hub import HUB_REPO_ID
 from .inputs import as_array, check_panorama
-from .eta import Progress, ProgressTracker, encoder_flops, encoder_passes, record_rate
+from .eta import (Progress, ProgressTracker, block_seconds, encoder_flops, encoder_passes, record_rate,
+                  record_tail)
 from .model import PanoSAMic
 from .model.attention import ATTENTION_MODES
 
@@ -255,7 +256,13 @@ class Predictor:
         self.model.image_encoder.set_attention(self.attention)  # the model may be shared with another Predictor
         cfg = self.model.config
         per_image = encoder_flops(cfg)
-        tracker = ProgressTracker(per_image["blocks"], encoder_passes(cfg), on_progress) if on_progress else None
+        tracker = None
+        if on_progress:
+            # weigh blocks by their expected seconds here (global attention costs more per FLOP)
+            # when this device's are known, else by FLOPs; the ETA corrects itself as blocks finish
+            expected = block_seconds(cfg, self.device, self.dtype, self.attention)
+            tracker = ProgressTracker(expected or per_image["blocks"], encoder_passes(cfg), on_progress,
+                                      seconds_per_unit=1.0 if expected else None)
 
         def on_block(done: int, total: int) -> None:
             self._sync()  # CUDA runs ahead of Python: report blocks that really finished
@@ -282,12 +289,14 @@ class Predictor:
                 embeddings, taps = self.model.encode(x, self.encoder_chunk_size,
                                                      on_block=on_block if tracker is not None else None)
             self.encoder_calls += 1
-            record_rate(self.device, self.dtype, per_image["total"] * x.shape[0], timings["encode"], self.attention)
+            record_rate(self.device, self.dtype, per_image["total"] * x.shape[0], timings["encode"], self.attention,
+                        config=cfg, images=x.shape[0])
             with stage("fuse"):
                 fused = self.model.fuse(taps)
             del taps  # the large tapped maps are not needed once fused
             with stage("decode"):
                 logits = self.model.decode_semantics(fused)
+        record_tail(self.device, self.dtype, cfg, timings["preprocess"] + timings["fuse"] + timings["decode"])
         if tracker is not None:
             tracker.finish()
         return PanoramaState(embeddings.float(), logits.float().cpu(), input_size, timings)

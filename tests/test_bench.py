@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,3 +55,20 @@ def test_bench_subcommand_single_view_rgb(reference_dir):
 def test_bench_usage_error():
     proc = _run("--modalities", "rgb,bogus", "--repeats", "1")
     assert proc.returncode == 2 and "bogus" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_check_eta_prints_estimate_measured_and_ratio(reference_dir):
+    """`--check-eta`: the estimate made before the run (a probe of this encoder's shape), the
+    run itself (no warm-up by default) and their ratio. The ratio is not asserted here (wall
+    clock on a shared machine); tests/test_speed.py checks the arithmetic with injected rates."""
+    proc = _run("--config", reference_dir / "config.json", "--check-eta", "--repeats", "1", "--quiet",
+                "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    check = result["eta"]
+    assert result["mode"] == "check-eta" and result["set_panorama_s"]["warmup"] == 0
+    assert check["source"] == "calibrated" and check["passes"] == 6 and check["estimate_s"] > 0
+    assert check["measured_first_s"] == result["set_panorama_s"]["runs"][0] > 0
+    assert check["ratio_first"] == pytest.approx(check["estimate_s"] / check["measured_first_s"], rel=1e-2)
+    assert isinstance(check["holds"], bool)
+    assert check["next_source"] == "measured"  # the run corrected the block times of its shape

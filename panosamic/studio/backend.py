@@ -237,24 +237,40 @@ class StudioBackend:
         """Shutdown: sessions and their files go."""
         self.store.close_all()
 
-    def warm_up(self) -> None:
-        """Imports the model code and measures this device's speed once (`panosamic.eta`: a few
-        seconds on a CPU), so that the first Run starts sooner and `run_time_note` never makes
-        an event wait. For a background thread at start-up; with a lent GPU only the imports."""
+    def warm_up(self, probe: bool = True) -> None:
+        """Imports the model code and, with `probe`, measures this device's speed
+        (`panosamic.eta`: real-size blocks of each offered checkpoint's encoder shape, the
+        default's first; vit_h 5.8 s in bfloat16 on a 2-core CPU), so that the first Run starts sooner and
+        `run_time_note` never makes an event wait (it says nothing for a shape not measured).
+        For a background thread at start-up; with a lent GPU only the imports."""
         from .. import predictor, weights  # noqa: F401
         from ..device import resolve_device
-        from ..eta import device_rate
+        from ..eta import calibrate, calibrate_tail, encoder_shape, known, tail_seconds, tail_shape
 
-        if self.gpu_device is None:
-            device_rate(resolve_device(self.device), self.dtype or "float32")
-        self._warm.set()
+        self._warm.set()  # from now on run_time_note answers for every shape measured so far
+        if self.gpu_device is not None or not probe:
+            return
+        device, dtype = resolve_device(self.device), self.dtype or "float32"
+        seen = set()
+        for value in [self.checkpoints.default] + self.checkpoints.listed():
+            try:
+                config = self.checkpoints.architecture(value)
+            except InputError:
+                continue
+            if config is None or (encoder_shape(config), tail_shape(config)) in seen:
+                continue
+            seen.add((encoder_shape(config), tail_shape(config)))
+            if not known(config, device, dtype):
+                calibrate(device, dtype, config=config)  # the ViT blocks and this model's fusion + decoding
+            elif tail_seconds(config, device, dtype) is None:
+                calibrate_tail(device, dtype, config=config)  # same ViT, other maps: fusion + decoding only
 
     def run_time_note(self, choice: Optional[str]) -> str:
         """Markdown for before Run when the selected checkpoint will take long on this device
         (`panosamic.eta`: its ViT passes at this device's measured rate): the expected time and
         the lighter choices; "" when it will be quick or cannot be known before loading."""
         if self.gpu_device is not None or not self._warm.is_set():
-            return ""  # a lent GPU encodes in seconds; before warm_up the device's rate is unknown
+            return ""  # a lent GPU encodes in seconds; before warm_up the device's speed is unknown
         try:
             config = self.checkpoints.architecture(choice)
         except InputError:
@@ -262,10 +278,12 @@ class StudioBackend:
         if config is None:
             return ""
         from ..device import resolve_device
-        from ..eta import estimate_seconds
+        from ..eta import estimate_seconds, known
 
         device = resolve_device(self.device)
         dtype = self.dtype or "float32"
+        if not known(config, device, dtype):
+            return ""  # warm_up has not probed this encoder yet: never make an event wait for a probe
         full = estimate_seconds(config, device, dtype)
         if full.seconds < LONG_RUN_S:
             return ""
@@ -276,7 +294,7 @@ class StudioBackend:
                            f"(about {about_duration(rgb.seconds)})")
         demo_value = self.checkpoints.demo_for(config["modalities"])
         demo = self.checkpoints.architecture(demo_value) if demo_value else None
-        if demo is not None:
+        if demo is not None and known(demo, device, dtype):
             lighter.append(f"**Demo** runs in about {about_duration(estimate_seconds(demo, device, dtype).seconds)} "
                            "(rendered rooms only)")
         where = "this CPU" if device.type == "cpu" else f"this {device.type.upper()} device"
