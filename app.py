@@ -434,7 +434,8 @@ class Studio:
         """What the checkpoint needs, how long a Run will take when that is long, and Run's state."""
         text, ok = self.requirements_text(choice, pano, depth, normals)
         try:
-            note = self.backend.run_time_note(self.checkpoints.concrete(choice, messages.given_maps(pano, depth, normals)))
+            note = self.backend.run_time_note(self.checkpoints.concrete(choice, messages.given_maps(pano, depth, normals)),
+                                              estimates_depth=pano is not None and depth is None)
         except Exception:  # noqa: BLE001  (an estimate must never block the picker)
             log.exception("run time estimate failed")
             note = ""

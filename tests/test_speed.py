@@ -363,6 +363,10 @@ def test_the_app_says_before_run_how_long_a_slow_checkpoint_takes(clean_rates, m
         assert "2 ViT passes" in rgb and "RGB checkpoint" not in rgb
         assert backend.run_time_note("demo") == ""             # seconds: nothing to say
         assert backend.run_time_note("/etc/passwd") == ""      # refused values say nothing here
+        # a photo without depth: the estimator's time is counted in, from its last run once one ran
+        backend._last_estimate_s = 600.0
+        with_depth = backend.run_time_note("stanford2d3ds-vith-rgbdn-fold1", estimates_depth=True)
+        assert f"about **{expected_min + 10:.0f} min**" in with_depth and "10 min of it to estimate the depth" in with_depth
     finally:
         backend.close()
 

@@ -160,6 +160,7 @@ class StudioBackend:
             self._estimate = self._estimate_job
         self.depth_estimator = str(depth_estimator or "none")
         self._estimator: Any = None  # loaded on first need (`estimator`)
+        self._last_estimate_s: Optional[float] = None  # the last estimate's seconds (`estimate_seconds`)
         self.work_width = int(work_width)
         self.checkpoints = Checkpoints(checkpoint, subfolder, sam)
         self._loader = loader or load_predictor
@@ -265,10 +266,23 @@ class StudioBackend:
             elif tail_seconds(config, device, dtype) is None:
                 calibrate_tail(device, dtype, config=config)  # same ViT, other maps: fusion + decoding only
 
-    def run_time_note(self, choice: Optional[str]) -> str:
+    def estimate_seconds(self) -> float:
+        """Seconds expected to estimate depth from a photo here: the last estimate's time once
+        one ran, else a prior (the real model took ~62 s per panorama on this project's 2-core
+        CPU with 14 views at 518 px, seconds on a GPU; the demo estimator about a second)."""
+        if self._last_estimate_s is not None:
+            return self._last_estimate_s
+        demo = self.depth_estimator == "demo" or (self.depth_estimator == "auto"
+                                                  and self.checkpoints.hub.known_unreachable())
+        from ..device import resolve_device
+
+        return 1.0 if demo else (62.0 if resolve_device(self.device).type == "cpu" else 3.0)
+
+    def run_time_note(self, choice: Optional[str], estimates_depth: bool = False) -> str:
         """Markdown for before Run when the selected checkpoint will take long on this device
-        (`panosamic.eta`: its ViT passes at this device's measured rate): the expected time and
-        the lighter choices; "" when it will be quick or cannot be known before loading."""
+        (`panosamic.eta`: its ViT passes at this device's measured rate, plus `estimate_seconds`
+        when the photo's depth is to be estimated): the expected time and the lighter choices;
+        "" when it will be quick or cannot be known before loading."""
         if self.gpu_device is not None or not self._warm.is_set():
             return ""  # a lent GPU encodes in seconds; before warm_up the device's speed is unknown
         try:
@@ -285,7 +299,8 @@ class StudioBackend:
         if not known(config, device, dtype):
             return ""  # warm_up has not probed this encoder yet: never make an event wait for a probe
         full = estimate_seconds(config, device, dtype)
-        if full.seconds < LONG_RUN_S:
+        extra = self.estimate_seconds() if estimates_depth and self.depth_estimator != "none" else 0.0
+        if full.seconds + extra < LONG_RUN_S:
             return ""
         lighter = []
         if len(config["modalities"]) > 1:
@@ -298,8 +313,9 @@ class StudioBackend:
             lighter.append(f"**Demo** runs in about {about_duration(estimate_seconds(demo, device, dtype).seconds)} "
                            "(rendered rooms only)")
         where = "this CPU" if device.type == "cpu" else f"this {device.type.upper()} device"
-        text = (f"Expect about **{about_duration(full.seconds)}** per panorama on {where} "
-                f"({full.passes} ViT passes, {full.tflop:.0f} TFLOP); a GPU takes seconds.")
+        depth = f", about {about_duration(extra)} of it to estimate the depth" if extra >= 1.5 else ""
+        text = (f"Expect about **{about_duration(full.seconds + extra)}** per panorama on {where} "
+                f"({full.passes} ViT passes, {full.tflop:.0f} TFLOP{depth}); a GPU takes seconds.")
         return text + (f" Lighter: {'; '.join(lighter)}." if lighter else "")
 
     # ----------------------------------------------------------------- heavy events
@@ -437,6 +453,7 @@ class StudioBackend:
         if depth is None:
             depth = self._estimate(image)
             self.cache.put(key, depth)
+            self._last_estimate_s = time.perf_counter() - t0
         timings["estimate"] = time.perf_counter() - t0
         if getattr(est, "fallback", False):
             name = f"{name} (a toy for rendered rooms: the real model could not be fetched)"
