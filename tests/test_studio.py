@@ -177,7 +177,7 @@ def test_requirements_say_what_is_missing_and_disable_run():
     text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbdn-fold1", "p.jpg", None, None)
     assert not ok and "Missing: depth and normals" in text
     text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbdn-fold1", "p.jpg", "d.png", "n.png")
-    assert ok and "Ready." in text and "not used" not in text
+    assert ok and "Ready" in text and "not used" not in text
     text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgb-fold1", "p.jpg", "d.png", "n.png")
     assert ok and "The depth and normals map is not used" in text
     text, ok = studio.requirements_text(hub, "whatever", "p.jpg", None, None)
