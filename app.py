@@ -308,10 +308,6 @@ class Components:
 NO_CANDIDATES = [("#1", 0), ("#2", 1), ("#3", 2)]
 
 
-def map_label(s: Optional[Session]) -> str:
-    """The map's label: what to do, and that a toy model made it when one did."""
-    return "Semantic map" + (" (a toy demo model's)" if s is not None and s.toy else "") + " — click to select"
-
 
 class Studio:
     """The event handlers: each calls panosamic.studio.StudioBackend (state shared by all
@@ -488,7 +484,7 @@ class Studio:
                     raise
                 log.info("on_upload refused (%s): %s", type(exc).__name__, messages.DISK_FULL)
                 preview, status = None, messages.status_error(messages.DISK_FULL)
-        return {ui.session: None, ui.view: gr.Image(preview, label=map_label(None)), ui.viewer: None, ui.legend: render.legend_html([]), ui.plot: None,
+        return {ui.session: None, ui.view: preview, ui.viewer: None, ui.legend: render.legend_html([]), ui.plot: None,
                 ui.candidates: gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False),
                 ui.cls: gr.Dropdown(choices=[], value=None), ui.info: None, ui.downloads: None,
                 ui.run_status: status, ui.edit_status: "", ui.cards: cards_html(None),
@@ -512,7 +508,6 @@ class Studio:
             total = time.perf_counter() - t_start
             s.timings["total"] = total
             out[self.ui.run_status] = messages.run_message(s, total, timings)
-            out[self.ui.view] = gr.Image(out[self.ui.view], label=map_label(s))
             return out
 
     def not_segmented(self, server_start: Optional[str] = None) -> Dict[Any, Any]:
@@ -687,7 +682,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         gr.Markdown(INTRO, elem_id="top-bar")
         with gr.Row(equal_height=False, elem_id="workspace"):
             with gr.Column(scale=13, min_width=340, elem_id="canvas-column"):
-                view = gr.Image(label=map_label(None), interactive=False, elem_id="pano-view",
+                view = gr.Image(label="Semantic map — click to select", interactive=False, elem_id="pano-view",
                                 buttons=["download", "fullscreen"], format="jpeg")
                 with gr.Row(equal_height=False, elem_id="label-bar"):
                     with gr.Column(scale=3, min_width=300):
