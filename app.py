@@ -694,7 +694,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         with gr.Row(equal_height=True):
                             cls = gr.Dropdown(choices=[], label="Class (or type your own)", allow_custom_value=True,
                                               elem_id="class", scale=3)
-                            assign = gr.Button("Assign ⏎", variant="primary", elem_id="assign-button", scale=1,
+                            assign = gr.Button("Assign", variant="primary", elem_id="assign-button", scale=1,
                                                min_width=90)
                         with gr.Row():
                             undo = gr.Button("↶ Undo", elem_id="undo-button", size="sm", min_width=60)
