@@ -11,6 +11,8 @@ shares) only after the prediction succeeded, so a failure leaves nothing half-wr
 `predict_row` turns that into one `summary.csv` row (a failure becomes an error row with the
 message to print), and `SegmentTask` is the same for a runner (`panosamic.runner`,
 `panosamic.ray_engine`): the command line's local loop and the Ray actors write the same files.
+`expand_inputs` and `unique_stems` say which files of a list of files, folders and globs are
+panoramas (companions and our own outputs are not) and what their outputs are named.
 """
 
 from __future__ import annotations

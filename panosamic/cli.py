@@ -37,10 +37,7 @@ from .spec import ModelSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# File-name suffixes of companions and of our own outputs: never panoramas themselves.
 SUMMARY_FILE = "summary.csv"
-COMPANION_SUFFIXES = ("_depth", "_normals", "_labels", "_colors", "_color", "_colour", "_semantic", "_overlay")
-_GLOB_CHARS = "*?["
 
 
 class UsageError(Exception):
@@ -102,7 +99,8 @@ class _Estimates:
         self.name, self.device, self.estimator = name, device, None
 
     def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, str]:
-        from .estimation import estimate_depth, load_estimator
+        from .estimation.estimate import estimate_depth
+        from .estimation.load import load_estimator
 
         if self.estimator is None:
             self.estimator = load_estimator(self.name, device=self.device)

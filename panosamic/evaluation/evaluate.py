@@ -256,7 +256,7 @@ def _estimator(estimate_maps: Optional[str], spec: ModelSpec, log: Callable[[str
     """The depth estimator `estimate_maps` names (loaded here, once), or None."""
     if not estimate_maps:
         return None
-    from ..estimation import load_estimator
+    from ..estimation.load import load_estimator
 
     estimator = load_estimator(estimate_maps, device=spec.device)
     log(f"panosamic: depth and normals estimated from the RGB images by {estimator.name}"

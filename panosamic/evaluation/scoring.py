@@ -42,7 +42,7 @@ def score_sample(predictor, layout: Layout, sample: Sample, labels_dir: Optional
     mods = predictor.required_modalities
     black = layout.black_void_for(mods) if mask_black is None else mask_black
     if estimator is not None and "depth" in mods:
-        from ..estimation import estimate_depth
+        from ..estimation.estimate import estimate_depth
 
         data = layout.load(sample, ("image",), mask_black=black)
         depth = estimate_depth(data.image, estimator, size=data.image.shape[:2])
