@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -113,17 +112,35 @@ def read_header(path: PathLike, what: str = "image", check_size: bool = True) ->
     return h
 
 
-def _pil_header(p: Path, what: str, name: str) -> FileHeader:
-    """PIL's lazy open: PNG, JPEG, WebP, TIFF and BMP headers without decoding a pixel."""
+def _lazy_open(f, filename: str):
+    """The PIL image of an open file, header read and no pixel decoded, for the first of
+    `PIL_FORMATS` whose plug-in accepts it; SyntaxError if none does. Like `Image.open(fp,
+    formats=PIL_FORMATS)` without its decompression-bomb check, so that a bomb's size is known
+    (from its first bytes) and `check_panorama_size`, our own limit, decides about it."""
     from PIL import Image
 
-    Image.init()  # registers WebP and TIFF too, so that `formats=` can name them
+    Image.init()  # registers WebP and TIFF too
+    prefix = f.read(16)
+    for fmt in PIL_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        verdict = accept(prefix) if accept else True
+        if isinstance(verdict, str):  # the plug-in knows the file and says why it cannot read it
+            raise SyntaxError(verdict)
+        if not verdict:
+            continue
+        f.seek(0)
+        try:
+            return factory(f, filename)
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            f.seek(0)  # as Image.open: the next plug-in may read it
+    raise SyntaxError("not a PNG, JPEG, WebP, TIFF or BMP file")
+
+
+def _pil_header(p: Path, what: str, name: str) -> FileHeader:
+    """PIL's lazy open: PNG, JPEG, WebP, TIFF and BMP headers without decoding a pixel."""
     try:
-        with warnings.catch_warnings():
-            # between 1x and 2x Image.MAX_IMAGE_PIXELS PIL only warns; our own limit decides below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p, formats=PIL_FORMATS)  # lazy: reads the header only
-        with im:
+        with open(p, "rb") as f:
+            im = _lazy_open(f, str(p))
             width, height = im.size
             mode, fmt = im.mode, im.format
             bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 1 if mode == "1" else 8
@@ -135,14 +152,12 @@ def _pil_header(p: Path, what: str, name: str) -> FileHeader:
                 per_sample = tags.get(258, (bits,))
                 bits = max(per_sample) if isinstance(per_sample, tuple) else int(per_sample)
                 channels = int(tags.get(277, channels))
-    except Image.DecompressionBombError:
-        # PIL refuses more than 2 x Image.MAX_IMAGE_PIXELS: far more than our own limit
-        raise InputError(f"{what} {name} is larger than the limit of {MAX_WIDTH}x{MAX_HEIGHT} pixels; "
-                         "downscale it first (the model works at 1024x512 anyway)") from None
     except Exception:  # noqa: BLE001 - whatever the header parser trips on is the file's fault
-        expected = {".exr": "not a valid OpenEXR file", ".npy": "not a numpy .npy array (save it with numpy.save)"}
-        raise unreadable(what, name, expected.get(p.suffix.lower(), "")) from None
+        raise unreadable(what, name, _EXPECTED.get(p.suffix.lower(), "")) from None
     return FileHeader(str(fmt), width, height, channels, bits)
+
+
+_EXPECTED = {".exr": "not a valid OpenEXR file", ".npy": "not a numpy .npy array (save it with numpy.save)"}
 
 
 def _exr_header(data: bytes, what: str, name: str) -> FileHeader:
