@@ -76,7 +76,10 @@ def _hover_changes_the_preview(page) -> None:
     each move must draw a new preview in both views, the map's mask differing between places."""
     img = page.locator("#pano-view img")
     img.scroll_into_view_if_needed()
-    box = img.bounding_box()
+    # the picture inside its <img> (object-fit: contain)
+    box = img.evaluate("""i => { const r = i.getBoundingClientRect(), k = Math.min(r.width / i.naturalWidth,
+        r.height / i.naturalHeight), w = i.naturalWidth * k, h = i.naturalHeight * k;
+        return {x: r.left + (r.width - w) / 2, y: r.top + (r.height - h) / 2, width: w, height: h}; }""")
     sums = []
     for u, v in ((0.2, 0.7), (0.5, 0.85), (0.8, 0.3), (0.995, 0.6)):
         before = _previews(page)
