@@ -289,6 +289,10 @@
     if (img && !img.contains(e.relatedTarget)) { left = true; pending = null; clearPreview(); }
   }, true);
 
+  // a press commits through the server (or turns the viewer): the preview steps aside so the
+  // committed mask shows unobstructed, until the pointer moves again
+  document.addEventListener("pointerdown", () => { left = true; pending = null; clearPreview(); }, true);
+
   // the viewer's hover: a direction in degrees (viewer.js), null when the pointer left it
   document.addEventListener("panosamic-viewer-hover", (e) => {
     if (!hv.payload) return;
