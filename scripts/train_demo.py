@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 from devtools import scenes  # noqa: E402
 from panosamic import build_model  # noqa: E402
 from panosamic.config import resolve_config  # noqa: E402
-from panosamic.predictor import encode_depth  # noqa: E402
+from panosamic.encoding import encode_depth  # noqa: E402
 
 REFERENCE_CONFIG = ROOT.parent / "shared" / "reference" / "tiny_rgbdn_dual" / "config.json"
 # The reference architecture, inlined so the script also runs where shared/ is absent.

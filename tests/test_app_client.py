@@ -20,14 +20,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from app_utils import make_checkpoint_dir, make_examples, png_header, running_app
+from app_utils import (CANDIDATES, CLASS, EDIT_STATUS, FILES, INFO, LEGEND, PLOT, RUN_STATUS, VIEW, VIEWER,
+                       make_checkpoint_dir, make_examples, png_header, running_app)
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-# Indices of the values every editing endpoint returns (the app's OUTPUTS without the State).
-VIEW, LEGEND, PLOT, CANDIDATES, CLASS, INFO, FILES, RUN_STATUS, EDIT_STATUS, VIEWER = range(10)
 TIMINGS = {}
 
 
