@@ -13,8 +13,7 @@ the object of the module that defines it (`panosamic.from_pretrained` is
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,18 +40,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    where = _EXPORTS.get(name)
-    if where is None:
-        raise AttributeError(f"module 'panosamic' has no attribute {name!r}")
-    module, _, attribute = where.partition(":")
-    value = importlib.import_module(f".{module}", __name__)
-    for part in (attribute or name).split("."):
-        value = getattr(value, part)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

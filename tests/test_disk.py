@@ -353,10 +353,10 @@ def test_a_clients_files_go_when_it_closes_and_none_stay_after_shutdown(tmpfs, t
         tabs = {f.split("/")[1] for f in made if f.startswith("clients/")}
         assert len(uploads) == 6 and len(tabs) == 2, sorted(made)
         clients[0].close()
-        wait_until(lambda: len({f.split("/")[1] for f in files_under(root) if f.startswith("clients/")}) == 1,
-                   "the first client's files going", timeout=60)
-        left = set(files_under(root)) - at_start
-        assert len([f for f in left if f.startswith("uploads/")]) == 3
+        # its view folder and its uploads go one after the other: wait for both
+        wait_until(lambda: len({f.split("/")[1] for f in files_under(root) if f.startswith("clients/")}) == 1
+                   and len([f for f in files_under(root) if f.startswith("uploads/")]) == 3,
+                   "the first client's files (its folder and its 3 uploads) going", timeout=60)
         clients[1].predict('{"points": [[20, 20]]}', api_name="/prompt")  # the other still works
         clients[1].close()
         wait_until(lambda: set(files_under(root)) <= at_start, "the second client's files going", timeout=60)
