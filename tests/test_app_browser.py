@@ -316,6 +316,7 @@ def test_a_server_killed_during_a_run_is_said_on_the_run_status(browser, tmp_pat
         page.set_default_timeout(60_000)
         page.goto(app["url"])
         page.get_by_role("heading", name="PanoSAMic Studio").wait_for()
+        page.get_by_role("tab", name="Examples").click()
         page.locator("#examples .thumbnail-item").filter(has_text="RGB-D-N").first.click()
         page.wait_for_function("() => { const b = document.querySelector('#run-button'); return b && !b.disabled; }")
         (gate / "go").touch()  # a whole Run first: its stream ends as usual
