@@ -68,7 +68,8 @@ from panosamic.studio.fair import FairGate
 from panosamic.studio.hover import ORT_CDN, HoverRoutes, HoverService
 from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown, lowest_priority
 from panosamic.studio.store import SessionExpired
-from panosamic.studio.uploads import example_caption, input_path, preview_image
+from panosamic.studio.candidates import FIT_TEXT, RULE_TEXT, cards_html, radio_choices
+from panosamic.studio.uploads import check_upload, example_caption, input_path, preview_image
 
 log = logging.getLogger("panosamic.app")
 
@@ -254,15 +255,13 @@ def panorama_input(**kwargs) -> gr.Image:
 CLICK_LABEL = "Click: new selection · Shift-click: add a point (in either view)"
 CLICK_INFO = ("Negative point: a click takes a part away from the selection. Box: two clicks start a new "
               "selection (Shift keeps the points). After Assign the next click starts afresh.")
-# gr.Image's select event says where, not whether Shift was held: the page notes the modifier of
-# every pointer press (SHIFT_HEAD, in the page's head) and the map's select event hands it in as
-# its third input (SHIFT_INPUT_JS runs in the browser before the event is sent). The 360° viewer
-# sends it itself (static/viewer.js: shift in its pano_click event).
-SHIFT_HEAD = """<script>
-for (const type of ["pointerdown", "click"]) {
-  document.addEventListener(type, (e) => { window.panosamicShift = e.shiftKey === true; }, true);
-}
-</script>"""
+# gr.Image's select event says where, not whether Shift was held: the page's script
+# (static/page.js, in the page's head) notes the modifier of every pointer press and the map's
+# select event hands it in as its third input (SHIFT_INPUT_JS runs in the browser before the
+# event is sent). The 360° viewer sends it itself (static/viewer.js: shift in its pano_click event).
+# The same script gives the page its keys (KEYS_TEXT) and makes the candidate cards clickable.
+STATIC = ROOT / "panosamic" / "studio" / "static"
+PAGE_HEAD = f"<script>\n{(STATIC / 'page.js').read_text()}</script>"
 SHIFT_INPUT_JS = "(...inputs) => { inputs[2] = window.panosamicShift === true; return inputs; }"
 # A server killed mid-event (kill -9, a crash) cannot answer: the page notices the lost
 # connection itself and says so on the run status (static/connection.js).
@@ -304,14 +303,18 @@ class Components:
     run_status: Any = None
     edit_status: Any = None
     cloud_shown: Any = None  # whether the page's point cloud accordion is open (gr.State)
+    cards: Any = None        # the candidates' thumbnails (gr.HTML)
+    new_name: Any = None     # the "New class" field
+    accepted: Any = None     # the uploaded panorama when it can be used (gr.State; on_upload's)
 
     def outputs(self) -> list:
-        # the viewer goes last: API clients keep the indices they had before it came
+        # the viewer and the cards go last: API clients keep the indices they had before they came
         return [self.session, self.view, self.legend, self.plot, self.candidates, self.cls, self.info,
-                self.downloads, self.run_status, self.edit_status, self.viewer]
+                self.downloads, self.run_status, self.edit_status, self.viewer, self.cards]
 
 
 NO_CANDIDATES = [("#1", 0), ("#2", 1), ("#3", 2)]
+
 
 
 class Studio:
@@ -351,14 +354,14 @@ class Studio:
         cleared when the labels changed (Export writes them again). The point cloud is not
         part of it (`cloud`: the API's answers carry it, the page asks for it apart)."""
         ui = self.ui
+        names = s.class_table.choices()
         if s.candidates is not None:
-            cand = gr.Radio(choices=[(f"#{i + 1} · IoU {float(v):.2f}", i) for i, v in enumerate(s.scores)],
-                            value=s.selected, interactive=True)
+            cand = gr.Radio(choices=radio_choices(s), value=s.selected, interactive=True)
             mc = s.majority_class()
-            cls = gr.Dropdown(choices=list(s.classes), value=s.classes[mc] if mc is not None else s.classes[0])
+            cls = gr.Dropdown(choices=names, value=s.classes[mc] if mc is not None else s.classes[0])
         else:
             cand = gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False)
-            cls = gr.Dropdown(choices=list(s.classes))
+            cls = gr.Dropdown(choices=names)
         stats = s.stats()
         # one JPEG for both views: the map is served from the file, the viewer gets its bytes
         jpeg = render.view_jpeg(render.view_image(s, opacity))
@@ -366,8 +369,9 @@ class Studio:
             ui.session: s,
             ui.view: self.backend.store.write_view(s, jpeg),
             ui.viewer: {**render.viewer_payload(s, jpeg), "hover": self.hover.payload(s)},
-            ui.legend: render.legend_html(stats),
+            ui.legend: render.legend_html(stats, own_from=s.class_table.model_count, note=messages.toy_note(s)),
             ui.candidates: cand,
+            ui.cards: cards_html(s),
             ui.cls: cls,
             ui.info: {**s.summary(), "stats": stats},
             ui.edit_status: messages.edit_status(s),
@@ -473,9 +477,18 @@ class Studio:
         if s is not None:
             self.backend.store.close(s)
         ui = self.ui
-        preview = preview_image(pano)
         client = getattr(request, "session_hash", None)
-        status = "Press **Run** to segment the panorama." if input_path(pano) else ""
+        # what is wrong with the picture (not 2:1) or worth knowing (an alpha channel), said
+        # here; "Press Run" is the requirements line's, which knows whether Run can start
+        try:
+            notes = check_upload(pano)
+        except InputError as exc:
+            log.info("panorama refused on upload: %s", messages.user_message(exc))
+            notes, pano = [messages.status_error(messages.user_message(exc))], None
+        else:
+            notes = [f"⚠ {messages.message_markdown(n)}" for n in notes]
+        preview = preview_image(pano)
+        status = "\n\n".join(notes)
         if preview is not None and client:
             try:
                 preview = self.backend.store.write_preview(client, render.view_jpeg(preview))
@@ -487,7 +500,8 @@ class Studio:
         return {ui.session: None, ui.view: preview, ui.viewer: None, ui.legend: render.legend_html([]), ui.plot: None,
                 ui.candidates: gr.Radio(choices=NO_CANDIDATES, value=None, interactive=False),
                 ui.cls: gr.Dropdown(choices=[], value=None), ui.info: None, ui.downloads: None,
-                ui.run_status: status, ui.edit_status: ""}
+                ui.run_status: status, ui.edit_status: "", ui.cards: cards_html(None),
+                ui.accepted: input_path(pano)}
 
     def segment(self, panorama, depth=None, normals=None, checkpoint=None, depth_scale=0, max_depth=10,
                 opacity=0.55, estimate_3d=True, session=None, request: gr.Request = None,
@@ -594,49 +608,39 @@ class Studio:
         self.gate.cancel(getattr(request, "session_hash", None))
         self.backend.store.close_client(getattr(request, "session_hash", None))
 
-    def export_files(self, s, server_start=None):
+    def add_class(self, name, color, s, opacity, server_start=None):
+        """Adds a user's class (a name and an optional colour) to the session's class table and
+        picks it in the class list; the name field is emptied."""
+        with self.backend.store.use(self.live(s, server_start)):
+            index, new = s.add_class(name, color)
+            out = self.bundle(s, opacity)
+            out[self.ui.cls] = gr.Dropdown(choices=s.class_table.choices(), value=s.classes[index])
+            word = "added" if new else "is already in the list"
+            out[self.ui.edit_status] = (f"Class **{messages.markdown_text(s.classes[index])}** {word} (index {index}): "
+                                        f"select a mask and press Assign. · {messages.edit_status(s)}")
+            out[self.ui.new_name] = ""
+            return out
+
+    def export_files(self, s, server_start=None, progress=gr.Progress()):
         """Writes the downloads at the input size: the files and the session summary with statistics."""
         with self.backend.store.use(self.live(s, server_start)):
-            files = self.backend.export(s)
+            files = self.backend.export(s, progress)
             return {self.ui.downloads: files, self.ui.info: {**s.summary(), "stats": s.stats()}}
 
 
-CSS = """
-#pano-view img { cursor: crosshair; user-select: none; }
-.pano-legend { font-size: 0.9em; }
-#run-status p, #edit-status p { margin: 0; }
-/* an edit over a second shows its timer ("processing | 1.2s") at the right of the edit status:
-   Gradio's minimal progress put it below the line, where the status' box clipped it, so the user
-   saw only the status fade */
-#edit-status [data-testid="status-tracker"].minimal { overflow: visible; }
-#edit-status [data-testid="status-tracker"].minimal .progress-text {
-  transform: none; opacity: 0; animation: pano-late-progress 0s linear 1s forwards; }
-@keyframes pano-late-progress { to { opacity: 1; } }
-footer { display: none !important; }
-#examples .thumbnail-item { aspect-ratio: 2 / 1; }
-#pano-viewer .pv-title { position: absolute; left: 8px; top: 6px; font-size: 12px; color: #fff;
-                         text-shadow: 0 0 3px #000; pointer-events: none; }
-#pano-viewer .pv { position: relative; height: 340px; border-radius: 8px; overflow: hidden;
-                   background: #1f1f24; user-select: none; }
-#pano-viewer canvas.pv-gl { display: block; width: 100%; height: 100%; cursor: crosshair; touch-action: none;
-                            outline: none; }
-#pano-viewer canvas.pv-compass { position: absolute; right: 8px; top: 8px; width: 64px; height: 64px;
-                                 cursor: pointer; }
-#pano-viewer .pv-readout { position: absolute; left: 8px; bottom: 6px; font-size: 12px; color: #fff;
-                           text-shadow: 0 0 3px #000; pointer-events: none; }
-#pano-viewer .pv-tip { position: absolute; display: none; padding: 2px 6px; border-radius: 4px; font-size: 12px;
-                       background: rgba(0,0,0,.7); color: #fff; pointer-events: none; white-space: nowrap; }
-#pano-viewer .pv-empty { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
-                         padding: 24px; text-align: center; color: #ccc; pointer-events: none; }
-"""
+CSS = (STATIC / "page.css").read_text()
 
-INTRO = """
-# PanoSAMic Studio
-Semantic segmentation of 360° equirectangular panoramas with **PanoSAMic** (SAM's ViT encoder with
-RGB / depth / normals fusion). Upload a panorama (2:1) or pick an example, press **Run**, then click on the
-panorama, or inside the 360° view, to select a region (each click starts a new selection; **Shift-click** adds a
-point to it) and assign it a class: SAM's prompt decoder runs on the cached embeddings, so clicks are fast.
-"""
+INTRO = ("# PanoSAMic Studio\n"
+         "Segment a 360° panorama, then click to select a region and give it a class (SAM on cached "
+         "embeddings: clicks are fast).")
+
+KEYS_TEXT = ("**Keys** (outside text fields): <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> pick a candidate · "
+             "<kbd>Enter</kbd> assign · <kbd>Ctrl</kbd>+<kbd>Z</kbd> undo · <kbd>N</kbd> negative point on/off · "
+             "<kbd>B</kbd> box on/off · <kbd>Esc</kbd> clear the prompts · in the 360° view: arrows turn, "
+             "<kbd>+</kbd>/<kbd>-</kbd> zoom, <kbd>0</kbd> home · Shift-click adds a point")
+OWN_CLASS_TEXT = ("Your own class: type a new name in *Class* and press **Assign** (its colour is chosen for you), "
+                  "or give it a colour here and press **Add class**. The checkpoint's classes keep their numbers; "
+                  "yours follow them in the label PNG and the export's class table.")
 
 # The 360° viewer's markup; static/viewer.js draws into it (see that file for what it does).
 VIEWER_HTML = """<div class="pv">
@@ -673,9 +677,12 @@ def _closer(store):
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
+    """The page: the semantic map first (the main canvas, with the labelling controls right
+    below it: candidates with thumbnails, class, Assign / Undo, the keys), the 360° viewer and the
+    inputs beside it, the secondary panels (legend, downloads, point cloud, API) below."""
     ck = studio.checkpoints
     start_value = ck.initial()   # Demo when the default needs a download and the Hub cannot be reached
-    with gr.Blocks(title="PanoSAMic Studio", delete_cache=(3600, 7200)) as demo:
+    with gr.Blocks(title="PanoSAMic Studio", delete_cache=(3600, 7200), fill_width=True) as demo:
         # The store owns the session's lifetime: no time_to_live here, so that only the store
         # decides when an idle session goes (by its last use, not by when Gradio last stored
         # it); Gradio's deletion of the state (a closed tab) closes it too.
@@ -685,80 +692,96 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # on the session, so that one from before a restart is told so (API clients send the
         # value they read when they connected)
         server_start = gr.Textbox(studio.start_id, visible=False, label="Server start (filled in by the page)")
-        gr.Markdown(INTRO)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=320):
-                pano = panorama_input(label="Panorama (equirectangular, 2:1)", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], height=190, elem_id="panorama-input")
-                with gr.Row():
-                    depth = gr.File(label="Depth (16-bit PNG mm, .npy/.exr m)", file_types=[".png", ".npy", ".exr", ".tif", ".tiff"],
-                                    height=110)
-                    normals = gr.File(label="Normals (RGB PNG)", file_types=["image"], height=110)
+        gr.Markdown(INTRO, elem_id="top-bar")
+        with gr.Row(equal_height=False, elem_id="workspace"):
+            with gr.Column(scale=13, min_width=340, elem_id="canvas-column"):
+                view = gr.Image(label="Semantic map — click to select", interactive=False, elem_id="pano-view",
+                                buttons=["download", "fullscreen"], format="jpeg")
+                with gr.Row(equal_height=False, elem_id="label-bar"):
+                    with gr.Column(scale=3, min_width=300):
+                        cards = gr.HTML(cards_html(None), elem_id="candidate-cards", label="Mask candidates")
+                        candidates = gr.Radio(NO_CANDIDATES, value=None, label="Mask candidates (keys 1 2 3)",
+                                              interactive=False, elem_id="candidates", container=False)
+                        gr.Markdown(f"{RULE_TEXT} {FIT_TEXT}", elem_classes="hint", elem_id="candidate-rule")
+                    with gr.Column(scale=2, min_width=280):
+                        with gr.Row(equal_height=True):
+                            cls = gr.Dropdown(choices=[], label="Class (or type your own)", allow_custom_value=True,
+                                              elem_id="class", scale=3)
+                            assign = gr.Button("Assign", variant="primary", elem_id="assign-button", scale=1,
+                                               min_width=90)
+                        with gr.Row():
+                            undo = gr.Button("↶ Undo", elem_id="undo-button", size="sm", min_width=60)
+                            clear = gr.Button("Clear prompts", elem_id="clear-button", size="sm", min_width=60)
+                            refine = gr.Button("Refine with SAM instances", size="sm", min_width=60)
+                        edit_status = gr.Markdown(elem_id="edit-status", label="Edit status")
+                        mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label=CLICK_LABEL, info=CLICK_INFO,
+                                        elem_id="click-mode")
+                        # whether Shift was held on the map's click: SHIFT_INPUT_JS fills it in
+                        shift = gr.Checkbox(False, visible=False, label="Shift held (filled in by the page)")
+                gr.Markdown(KEYS_TEXT, elem_classes=["hint", "keys"], elem_id="keys")
+            with gr.Column(scale=8, min_width=320, elem_id="side-column"):
+                viewer = gr.HTML(None, html_template=VIEWER_HTML, js_on_load=VIEWER_JS.read_text(),
+                                 elem_id="pano-viewer", label="360° view")
+                with gr.Tabs(elem_id="input-tabs"):
+                    with gr.Tab("Your panorama", id="upload", render_children=True):
+                        pano = panorama_input(label="Panorama (equirectangular, 2:1)", type="filepath",
+                                              image_mode=None, sources=["upload", "clipboard"], height=140,
+                                              elem_id="panorama-input")
+                    with gr.Tab("Depth, normals", id="maps", render_children=True):
+                        with gr.Row():
+                            depth = gr.File(label="Depth (16-bit PNG mm, .npy/.exr m)",
+                                            file_types=[".png", ".npy", ".exr", ".tif", ".tiff"], height=110)
+                            normals = gr.File(label="Normals (RGB PNG)", file_types=["image"], height=110)
+                    with gr.Tab("Examples", id="examples-tab", render_children=True, visible=bool(studio.examples)):
+                        examples = gr.Gallery([(row[0], example_caption(row)) for row in studio.examples],
+                                              label="Photos (RGB only) and rendered rooms (RGB-D-N): click one",
+                                              show_label=False, columns=3, height=260, object_fit="cover",
+                                              allow_preview=False, interactive=False, elem_id="examples")
+                    with gr.Tab("Settings", id="settings", render_children=True):
+                        depth_scale = gr.Number(value=0, minimum=0, label="Depth scale (metres per stored unit)",
+                                                info="0 = auto: PNG in millimetres, .npy/.exr in metres")
+                        max_depth = gr.Slider(1, 50, value=10, step=0.5, label="Max depth T (m)",
+                                              info="Depth encoding range of the model (10 m for indoor rooms)")
+                        estimate_3d = gr.Checkbox(value=True, label="Estimate depth for the 3D view",
+                                                  info="Without a depth map, an RGB checkpoint's run also estimates "
+                                                       "depth from the photo, for the point cloud and the export")
+                        pps = gr.Slider(4, 32, value=16, step=1, label="SAM instance grid (points per side)",
+                                        info="For 'Refine with SAM instances'; fewer points are faster")
+                        opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Opacity of the classes on the map")
                 checkpoint = gr.Dropdown(choices=ck.choices(), value=start_value, allow_custom_value=True,
-                                         label="Checkpoint", info="Released PanoSAMic weights, or type a Hub subfolder",
+                                         label="Checkpoint (released PanoSAMic weights, a demo, or type a Hub subfolder)",
                                          elem_id="checkpoint")
                 need = gr.Markdown(studio.requirements_text(start_value, None, None, None)[0], elem_id="requirements")
-                with gr.Accordion("Settings", open=False):
-                    depth_scale = gr.Number(value=0, minimum=0, label="Depth scale (metres per stored unit)",
-                                            info="0 = auto: PNG in millimetres, .npy/.exr in metres")
-                    max_depth = gr.Slider(1, 50, value=10, step=0.5, label="Max depth T (m)",
-                                          info="Depth encoding range of the model (10 m for indoor rooms)")
-                    estimate_3d = gr.Checkbox(value=True, label="Estimate depth for the 3D view",
-                                              info="Without a depth map, an RGB checkpoint's run also estimates "
-                                                   "depth from the photo, for the point cloud and the export")
-                    pps = gr.Slider(4, 32, value=16, step=1, label="SAM instance grid (points per side)",
-                                    info="For 'Refine with SAM instances'; fewer points are faster")
                 run = gr.Button("Run", variant="primary", interactive=False, elem_id="run-button")
                 run_status = gr.Markdown(elem_id="run-status", label="Run status")
-                examples = gr.Gallery([(row[0], example_caption(row)) for row in studio.examples],
-                                      label="Examples: photos (RGB only) and rendered rooms (RGB-D-N: with depth "
-                                            "and normals): click one", columns=2, height="auto", object_fit="cover",
-                                      allow_preview=False, interactive=False, elem_id="examples",
-                                      visible=bool(studio.examples))
-            with gr.Column(scale=3):
-                with gr.Row(equal_height=True):
-                    view = gr.Image(label="Semantic map — click to select", interactive=False, elem_id="pano-view",
-                                    buttons=["download", "fullscreen"], height=340, format="jpeg", scale=1)
-                    viewer = gr.HTML(None, html_template=VIEWER_HTML, js_on_load=VIEWER_JS.read_text(),
-                                     elem_id="pano-viewer", label="360° view", scale=1, min_width=300)
-                with gr.Row(equal_height=True):
-                    opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Opacity", scale=2)
-                    mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label=CLICK_LABEL, info=CLICK_INFO,
-                                    elem_id="click-mode", scale=3)
-                    # whether Shift was held on the map's click: SHIFT_INPUT_JS fills it in
-                    shift = gr.Checkbox(False, visible=False, label="Shift held (filled in by the page)")
-                with gr.Row(equal_height=False):
-                    candidates = gr.Radio([("#1", 0), ("#2", 1), ("#3", 2)], value=None, label="Mask candidates",
-                                          interactive=False, scale=3)
-                    cls = gr.Dropdown(choices=[], label="Class", allow_custom_value=True, scale=2, elem_id="class")
-                with gr.Row():
-                    assign = gr.Button("Assign class", variant="primary", elem_id="assign-button")
-                    undo = gr.Button("↶ Undo", elem_id="undo-button")
-                    clear = gr.Button("Clear prompts")
-                    refine = gr.Button("Refine with SAM instances")
-                edit_status = gr.Markdown(elem_id="edit-status", label="Edit status")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
+        with gr.Row(equal_height=False, elem_id="results"):
+            with gr.Column(scale=2, min_width=300):
+                legend = gr.HTML(render.legend_html([]), label="Legend", elem_id="legend")
+                with gr.Row(equal_height=True, elem_id="own-class"):
+                    new_name = gr.Textbox(label="New class", placeholder="e.g. bed", max_length=40, scale=3,
+                                          elem_id="new-class-name")
+                    new_color = gr.ColorPicker(None, label="Colour", scale=1, min_width=80, elem_id="new-class-color")
+                    add_class = gr.Button("Add class", scale=1, min_width=90, elem_id="add-class-button")
+                gr.Markdown(OWN_CLASS_TEXT, elem_classes="hint")
+                export = gr.Button("Export (full resolution)", size="sm", elem_id="export-button")
+                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+            with gr.Column(scale=3, min_width=300):
                 # drawn on demand: plotly redraws all 30 000 points for every new figure (seconds
                 # without a GPU), so the cloud comes only while this is open (Studio.page_cloud)
                 with gr.Accordion(CLOUD_LABEL, open=False, elem_id="pano-3d-box") as cloud_box:
                     plot = gr.Plot(label="Point cloud: hover for class and distance", elem_id="pano-3d")
-            with gr.Column(scale=2):
-                legend = gr.HTML(render.legend_html([]), label="Legend", elem_id="legend")
-                export = gr.Button("Export (full resolution)", size="sm", elem_id="export-button")
-                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-        with gr.Accordion("Prompt by coordinates / API details", open=False):
-            prompt_json = gr.Textbox(label="Prompt (JSON, input-image pixels or degrees)", lines=2,
-                                     value='{"points": [[100, 50]], "labels": [1]}',
-                                     info='{"points": [[x, y], ...], "labels": [1 or 0, ...], "box": [x1, y1, x2, y2], '
-                                          '"append": false}; x1 > x2 wraps across the seam. Or by direction in '
-                                          'degrees: "points_lonlat": [[lon, lat], ...], "box_lonlat": [lon1, lat1, lon2, lat2]')
-            apply_prompt = gr.Button("Apply prompt", size="sm")
-            info = gr.JSON(label="Session (summary, statistics)")
+                with gr.Accordion("Prompt by coordinates / API details", open=False):
+                    prompt_json = gr.Textbox(label="Prompt (JSON, input-image pixels or degrees)", lines=2,
+                                             value='{"points": [[100, 50]], "labels": [1]}',
+                                             info='{"points": [[x, y], ...], "labels": [1 or 0, ...], "box": [x1, y1, x2, y2], '
+                                                  '"append": false}; x1 > x2 wraps across the seam. Or by direction in '
+                                                  'degrees: "points_lonlat": [[lon, lat], ...], "box_lonlat": [lon1, lat1, lon2, lat2]')
+                    apply_prompt = gr.Button("Apply prompt", size="sm")
+                    info = gr.JSON(label="Session (summary, statistics)")
 
         cloud_shown = gr.State(False)
         studio.ui = Components(session, view, viewer, legend, plot, candidates, cls, info, downloads, run_status,
-                               edit_status, cloud_shown)
+                               edit_status, cloud_shown, cards, new_name)
         outputs = studio.ui.outputs()
         style = [opacity]
         # Run, SAM instances and export run at a lower CPU priority than clicks and edits, so
@@ -786,9 +809,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
         checkpoint.change(studio.checkpoint_changed, [checkpoint, present], [need, run], **quiet)
         # The panorama's presence is reported once the upload was accepted: two listeners of its
         # change would each read (and refuse) a bad file, and the page stacked both refusals.
-        pano.change(studio.on_upload, [pano, session], outputs, api_visibility="private",
+        # on_upload owns `accepted` (the panorama when it can be used, else None: a 4:3 picture
+        # is said on the run status and leaves Run disabled)
+        accepted = studio.ui.accepted = gr.State(None)
+        pano.change(studio.on_upload, [pano, session], [*outputs, accepted], api_visibility="private",
                     **{**light, "show_progress": "hidden"}).success(
-            functools.partial(studio.input_changed, "pano"), [pano, present, checkpoint], [present, need, run],
+            functools.partial(studio.input_changed, "pano"), [accepted, present, checkpoint], [present, need, run],
             **quiet)
 
         examples.select(studio.pick_example, None, [pano, depth, normals], api_visibility="private",
@@ -825,6 +851,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                    outputs, "select_candidate", edit_status, light)
             action(assign.click, studio.assign, quick_job, [cls, candidates, session, *style, *start], outputs,
                    "assign", edit_status, light)
+            action(add_class.click, studio.add_class, quick_job, [new_name, new_color, session, *style, *start],
+                   [*outputs, new_name], "add_class", edit_status, light)
             action(undo.click, studio.undo, quick_job, [session, *style, *start], outputs, "undo", edit_status,
                    light)
             action(clear.click, studio.clear, quick_job, [session, *style, *start], outputs, "clear", edit_status,
@@ -930,7 +958,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     signal.signal(signal.SIGTERM, functools.partial(_stop_gracefully, studio, demo, settings.shutdown_grace_s))
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
-        allowed_paths=allowed, css=CSS, head=SHIFT_HEAD + CONNECTION_HEAD + f"<script>{HOVER_JS.read_text()}</script>",
+        allowed_paths=allowed, css=CSS, head=PAGE_HEAD + CONNECTION_HEAD + f"<script>{HOVER_JS.read_text()}</script>",
         show_error=True, theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD,
         # the upload route, bounded and cleaned up; the live preview's routes
         app_kwargs=serving.app_kwargs(store, demo, extra=[(HoverRoutes, {"service": studio.hover})]),

@@ -29,8 +29,8 @@ CHECKPOINT_FILES = ("config.json", "sam.pth", "model.safetensors")
 #: The values every editing endpoint (/segment, /prompt, /assign, /undo, ...) returns to an API
 #: client, in order: the app's outputs without the session State.
 EVENT_OUTPUTS = ("view", "legend", "plot", "candidates", "class", "info", "files", "run_status", "edit_status",
-                 "viewer")
-VIEW, LEGEND, PLOT, CANDIDATES, CLASS, INFO, FILES, RUN_STATUS, EDIT_STATUS, VIEWER = range(len(EVENT_OUTPUTS))
+                 "viewer", "cards")
+VIEW, LEGEND, PLOT, CANDIDATES, CLASS, INFO, FILES, RUN_STATUS, EDIT_STATUS, VIEWER, CARDS = range(len(EVENT_OUTPUTS))
 
 
 def event_outputs(values) -> Dict[str, object]:

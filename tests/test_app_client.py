@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 from app_utils import (CANDIDATES, CLASS, EDIT_STATUS, FILES, INFO, LEGEND, PLOT, RUN_STATUS, VIEW, VIEWER,
                        make_checkpoint_dir, make_examples, png_header, running_app)
 
+from panosamic.studio.candidates import preselect
+
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
@@ -94,7 +96,7 @@ def test_segment_prompt_assign_undo_export(app_env):
     assert out[FILES] is None                       # downloads are made on request, at full size
     files, _ = c.predict(api_name="/export")
     files = files_by_suffix(files)
-    assert set(files) == {"labels.png", "colors.png", "stats.json", "stats.csv", "masks_rle.json", "pointcloud.glb"}
+    assert set(files) == {"labels.png", "classes.csv", "colors.png", "stats.json", "stats.csv", "masks_rle.json", "pointcloud.glb"}
     labels0 = read_labels(files["labels.png"])
     assert labels0.shape == (h, w) and labels0.max() < 13
     colors = cv2.imread(files["colors.png"])[..., ::-1]
@@ -111,7 +113,8 @@ def test_segment_prompt_assign_undo_export(app_env):
     TIMINGS["prompt_roundtrip_s"] = time.perf_counter() - t0
     cand = out[INFO]["candidates"]
     assert len(cand["predicted_iou"]) == 3
-    assert cand["selected"] == int(np.argmax(cand["predicted_iou"]))
+    # a single click: the tightest plausible mask (panosamic.studio.candidates.preselect)
+    assert cand["selected"] == preselect(cand["predicted_iou"], cand["areas"])
     assert out[CANDIDATES]["value"] == cand["selected"]
     assert out[CLASS]["value"] == info["classes"][cand["majority_class"]]
     assert out[INFO]["prompts"]["points"] == [[60.0, 70.0]]
@@ -167,6 +170,54 @@ def test_segment_prompt_assign_undo_export(app_env):
     mask = cv2.imread(files_by_suffix(files)["masks.png"], cv2.IMREAD_UNCHANGED) == 1
     assert not ((labels2 != labels0) & ~mask).any() and (labels2[mask] == 7).all()
     assert info["edits"] == 1
+
+
+def test_assign_with_a_new_class_name_adds_it_and_the_export_lists_it(app_env):
+    c = client(app_env)
+    ex = app_env["examples"]["office"]
+    segment(c, ex)
+    out = c.predict(json.dumps({"points": [[60, 70]], "labels": [1]}), api_name="/prompt")
+    mask_area = out[INFO]["candidates"]["areas"][out[INFO]["candidates"]["selected"]]
+    out = c.predict("Hotel bed", None, api_name="/assign")
+    info = out[INFO]
+    assert info["classes"][13] == "Hotel bed" and info["class_table"][13]["origin"] == "user"
+    assert [r["origin"] for r in info["class_table"][:13]] == ["model"] * 13
+    bed = next(r for r in info["stats"] if r["name"] == "Hotel bed")
+    assert bed["index"] == 13 and bed["pixels"] == mask_area
+    assert "Hotel bed" in out[LEGEND] and "(yours)" in out[LEGEND]
+    # a second one with its own colour through /add_class, then the export
+    out = c.predict("lamp", "#00ff00", api_name="/add_class")
+    assert out[INFO]["class_table"][14] == {"index": 14, "name": "lamp", "color": [0, 255, 0], "hex": "#00ff00",
+                                            "origin": "user"}
+    files, _ = c.predict(api_name="/export")
+    by = files_by_suffix(files)
+    table = Path(by["classes.csv"]).read_text().splitlines()
+    assert table[0] == "index,name,r,g,b,hex,origin" and len(table) == 16
+    assert table[14].startswith("13,Hotel bed,") and table[14].endswith(",user")
+    assert table[15] == "14,lamp,0,255,0,#00ff00,user"
+    assert table[1].endswith(",model")
+    labels = read_labels(by["labels.png"])
+    assert (labels == 13).sum() > 0 and labels.max() == 13
+
+
+def test_uploads_that_cannot_be_a_panorama_each_get_their_own_message(app_env, tmp_path):
+    c = client(app_env)
+    rgb = cv2.imread(str(app_env["examples"]["office"]["image"]))
+    four_three = tmp_path / "room43.jpg"
+    cv2.imwrite(str(four_three), np.ascontiguousarray(rgb[:, :171]))
+    with pytest.raises(AppError, match="not 2:1"):
+        c.predict(handle_file(str(four_three)), api_name="/segment")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    with pytest.raises(AppError, match="broken.jpg") as refused:
+        c.predict(handle_file(str(broken)), api_name="/segment")
+    assert "not 2:1" not in str(refused.value)
+    rgba = tmp_path / "room_rgba.png"
+    cv2.imwrite(str(rgba), np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))
+    ex = app_env["examples"]["office"]
+    out = c.predict(handle_file(str(rgba)), handle_file(str(ex["depth"])), handle_file(str(ex["normals"])),
+                    api_name="/segment")
+    assert "room_rgba.png has an alpha channel" in out[RUN_STATUS] and "Segmented" in out[RUN_STATUS]
 
 
 def test_second_user_reuses_cached_embeddings_untold(app_env):
@@ -247,8 +298,11 @@ def test_bad_inputs_give_messages_not_stack_traces(app_env, tmp_path):
     assert "outside" in _error(lambda: c.predict('{"points": [[999, 5]]}', api_name="/prompt"))
     msg = _error(lambda: c.predict('{"<b>x</b>": 1}', api_name="/prompt"))
     assert "Unknown prompt field(s) &lt;b&gt;x&lt;/b&gt;" in msg and "<b>" not in msg
-    assert "unknown class" in _error(lambda: (c.predict('{"points": [[5, 5]]}', api_name="/prompt"),
-                                              c.predict("spaceship", None, api_name="/assign")))
+    # a new name becomes the user's own class; a name no class can have, or an index beyond them, is refused
+    assert "at most 40 characters" in _error(lambda: (c.predict('{"points": [[5, 5]]}', api_name="/prompt"),
+                                                      c.predict("spaceship " * 5, None, api_name="/assign")))
+    assert "out of range" in _error(lambda: (c.predict('{"points": [[5, 5]]}', api_name="/prompt"),
+                                             c.predict("99", None, api_name="/assign")))
 
 
 def test_app_imports_without_torch():

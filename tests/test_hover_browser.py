@@ -56,6 +56,7 @@ def _page_mask(page, prompt: dict) -> np.ndarray:
 def _run_example(page, url: str) -> None:
     page.goto(url)
     page.get_by_role("heading", name="PanoSAMic Studio").wait_for()
+    page.get_by_role("tab", name="Examples").click()   # the examples have their own tab beside the upload
     page.locator("#examples .thumbnail-item").filter(has_text="RGB-D-N").first.click()
     page.wait_for_function("() => { const b = document.querySelector('#run-button'); return b && !b.disabled; }")
     page.locator("#run-button").click()

@@ -26,7 +26,7 @@ def test_the_readme_says_how_to_install_the_library():
 def test_pip_installs_an_importable_package_with_its_static_files(tmp_path):
     """`pip install` of the repository's pyproject.toml (into a folder, without dependencies:
     those come from requirements.txt) gives a package that imports from another folder, with
-    every subpackage and panosamic/studio/static/viewer.js. A copy of the sources is installed,
+    every subpackage and panosamic/studio/static/ (viewer.js, page.js, page.css). A copy of the sources is installed,
     so that pip's build leaves no build/ or .egg-info in the repository."""
     src = tmp_path / "src"
     src.mkdir()
@@ -45,7 +45,7 @@ def test_pip_installs_an_importable_package_with_its_static_files(tmp_path):
             "print(root)\n"
             "print(sorted(['panosamic'] + [m.name for m in pkgutil.walk_packages(panosamic.__path__, 'panosamic.') "
             "if m.ispkg]))\n"
-            "print((root / 'studio' / 'static' / 'viewer.js').is_file())\n")
+            "print(all((root / 'studio' / 'static' / f).is_file() for f in ('viewer.js', 'page.js', 'page.css')))\n")
     away = tmp_path / "elsewhere"
     away.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -24,9 +24,10 @@ def test_assign_changes_labels_only_under_the_mask_and_undo_restores():
     mask = np.zeros(s.shape, bool)
     mask[5:15, 10:30] = True
     s.add_point(20, 10)
-    s.set_candidates(np.stack([mask, ~mask, mask & False]), [0.5, 0.2, 0.9])
-    assert s.selected == 2  # best predicted IoU is selected ...
-    s.select(0)             # ... the user picks another one
+    s.set_candidates(np.stack([mask, ~mask, mask & False]), [0.85, 0.2, 0.9])
+    assert s.selected == 0  # a single click: the tightest plausible mask (the empty one never) ...
+    s.select(1)             # ... the user picks another one
+    s.select(0)
     assert s.majority_class() == 11
     changed = s.assign("door")
     assert changed == mask.sum()
@@ -105,8 +106,10 @@ def test_assign_errors():
     s = make_session()
     with pytest.raises(InputError, match="click"):
         s.assign("wall")
+    with pytest.raises(InputError, match="at most 40 characters"):   # a new name becomes a class: not this one
+        s.assign("spaceship " * 5, mask=np.ones(s.shape, bool))
     with pytest.raises(InputError, match="unknown class"):
-        s.assign("spaceship", mask=np.ones(s.shape, bool))
+        s.class_index("spaceship")
     with pytest.raises(InputError, match="out of range"):
         s.assign(13, mask=np.ones(s.shape, bool))
     with pytest.raises(InputError, match="empty"):
@@ -165,7 +168,8 @@ def test_export_writes_every_download(tmp_path):
     mask[2:6, 0:3] = True
     s.assign("window", mask=mask)
     files = write_downloads(s, tmp_path, s.initial_labels.copy())
-    assert set(files) == {"labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb"}
+    assert set(files) == {"labels", "class_table", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png",
+                          "pointcloud_glb"}
     assert all(os.path.basename(p).startswith("office_") for p in files.values())
     lab = cv2.imread(files["labels"], cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(lab, s.labels)

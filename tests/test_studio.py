@@ -15,6 +15,7 @@ import pytest
 
 from app_utils import make_checkpoint_dir, make_session, png_header
 
+from panosamic.studio.classes import ClassTable
 from panosamic import studio
 from panosamic.config import RELEASED_SUBFOLDERS
 from panosamic.errors import InputError, WeightsError
@@ -177,7 +178,7 @@ def test_requirements_say_what_is_missing_and_disable_run():
     text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbdn-fold1", "p.jpg", None, None)
     assert not ok and "Missing: depth and normals" in text
     text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgbdn-fold1", "p.jpg", "d.png", "n.png")
-    assert ok and "Ready." in text and "not used" not in text
+    assert ok and "Ready" in text and "not used" not in text
     text, ok = studio.requirements_text(hub, "stanford2d3ds-vith-rgb-fold1", "p.jpg", "d.png", "n.png")
     assert ok and "The depth and normals map is not used" in text
     text, ok = studio.requirements_text(hub, "whatever", "p.jpg", None, None)
@@ -370,7 +371,7 @@ def test_edit_status_run_message_and_instance_masks():
     mask[:10] = True
     s.set_candidates(np.stack([mask, ~mask]), [0.8, 0.3])
     assert "box across the seam" in studio.edit_status(s)
-    assert "mask #1 selected (IoU 0.80, 31.2% of the panorama, mostly wall)" in studio.edit_status(s)
+    assert "mask #1 selected (31.2% of the panorama, fit 0.80 (fair), mostly wall)" in studio.edit_status(s)
     s.assign("door")
     assert studio.edit_status(s).endswith("1 edit(s)")
 
@@ -387,7 +388,7 @@ def test_the_edit_status_shows_a_class_name_as_written():
     s = make_session()
     classes = list(s.classes)
     classes[11] = "<b>x</b> **y** [z](u)"  # wall
-    s.classes = tuple(classes)
+    s.class_table = ClassTable(classes, s.palette)
     mask = np.zeros(s.shape, bool)
     mask[:10] = True
     s.set_candidates(np.stack([mask, ~mask]), [0.8, 0.3])
@@ -470,7 +471,10 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
                                 progress=lambda f, desc=None: stages.append(desc))
     assert not cached and s.shape == (128, 256) and s.max_depth == 10.0 and s.checkpoint == "local"
     assert studio.run_message(s, 1.0).startswith("**Segmented 256×128 in 1.00 s** with Local: ckpt")
-    assert stages[:2] == ["Reading the inputs", "Downloading / loading the checkpoint (first use)"]
+    assert stages[0] == "Checking the inputs"
+    assert stages[1].startswith("Reading panorama + depth map + normal map (256×128, ")   # then each file read
+    assert sum(d.startswith("Read the ") for d in stages) == 3   # panorama, depth map, normal map
+    assert stages.index("Downloading / loading the checkpoint (first use)") > 1
     assert {"load", "encode"} <= set(s.timings)
     assert backend.checkpoints.known["local"] == ("image", "depth", "normals")
     # depth alone: the normals are derived from it, and the Run says so
@@ -523,7 +527,7 @@ def test_backend_segment_click_prompt_assign_undo_instances_export(reference_dir
 
     files = backend.export(s)
     names = [Path(f).name for f in files]
-    assert names == ["office_labels.png", "office_colors.png", "office_stats.json", "office_stats.csv",
+    assert names == ["office_labels.png", "office_classes.csv", "office_colors.png", "office_stats.json", "office_stats.csv",
                      "office_masks_rle.json", "office_masks.png", "office_pointcloud.glb"]
     first_dir = s.export_dir
     assert backend.export(s)[0] != files[0] and Path(first_dir).is_dir()   # kept a minute for its client
@@ -543,7 +547,7 @@ def test_the_page_uses_only_glyphs_its_fonts_draw():
 
     drawable = set("—…↶⚠°±·×")
     files = [ROOT / "app.py", *sorted((ROOT / "panosamic" / "studio").rglob("*.py")),
-             ROOT / "panosamic" / "studio" / "static" / "viewer.js"]
+             *sorted((ROOT / "panosamic" / "studio" / "static").iterdir())]
     used = {ch for f in files for ch in f.read_text(encoding="utf-8") if ord(ch) > 0x7F}
     assert used <= drawable, f"glyphs the page's fonts may not draw: {sorted(used - drawable)}"
     if shutil.which("fc-list"):

@@ -336,7 +336,7 @@ class StudioBackend:
     def _segment(self, pano: Any, depth_file: Any, normals_file: Any, choice: Optional[str],
                  depth_scale: Optional[float], max_depth: Optional[float], progress: Progress,
                  previous: Optional[Session], client: Optional[str], estimate_3d: bool = True) -> Tuple[Session, bool]:
-        progress(0.0, desc="Reading the inputs")
+        progress(0.0, desc="Checking the inputs")
         max_depth = _positive(max_depth, "Max depth T", default=DEFAULT_MAX_DEPTH)
         depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
         choice = self._concrete(choice, given_maps(input_path(pano), input_path(depth_file), input_path(normals_file)))
@@ -344,7 +344,8 @@ class StudioBackend:
         notes: List[str] = []
         t0 = time.perf_counter()
         image, depth, normals, name = load_inputs(pano, depth_file, normals_file, depth_scale, notes=notes,
-                                                  decoding=self._decoding)
+                                                  decoding=self._decoding,
+                                                  progress=lambda f, desc: progress(0.03 * f, desc=desc))
         timings: Dict[str, float] = {"read": time.perf_counter() - t0}
         can_estimate = self.depth_estimator != "none"
         _check_maps(self.checkpoints.modalities(choice), depth is not None or can_estimate, normals is not None)
@@ -365,6 +366,7 @@ class StudioBackend:
                     depth=None if depth is None else _resize_depth(depth, size),
                     has_normals="normals" in required, key=ckey, checkpoint=choice,
                     checkpoint_label=self.checkpoints.label(choice), estimated=estimated,
+                    toy=choice in self.checkpoints.demos,
                     state=state, model_key=key, max_depth=max_depth, name=name, timings=timings, notes=notes)
         s.timings["working_maps"] = time.perf_counter() - t0
         del image, depth, normals  # the input-size arrays go now
@@ -617,19 +619,20 @@ class StudioBackend:
             s.timings["instances"] = time.perf_counter() - t0
             return len(instances), changed
 
-    def export(self, s: Session) -> List[str]:
+    def export(self, s: Session, progress: Progress = _no_progress) -> List[str]:
         """Writes the downloads at the input size into a new folder of the session; returns
-        the paths in `downloads.KINDS` order."""
+        the paths in `downloads.KINDS` order. `progress` hears each step (8K: ~5 s in all)."""
         from .downloads import write_downloads
 
         with self.store.use(s):
             t0 = time.perf_counter()
+            H, W = s.input_size
+            progress(0.0, desc=f"Export: the model's labels at {W}×{H}")
             predictor = self.registry.get(s.model_key)
             model_labels = predictor.labels_at(s.input_size, state=s.state)
-            H, W = s.input_size
             # room for about what an export takes (two 8-bit PNGs, the RLE JSON, the point cloud)
             with self.store.export_dir(s, nbytes=H * W + (8 << 20)) as folder:
-                files = write_downloads(s, folder, model_labels)
+                files = write_downloads(s, folder, model_labels, progress=progress)
             del model_labels
             release_free_memory()
             s.timings["export"] = time.perf_counter() - t0

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from ..exports import (COLORS_PNG_SUFFIX, class_stats, encode_rle, mask_bbox, po
 from ..io import panorama_stem, save_labels_png
 from .session import Session
 
-KINDS = ("labels", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb",
+KINDS = ("labels", "class_table", "colors", "stats_json", "stats_csv", "coco_rle", "masks_png", "pointcloud_glb",
          "depth_estimated", "normals_estimated")
 _TILE_ROWS = 512
 
@@ -58,27 +58,36 @@ def final_labels(s: Session, model_labels: np.ndarray) -> np.ndarray:
 
 
 def write_downloads(s: Session, folder: Path, model_labels: np.ndarray,
-                    glb_max_points: int = 400_000) -> Dict[str, str]:
+                    glb_max_points: int = 400_000,
+                    progress: Optional[Callable[..., Any]] = None) -> Dict[str, str]:
     """Writes the downloads of `s` into `folder`; returns {kind: path} in `KINDS` order.
 
-    kinds: labels (PNG, class indices), colors (PNG), stats_json, stats_csv, coco_rle (JSON:
+    kinds: labels (PNG, class indices), class_table (CSV beside it: index, name, r, g, b, hex
+    and origin, "model" for the checkpoint's classes and "user" for those added in the studio),
+    colors (PNG), stats_json, stats_csv, coco_rle (JSON:
     per-class segments and the refined masks), masks_png (16-bit ids of the refined masks,
     0 = none; only with refined masks), pointcloud_glb (only with depth), and, for maps
     estimated from the photo, depth_estimated (16-bit PNG, millimetres, 0 = unknown) and
     normals_estimated (RGB PNG, 127.5 * (n + 1), world frame), both at the input size.
+    `progress(fraction, desc=text)` hears each step.
     """
+    report = progress or (lambda *_a, **_k: None)
+    H, W = s.input_size
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = panorama_stem(s.name, safe=True)
     path = lambda suffix: str(folder / f"{stem}_{suffix}")  # noqa: E731
+    report(0.2, desc=f"Export: your edits over the labels at {W}×{H}")
     labels = final_labels(s, model_labels)
     out: Dict[str, str] = {}
+    report(0.3, desc="Export: label PNGs, statistics, masks" + (", point cloud" if s.depth is not None else ""))
     with ThreadPoolExecutor(max_workers=1) as writer:
         # the two PNGs compress (OpenCV, without the GIL) beside the statistics and the RLE
         pngs = {"labels": writer.submit(save_labels_png, path("labels.png"), labels, compression=3),
                 "colors": writer.submit(save_label_colors_png, str(folder / f"{stem}{COLORS_PNG_SUFFIX}"), labels,
                                         s.palette)}
         _write_tables(s, labels, path, out, glb_max_points)
+        report(0.85, desc="Export: compressing the label PNGs")
         out.update({kind: str(job.result()) for kind, job in pngs.items()})
     return {k: out[k] for k in KINDS if k in out}
 
@@ -97,6 +106,9 @@ def _write_tables(s: Session, labels: np.ndarray, path: Callable[[str], str], ou
     info = s.summary()
     info.pop("prompts", None)
     info.pop("candidates", None)
+    with open(path("classes.csv"), "w", encoding="utf-8") as f:
+        f.write(s.class_table.as_csv())
+    out["class_table"] = path("classes.csv")
     with open(path("stats.json"), "w") as f:
         json.dump({**info, "stats": stats}, f, indent=1)
     out["stats_json"] = path("stats.json")
@@ -147,7 +159,7 @@ def coco(s: Session, labels: Optional[np.ndarray] = None) -> Dict:
     H, W = s.input_size
     if labels is None:
         labels = resize_erp(s.labels, H, W, nearest=True)
-    cats = [{"id": i, "name": n, "color": [int(v) for v in s.palette[i]]} for i, n in enumerate(s.classes)]
+    cats = [{"id": r.index, "name": r.name, "color": list(r.color), "origin": r.origin} for r in s.class_table.rows()]
     anns = []
     present = np.flatnonzero(np.bincount(labels.ravel(), minlength=s.num_classes)[:s.num_classes])
     # column-major once: RLE runs go down the columns, and masks of a Fortran-ordered map are

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import PanoSAMicError
 from .checkpoints import MODALITY_NAMES, Checkpoints
 from .files import DISK_FULL, disk_full
+from .candidates import fit_words
 from .session import Session
 
 # A web address in a message, shown as it is (where to download a file is no secret), less
@@ -184,7 +185,7 @@ def requirements_text(checkpoints: Checkpoints, choice: Optional[str], pano: Any
         note += " The normals will be derived from the depth map."
     if estimated:
         note += f" The {' and '.join(MODALITY_NAMES[m] for m in estimated)} will be estimated from the photo."
-    return f"{need}{'' if unavailable else ' Ready.'}{note}", True
+    return f"{need}{'' if unavailable else ' Ready: press **Run**.'}{note}", True
 
 
 def edit_status(s: Session) -> str:
@@ -200,13 +201,23 @@ def edit_status(s: Session) -> str:
     if s.candidates is not None:
         mc = s.majority_class()
         share = 100.0 * float(s.selected_mask.mean())
-        parts.append(f"mask #{s.selected + 1} selected (IoU {s.selected_score:.2f}, "
-                     f"{share:.1f}% of the panorama, mostly {markdown_text(s.classes[mc]) if mc is not None else '-'})")
+        parts.append(f"mask #{s.selected + 1} selected ({share:.1f}% of the panorama, fit {s.selected_score:.2f} "
+                     f"({fit_words(s.selected_score)}), mostly {markdown_text(s.classes[mc]) if mc is not None else '-'})")
     if not parts:
         parts.append("Click on the panorama to select a region.")
     if s.refined:
         parts.append(f"{len(s.refined)} edit(s)")
     return " · ".join(parts)
+
+
+#: What the results say when a toy model made them (the bundled demos, trained on rendered rooms).
+TOY_NOTE = ("Made by a toy model (a bundled demo trained on a few rendered rooms): expect a rough map, "
+            "above all on real photos. A released checkpoint gives the real thing.")
+
+
+def toy_note(s: Session) -> str:
+    """TOY_NOTE when the session's labels come from a bundled demo checkpoint, else ""."""
+    return TOY_NOTE if getattr(s, "toy", False) else ""
 
 
 def about_duration(seconds: float) -> str:
@@ -236,10 +247,11 @@ def run_message(s: Session, total: float, timings: Optional[Dict[str, float]] = 
     notes = "".join(f"\n\n⚠ {n}" for n in getattr(s, "notes", ()))
     by = getattr(s, "checkpoint_label", None)
     by = f" with {by}" if by else ""
-    return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {stages}{notes}"
+    toy = f"\n\n⚠ {TOY_NOTE}" if getattr(s, "toy", False) else ""
+    return f"**Segmented {w}×{h} in {total:.2f} s**{by} — {stages}{toy}{notes}"
 
 
 __all__ = ["user_message", "DISK_FULL", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN",
-           "RESTARTED_SINCE", "SERVER_STOPPED", "requirements_text", "given_maps", "message_markdown", "status_error", "edit_status",
-           "run_message",
+           "RESTARTED_SINCE", "SERVER_STOPPED", "requirements_text", "given_maps", "message_markdown", "status_error",
+           "edit_status", "run_message", "toy_note", "TOY_NOTE",
            "about_duration", "exact_duration"]

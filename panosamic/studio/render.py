@@ -20,20 +20,24 @@ NEG_COLOR = (235, 40, 40)
 BOX_COLOR = (255, 210, 0)
 
 
-def legend_html(stats: Sequence[Dict], highlight: Optional[int] = None, show_absent: bool = False) -> str:
-    """A compact legend: colour swatch, class name and share of the sphere, largest first."""
+def legend_html(stats: Sequence[Dict], highlight: Optional[int] = None, show_absent: bool = False,
+                own_from: Optional[int] = None, note: str = "") -> str:
+    """A compact legend: colour swatch, class name and share of the sphere, largest first.
+    Classes from index `own_from` on are the user's own (marked "yours"); `note` (plain text,
+    e.g. that a toy model made the map) goes above the rows."""
     rows = [s for s in stats if show_absent or s["pixels"] > 0]
     rows.sort(key=lambda s: -s["sphere_share"])
     items = []
     for s in rows:
         pct = 100.0 * s["sphere_share"]
         bold = " font-weight:600;" if highlight is not None and s["index"] == highlight else ""
+        own = ' <em style="opacity:.7">(yours)</em>' if own_from is not None and s["index"] >= own_from else ""
         items.append(
             '<div class="pano-legend-row" style="display:flex;align-items:center;gap:8px;'
             f'padding:2px 0;{bold}" title="{s["pixels"]} px, {s["steradians"]:.3f} sr">'
             f'<span style="display:inline-block;width:14px;height:14px;border-radius:3px;'
             f'background:{s["hex"]};border:1px solid rgba(0,0,0,.25);flex:none"></span>'
-            f'<span style="flex:1">{html.escape(s["name"])}</span>'
+            f'<span style="flex:1">{html.escape(s["name"])}{own}</span>'
             f'<span style="display:inline-block;width:80px;height:6px;background:rgba(128,128,128,.2);'
             f'border-radius:3px;overflow:hidden;flex:none"><span style="display:block;height:100%;'
             f'width:{min(pct, 100):.1f}%;background:{s["hex"]}"></span></span>'
@@ -42,7 +46,8 @@ def legend_html(stats: Sequence[Dict], highlight: Optional[int] = None, show_abs
         )
     if not items:
         return '<div class="pano-legend"><em>No classes yet: run the segmentation.</em></div>'
-    return ('<div class="pano-legend"><div style="font-size:.85em;opacity:.7;margin-bottom:4px">'
+    banner = f'<div class="toy-note">{html.escape(note)}</div>' if note else ""
+    return (f'<div class="pano-legend">{banner}<div style="font-size:.85em;opacity:.7;margin-bottom:4px">'
             "Share of the sphere (solid-angle weighted)</div>" + "".join(items) + "</div>")
 
 

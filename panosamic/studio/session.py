@@ -33,6 +33,8 @@ import numpy as np
 from ..errors import InputError
 from ..exports import class_stats, decode_rle, encode_rle
 from ..metrics import majority_class
+from .candidates import preselect
+from .classes import ClassTable
 
 WORK_MAX_WIDTH = 2048   # interaction runs at most this wide (pixels); 1024 rows for a 2:1 panorama
 MAX_UNDO = 64           # undo steps kept per session
@@ -105,6 +107,7 @@ class Session:
         depth: (h, w) metres at the working size, or None.
         state: the `PanoramaState` (cached embeddings), shared with the embedding cache.
         model_key: what loaded the model (the backend's registry key).
+        toy: a toy model (a bundled demo) made the labels.
     """
 
     def __init__(self, image: np.ndarray, labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
@@ -113,13 +116,11 @@ class Session:
                  state: Any = None, model_key: Any = None, max_depth: Optional[float] = None,
                  name: str = "panorama", timings: Optional[Dict[str, float]] = None,
                  notes: Optional[Sequence[str]] = None, checkpoint_label: Optional[str] = None,
-                 estimated: Sequence[str] = ()):
+                 estimated: Sequence[str] = (), toy: bool = False):
         labels = np.asarray(labels)
         image = np.asarray(image)
         if image.shape[:2] != labels.shape:
             raise InputError(f"labels {labels.shape} do not match the image {image.shape[:2]}")
-        if len(classes) > 255:
-            raise InputError("the studio keeps class indices as uint8: at most 255 classes")
         self.image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
         self.depth = None if depth is None else np.asarray(depth, np.float32)
         if self.depth is not None and self.depth.shape != labels.shape:
@@ -127,8 +128,8 @@ class Session:
         self.has_normals = bool(has_normals)
         #: the maps estimated from the photo ("depth", "normals"): exported beside the labels
         self.estimated: Tuple[str, ...] = tuple(estimated)
-        self.classes = tuple(classes)
-        self.palette = np.asarray(palette, np.uint8)
+        #: the checkpoint's classes, then the user's (the one owner of names and colours)
+        self.class_table = ClassTable(classes, palette)
         self.initial_labels = labels.astype(np.uint8)
         self.initial_labels.flags.writeable = False
         self.labels = self.initial_labels.copy()
@@ -140,6 +141,8 @@ class Session:
         self.checkpoint = checkpoint
         #: how the page names the checkpoint that made the labels (e.g. "Demo RGB: toy model ...")
         self.checkpoint_label = checkpoint_label or checkpoint
+        #: whether a toy model (a bundled demo) made the labels: the results say so
+        self.toy = bool(toy)
         self.state = state
         self.model_key = model_key
         self.max_depth = max_depth
@@ -182,8 +185,28 @@ class Session:
         return self.shape[1] / self.input_size[1]
 
     @property
+    def classes(self) -> Tuple[str, ...]:
+        """Class names by index: the checkpoint's, then the user's (`class_table`)."""
+        return self.class_table.names
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(K, 3) uint8 RGB colours by class index (`class_table`)."""
+        return self.class_table.palette
+
+    @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return len(self.class_table)
+
+    def add_class(self, name: Any, color: Any = None) -> Tuple[int, bool]:
+        """(index, whether new) of a user's class (`ClassTable.add`). A new colour for a
+        user's class redraws everything coloured (the labels count as changed)."""
+        before = self.palette
+        index, new = self.class_table.add(name, color)
+        if not new and not np.array_equal(before, self.palette):
+            self._labels_changed(None, None)
+            self.view_base = None
+        return index, new
 
     @property
     def nbytes(self) -> int:
@@ -204,8 +227,9 @@ class Session:
         self.refined, self._undo, self._stats, self.view_base, self.cloud = [], [], None, None, None
         self._medians = {}
 
-    def class_index(self, cls: Any) -> int:
-        """Index of a class given as index, numeric string or (case-insensitive) name."""
+    def class_index(self, cls: Any, create: bool = False) -> int:
+        """Index of a class given as index, numeric string or (case-insensitive) name; with
+        `create` a name not in the table becomes a user's class (`add_class`)."""
         if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
             idx = int(cls)
         else:
@@ -213,10 +237,13 @@ class Session:
             if text.lstrip("-").isdigit():
                 idx = int(text)
             else:
-                names = [c.lower() for c in self.classes]
-                if text.lower() not in names:
-                    raise InputError(f"unknown class {text[:40]!r}; choose one of: {', '.join(self.classes)}")
-                idx = names.index(text.lower())
+                found = self.class_table.find(text)
+                if found is None and create:
+                    found, _ = self.add_class(text)
+                if found is None:
+                    raise InputError(f"unknown class {text[:40]!r}; choose one of: {', '.join(self.classes)}, "
+                                     "or add it as your own class")
+                idx = found
         if not 0 <= idx < self.num_classes:
             raise InputError(f"class index {idx} is out of range 0..{self.num_classes - 1}")
         return idx
@@ -386,8 +413,9 @@ class Session:
 
     # ------------------------------------------------------------------ candidates
     def set_candidates(self, masks: np.ndarray, scores: Sequence[float]) -> int:
-        """Stores the decoder's candidate masks (C, h, w) at the working size and selects the
-        best; returns its index."""
+        """Stores the decoder's candidate masks (C, h, w) at the working size and preselects
+        one (`candidates.preselect`: for a single positive click the tightest plausible mask,
+        else the best fit); returns its index."""
         masks = np.asarray(masks).astype(bool)
         if masks.ndim == 2:
             masks = masks[None]
@@ -395,7 +423,8 @@ class Session:
             raise InputError(f"masks {masks.shape[1:]} do not match the working size {self.shape}")
         self.candidates = masks
         self.scores = np.asarray(scores, np.float32).reshape(-1)
-        self.selected = int(np.argmax(self.scores)) if len(self.scores) else 0
+        single = self.box is None and self.point_labels == [1]
+        self.selected = preselect(self.scores, masks.reshape(len(masks), -1).sum(1), single_click=single)
         return self.selected
 
     def select(self, index: int) -> None:
@@ -445,8 +474,8 @@ class Session:
     def assign(self, cls: Any, mask: Optional[np.ndarray] = None) -> int:
         """Writes class `cls` into the label map under `mask` (working size; default: the
         selected candidate), records the mask as a refined mask and clears the prompts.
-        Returns the number of working pixels that changed class. Undo restores all of it."""
-        idx = self.class_index(cls)
+        Returns the number of working pixels that changed class. Undo restores all of it.
+        A class name not in the table becomes a user's class (`add_class`)."""
         score = None
         if mask is None:
             if self.selected_mask is None:
@@ -457,6 +486,7 @@ class Session:
             raise InputError(f"mask {mask.shape} does not match the working size {self.shape}")
         if not mask.any():
             raise InputError("the mask is empty: nothing to assign")
+        idx = self.class_index(cls, create=True)  # after the checks: a refused assign adds no class
         changed = int(np.count_nonzero(mask & (self.labels != idx)))
         step = self._push_labels(mask)
         self.labels[mask] = idx
@@ -504,7 +534,9 @@ class Session:
             "width": w,
             "working_size": list(self.shape),
             "checkpoint": self.checkpoint,
+            "toy_model": self.toy,
             "classes": list(self.classes),
+            "class_table": [r.as_dict() for r in self.class_table.rows()],
             "has_depth": self.depth is not None,
             "has_normals": self.has_normals,
             "estimated_maps": list(self.estimated),

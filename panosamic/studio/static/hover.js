@@ -120,7 +120,8 @@
     el.textContent = text;
     el.style.cssText = "font-size:0.85em;opacity:0.8;margin:4px 0";
     const anchor = document.querySelector("#pano-view");
-    if (anchor && anchor.parentElement) anchor.parentElement.insertAdjacentElement("afterend", el);
+    // right under the map, inside its column (after the column it became a third column of the page's row)
+    if (anchor) anchor.insertAdjacentElement("afterend", el);
     else document.body.appendChild(el);
   }
 
