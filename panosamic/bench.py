@@ -40,6 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .precision import PRECISIONS, cpu_features, resolve_precision
+
 
 def _rss_peak_mb() -> float:
     """Peak resident set size of this process so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
@@ -111,7 +113,7 @@ def _note(message: str, quiet: bool) -> None:
 
 def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                   modalities: Optional[Sequence[str]] = None, single_view: bool = False,
-                  size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                  size: Optional[int] = None, device: str = "auto", dtype: str = "auto",
                   repeats: int = 3, clicks: int = 20, warmup: int = 1, threads: Optional[int] = None,
                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True,
                   attention: str = "auto", compile: bool = False, encoder_repeats: int = 0,
@@ -208,7 +210,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         **_run_facts(dev, cfg, config, w, h),
         "cpu_count": os.cpu_count(),
         "num_classes": cfg["num_classes"],
-        "dtype": str(predictor.dtype).replace("torch.", ""),
+        "dtype": str(predictor.dtype).replace("torch.", ""), "precision": predictor.precision, "cpu": cpu_features(),
         "attention": attention,
         "compile": bool(compile),
         "allocator": allocator_info(),
@@ -260,7 +262,7 @@ def _time_encoder(predictor, inputs, kwargs, repeats: int) -> List[Tuple[float, 
     x = predictor.model.preprocess(stack.to(predictor.device))[:1]
     predictor.model.image_encoder.set_attention(predictor.attention)
     out = []
-    with torch.inference_mode(), predictor._autocast():
+    with torch.inference_mode(), predictor._autocast(encoder=True):
         for _ in range(repeats):
             t, c = time.perf_counter(), _cpu_s()
             predictor.model.image_encoder(x)
@@ -325,7 +327,7 @@ class _PeakMemory:
 
 def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                    modalities: Optional[Sequence[str]] = None, single_view: bool = False,
-                   size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                   size: Optional[int] = None, device: str = "auto", dtype: str = "auto",
                    attention: str = "auto", compile: bool = False, repeats: int = 3, warmup: int = 1,
                    encoder_repeats: int = 3, clicks: int = 10, threads: Optional[int] = None,
                    encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True,
@@ -359,10 +361,11 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
                                               seed, quiet)
     model = build_model(cfg)
     stock = Predictor(model, device=dev, dtype="float32", attention="sam", encoder_chunk_size=encoder_chunk_size)
-    # torch.compile changes the modules in place: ours then needs its own copy of the weights
-    ours = Predictor(copy.deepcopy(model) if compile else model, device=dev, dtype=dtype, attention=attention,
+    # torch.compile and int8 change the modules in place: ours then needs its own copy of the weights
+    own = compile or resolve_precision(dtype, dev, cfg) == "int8"
+    ours = Predictor(copy.deepcopy(model) if own else model, device=dev, dtype=dtype, attention=attention,
                      compile=compile, encoder_chunk_size=encoder_chunk_size)
-    _note(f"built {describe(cfg)} on {dev}; stock vs ours ({attention}, {dtype}"
+    _note(f"built {describe(cfg)} on {dev}; stock vs ours ({attention}, {ours.precision}"
           f"{', compiled' if compile else ''}), allocator {allocator_info()['name']}", quiet)
     h, w = model.erp_size
     inputs = _synthetic_inputs(h, w, seed)
@@ -408,7 +411,8 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
     def side(name: str) -> Dict[str, Any]:
         p = sides[name]
         out: Dict[str, Any] = {
-            "attention": p.attention, "dtype": str(p.dtype).replace("torch.", ""), "compile": p.compiled,
+            "attention": p.attention, "dtype": str(p.dtype).replace("torch.", ""), "precision": p.precision,
+            "compile": p.compiled,
             "set_panorama_s": {**_summary(runs[name]),
                                "stages_median": {k: round(statistics.median(s[k] for s in stages[name]), 4)
                                                  for k in stages[name][0]}},
@@ -458,7 +462,7 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
 
 def run_eta_check(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                   modalities: Optional[Sequence[str]] = None, single_view: bool = False,
-                  size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                  size: Optional[int] = None, device: str = "auto", dtype: str = "auto",
                   attention: str = "auto", repeats: int = 1, warmup: int = 0, threads: Optional[int] = None,
                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True) -> Dict[str, Any]:
     """The announced time against the run that follows, in one process (`--check-eta`).
@@ -473,6 +477,7 @@ def run_eta_check(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     from . import eta
 
     cfg, dev = _setup(preset, config, modalities, single_view, size, device, threads, seed)
+    dtype = resolve_precision(dtype, dev, cfg)  # what the Predictor will run: the ETA follows it
     t, c = time.perf_counter(), _cpu_s()
     load_before = os.getloadavg()
     before = eta.estimate_seconds(cfg, dev, dtype, attention)
@@ -550,7 +555,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None,
                    help="model input size S (the ERP is S x S/2; default the config's, 1024 for presets)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=PRECISIONS,
+                   help="encoder precision (panosamic.precision; default auto: int8 on x86 CPUs for vit_b/l/h)")
     p.add_argument("--repeats", type=int, default=3, help="timed set_panorama runs (default 3)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed set_panorama runs first (default 1; 0 with --check-eta)")

@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import InputError, PanoSAMicError
 from .inputs import check_panorama
+from .precision import PRECISIONS
 from .io import (DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, panorama_stem,
                  save_image, save_labels_png, write_csv)
 from .exports import COLORS_PNG_SUFFIX, class_stats
@@ -361,7 +362,7 @@ def cmd_predict(args) -> int:
 
     from .allocator import describe_allocator
 
-    _say(f"panosamic: {describe(predictor.model.config)} on {predictor.device} "
+    _say(f"panosamic: {describe(predictor.model.config)} on {predictor.device}, {predictor.precision} encoder "
          f"(loaded in {time.perf_counter() - t_load:.1f} s; allocator: {describe_allocator()}); "
          f"{len(paths)} panorama(s) -> {out}")
     unused = [k for k, v in (("depth", args.depth), ("normals", args.normals))
@@ -616,8 +617,9 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_run_args(p: argparse.ArgumentParser, overwrite: str) -> None:
     """The options `predict` and `evaluate` share: device, precision, output and engine."""
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="inference precision (default float32; float16 on CUDA only)")
+    p.add_argument("--dtype", default=None, choices=PRECISIONS,
+                   help="encoder precision (panosamic.precision): default auto, int8 for vit_b/l/h on an x86 "
+                        "CPU, else float32; float32, bfloat16, float16 (CUDA only) or int8 (CPU only)")
     p.add_argument("--overwrite", action="store_true", help=overwrite)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")

@@ -381,11 +381,12 @@ def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str]
                     sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
                     device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                     max_depth: float = 10.0, revision: Optional[str] = None,
-                    token: Union[str, bool, None] = None):
+                    token: Union[str, bool, None] = None, precision: Union[str, torch.dtype, None] = None):
     """A ready `Predictor` for released or local PanoSAMic weights (see `load_model` for the arguments);
     the same as the classmethod `Predictor.from_pretrained`.
 
-    `device` (None = best available) and `dtype` (autocast precision, e.g. "bfloat16") are the
+    `device` (None = best available) and `precision` (the encoder's, `panosamic.precision`:
+    None/"auto", "float32", "bfloat16", "float16", "int8"; `dtype` is its older name) are the
     Predictor's; the weights are loaded in float32.
 
     `max_depth` is the depth T in metres used to encode depth maps (`255 * (1 - d/T)`); it is not
@@ -398,4 +399,5 @@ def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str]
     from .predictor import Predictor
 
     return Predictor.from_pretrained(checkpoint, subfolder=subfolder, sam=sam, config=config, device=device,
-                                     dtype=dtype, max_depth=max_depth, revision=revision, token=token)
+                                     dtype=dtype, max_depth=max_depth, revision=revision, token=token,
+                                     precision=precision)
