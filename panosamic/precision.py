@@ -13,11 +13,12 @@ Fusion, the semantic decoder and SAM's prompt decoder always run in float32: the
 per cent of a Run, and rounding there moves labels directly.
 
 Why int8 is the CPU default (`default_precision`): on the project's 2-core AMD EPYC (AVX2, no
-native bfloat16) one vit_b image through the encoder took 0.67x float32's time in int8, while
-bfloat16 autocast, emulated without AVX512-BF16, took 2.8x (`python -m devtools.encoder_variants`);
-on an AVX512-BF16 machine int8 was still ahead of bfloat16 (vit_b 9.3 s vs 10.6 s, vit_h 38.9 s
-vs 50.4 s, float32 14.8 s / 87.4 s). int8 keeps >= 99.5 % of float32's labels on the demo's
-held-out examples (`tests/test_precision.py`). Where no int8 kernels exist (no fbgemm/x86 engine,
+native bfloat16) one vit_h image through the encoder took 0.53x float32's time in int8 (52.7 s
+vs 98.7 s), vit_b 0.56x, while bfloat16 autocast, emulated without AVX512-BF16, took 4.6-5.6x
+(`python -m devtools.encoder_variants`, a shared machine); on an earlier AVX512 machine int8 was
+ahead of bfloat16 too (vit_b 9.3 s vs 10.6 s, vit_h 38.9 s vs 50.4 s, float32 14.8 s / 87.4 s).
+int8 keeps >= 99.5 % of float32's labels on the demos' held-out examples
+(`tests/test_precision.py`). Where no int8 kernels exist (no fbgemm/x86 engine,
 e.g. ARM builds) the default is bfloat16 when the CPU has native bfloat16 and float32 otherwise.
 Encoders narrower than `MIN_INT8_DIM` (the tiny demo and reference models) stay float32: their
 matrices are too small for quantising each call's activations to pay off.
