@@ -4,6 +4,13 @@
 #   docker run --rm -p 7860:7860 -v /path/to/ckpt:/ckpt:ro \
 #       -e PANOSAMIC_CHECKPOINT=/ckpt panosamic-studio                 # local weights, works offline
 # On a GPU host add `--gpus all` (requirements.txt then resolves torch's CUDA build).
+# onnxruntime-web for the live mask preview (the page decodes SAM prompts itself): npm ci in a
+# Node stage, only its dist folder is copied into the app (no Node in the final image).
+FROM node:20-slim AS web
+WORKDIR /web
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,6 +35,7 @@ COPY --chown=user:user requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY --chown=user:user . .
+COPY --from=web --chown=user:user /web/node_modules/onnxruntime-web/dist ./node_modules/onnxruntime-web/dist
 USER user
 
 EXPOSE 7860

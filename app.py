@@ -65,6 +65,7 @@ from panosamic.precision import PRECISIONS
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render, serving
 from panosamic.studio.fair import FairGate
+from panosamic.studio.hover import ORT_CDN, HoverRoutes, HoverService
 from panosamic.studio.shutdown import DELIVER_S, SHUTDOWN_GRACE_S, Shutdown, lowest_priority
 from panosamic.studio.store import SessionExpired
 from panosamic.studio.uploads import example_caption, input_path, preview_image
@@ -74,6 +75,7 @@ log = logging.getLogger("panosamic.app")
 ROOT = Path(__file__).resolve().parent
 CLICK_MODES = ["Positive point", "Negative point", "Box (2 clicks)"]
 VIEWER_JS = ROOT / "panosamic" / "studio" / "static" / "viewer.js"
+HOVER_JS = ROOT / "panosamic" / "studio" / "static" / "hover.js"  # the live mask preview, in the head
 
 
 def zero_gpu_lender():
@@ -329,6 +331,11 @@ class Studio:
         self.gate = FairGate(HEAVY_CONCURRENCY)  # Run and SAM instances: in turns, a share per client
         self.stop_background = threading.Event()  # set at shutdown: the pre-encoder stops
         self.ui = Components()
+        # the live preview under the cursor (panosamic.studio.hover): onnxruntime-web from the copy
+        # `npm ci` puts in node_modules, else the pinned CDN file, else decoding on the server
+        self.hover = HoverService(self.backend.registry.get, cache_dir=_env("DECODER_CACHE"),
+                                  ort_dir=Path(_env("ORT_DIR", ROOT / "node_modules" / "onnxruntime-web" / "dist")),
+                                  cdn=os.environ.get("PANOSAMIC_ORT_CDN", ORT_CDN))  # "" = no CDN
         # This process's start, which the page keeps (a hidden input of every event on a session):
         # sessions live in the server (gr.State), so after a restart an old page's session is
         # simply None; a start id other than this one says why (`live`).
@@ -354,7 +361,7 @@ class Studio:
         out = {
             ui.session: s,
             ui.view: self.backend.store.write_view(s, jpeg),
-            ui.viewer: render.viewer_payload(s, jpeg),
+            ui.viewer: {**render.viewer_payload(s, jpeg), "hover": self.hover.payload(s)},
             ui.legend: render.legend_html(stats),
             ui.candidates: cand,
             ui.cls: cls,
@@ -919,9 +926,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     signal.signal(signal.SIGTERM, functools.partial(_stop_gracefully, studio, demo, settings.shutdown_grace_s))
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
-        allowed_paths=allowed, css=CSS, head=SHIFT_HEAD, show_error=True, theme=gr.themes.Soft(),
-        max_file_size=MAX_UPLOAD,
-        app_kwargs=serving.app_kwargs(store, demo),  # the upload route, bounded and cleaned up
+        allowed_paths=allowed, css=CSS, head=SHIFT_HEAD + f"<script>{HOVER_JS.read_text()}</script>", show_error=True,
+        theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD,
+        # the upload route, bounded and cleaned up; the live preview's routes
+        app_kwargs=serving.app_kwargs(store, demo, extra=[(HoverRoutes, {"service": studio.hover})]),
     )
 
 

@@ -262,11 +262,13 @@ class UploadGuard:
         return paths
 
 
-def app_kwargs(store, demo) -> Dict[str, Any]:
-    """`demo.launch(app_kwargs=...)` with the upload route of `UploadGuard`."""
+def app_kwargs(store, demo, extra=()) -> Dict[str, Any]:
+    """`demo.launch(app_kwargs=...)` with the upload route of `UploadGuard`, then each
+    (middleware class, keyword arguments) of `extra` (e.g. the live preview's routes)."""
     from starlette.middleware import Middleware
 
-    return {"middleware": [Middleware(UploadGuard, store=store, demo=demo)]}
+    return {"middleware": [Middleware(UploadGuard, store=store, demo=demo)]
+            + [Middleware(cls, **kwargs) for cls, kwargs in extra]}
 
 
 def track_events(demo, store) -> None:

@@ -23,7 +23,7 @@
 // (the wedge) and where the seam (lon ±180°) is (red).
 //
 // State for tests and scripts: the root's data-state is "empty", "loading" or "ready";
-// data-frames counts drawn payloads.
+// data-frames counts drawn payloads; data-previews the live previews (hover.js) drawn.
 
 const root = element.querySelector(".pv");
 const canvas = root.querySelector("canvas.pv-gl");
@@ -63,6 +63,8 @@ precision mediump float;
 #endif
 varying vec2 ndc;
 uniform sampler2D erp;
+uniform sampler2D hoverMask;       // the live preview's mask (hover.js), 0 or 1 per ERP pixel
+uniform float hoverOn;
 uniform vec3 forward, right, up;   // camera basis in the world frame
 uniform vec2 halfSize;             // tan(fov / 2) * aspect, tan(fov / 2)
 void main() {
@@ -70,7 +72,10 @@ void main() {
   float lon = atan(-d.y, d.x);
   float lat = asin(clamp(d.z, -1.0, 1.0));
   // fract: the left and right borders of the ERP meet at the seam
-  gl_FragColor = texture2D(erp, vec2(fract(lon / 6.283185307179586 + 0.5), 0.5 - lat / 3.141592653589793));
+  vec2 uv = vec2(fract(lon / 6.283185307179586 + 0.5), 0.5 - lat / 3.141592653589793);
+  vec4 c = texture2D(erp, uv);
+  float m = hoverOn * texture2D(hoverMask, uv).r;
+  gl_FragColor = vec4(mix(c.rgb, vec3(1.0, 0.84, 0.0), 0.47 * m), 1.0);
 }`;
 
 function shader(type, source) {
@@ -92,7 +97,7 @@ const cornerLoc = gl.getAttribLocation(program, "corner");
 gl.enableVertexAttribArray(cornerLoc);
 gl.vertexAttribPointer(cornerLoc, 2, gl.FLOAT, false, 0, 0);
 const u = {};
-for (const name of ["erp", "forward", "right", "up", "halfSize"]) u[name] = gl.getUniformLocation(program, name);
+for (const name of ["erp", "hoverMask", "hoverOn", "forward", "right", "up", "halfSize"]) u[name] = gl.getUniformLocation(program, name);
 const texture = gl.createTexture();
 gl.bindTexture(gl.TEXTURE_2D, texture);
 // no mipmaps (any size works in WebGL 1, and no blur line where fract() jumps at the seam)
@@ -101,6 +106,15 @@ for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER
   gl.texParameteri(gl.TEXTURE_2D, k, v);
 }
 let hasTexture = false;
+const maskTexture = gl.createTexture();
+gl.bindTexture(gl.TEXTURE_2D, maskTexture);
+for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR],
+                      [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]]) {
+  gl.texParameteri(gl.TEXTURE_2D, k, v);
+}
+let hasMask = false;
+let previews = 0;
+root.dataset.previews = "0";
 
 // ----------------------------------------------------------------------------- camera
 function basis() {
@@ -162,6 +176,8 @@ function draw() {
     gl.uniform3fv(u.up, b.up);
     gl.uniform2fv(u.halfSize, halfSize());
     gl.uniform1i(u.erp, 0);
+    gl.uniform1i(u.hoverMask, 1);
+    gl.uniform1f(u.hoverOn, hasMask ? 1 : 0);
     gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
   }
   drawCompass();
@@ -204,14 +220,18 @@ async function show(payload) {
   const mine = ++generation;
   if (!payload || !payload.texture) {
     hasTexture = false; labels = null; classes = [];
+    document.dispatchEvent(new CustomEvent("panosamic-hover-payload", { detail: null }));
     root.dataset.state = "empty";
     empty.style.display = "";
     requestDraw();
     return;
   }
   root.dataset.state = "loading";
+  // the live preview's payload (token, frame, URLs) goes to hover.js, which decodes the cursor's mask
+  document.dispatchEvent(new CustomEvent("panosamic-hover-payload", { detail: payload.hover || null }));
   const [img, lab] = await Promise.all([loadImage(payload.texture), payload.labels ? loadImage(payload.labels) : null]);
   if (mine !== generation) return;
+  gl.activeTexture(gl.TEXTURE0);
   gl.bindTexture(gl.TEXTURE_2D, texture);
   gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
   gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGB, gl.RGB, gl.UNSIGNED_BYTE, img);
@@ -289,6 +309,25 @@ canvas.addEventListener("pointermove", (e) => {
   tip.style.left = `${p.x + 14}px`;
   tip.style.top = `${p.y + 10}px`;
   tip.style.display = "block";
+  document.dispatchEvent(new CustomEvent("panosamic-viewer-hover", { detail: d }));
+});
+
+// The live preview (hover.js): {mask: Uint8Array h*w of 0/1, w, h} or null, in the ERP frame.
+document.addEventListener("panosamic-hover-mask", (e) => {
+  const res = e.detail;
+  hasMask = Boolean(res);
+  if (res) {
+    const bytes = new Uint8Array(res.mask.length);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = res.mask[i] ? 255 : 0;
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, maskTexture);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.LUMINANCE, res.w, res.h, 0, gl.LUMINANCE, gl.UNSIGNED_BYTE, bytes);
+    gl.activeTexture(gl.TEXTURE0);
+    previews += 1;
+    root.dataset.previews = String(previews);
+  }
+  requestDraw();
 });
 
 function endPointer(e, cancelled) {
@@ -309,7 +348,10 @@ function endPointer(e, cancelled) {
 }
 canvas.addEventListener("pointerup", (e) => endPointer(e, false));
 canvas.addEventListener("pointercancel", (e) => endPointer(e, true));
-canvas.addEventListener("pointerleave", () => { tip.style.display = "none"; });
+canvas.addEventListener("pointerleave", () => {
+  tip.style.display = "none";
+  document.dispatchEvent(new CustomEvent("panosamic-viewer-hover", { detail: null }));
+});
 
 canvas.addEventListener("wheel", (e) => {
   if (!hasTexture) return;
