@@ -41,6 +41,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import functools
+import json
 import logging
 import os
 import secrets
@@ -75,6 +76,7 @@ log = logging.getLogger("panosamic.app")
 ROOT = Path(__file__).resolve().parent
 CLICK_MODES = ["Positive point", "Negative point", "Box (2 clicks)"]
 VIEWER_JS = ROOT / "panosamic" / "studio" / "static" / "viewer.js"
+CONNECTION_JS = ROOT / "panosamic" / "studio" / "static" / "connection.js"
 HOVER_JS = ROOT / "panosamic" / "studio" / "static" / "hover.js"  # the live mask preview, in the head
 
 
@@ -264,6 +266,10 @@ for (const type of ["pointerdown", "click"]) {
 }
 </script>"""
 SHIFT_INPUT_JS = "(...inputs) => { inputs[2] = window.panosamicShift === true; return inputs; }"
+# A server killed mid-event (kill -9, a crash) cannot answer: the page notices the lost
+# connection itself and says so on the run status (static/connection.js).
+CONNECTION_HEAD = (f"<script>window.panosamicServerStopped = {json.dumps(messages.SERVER_STOPPED)};\n"
+                   f"{CONNECTION_JS.read_text()}</script>")
 # The point cloud's request after an action waits in the browser until the action's ERP picture
 # is shown: plotly's redraw of the cloud then blocks the page for seconds without a GPU, and
 # would keep the new picture from being painted (1-5 s after each edit with the cloud open).
@@ -926,8 +932,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     signal.signal(signal.SIGTERM, functools.partial(_stop_gracefully, studio, demo, settings.shutdown_grace_s))
     demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
-        allowed_paths=allowed, css=CSS, head=SHIFT_HEAD + f"<script>{HOVER_JS.read_text()}</script>", show_error=True,
-        theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD,
+        allowed_paths=allowed, css=CSS, head=SHIFT_HEAD + CONNECTION_HEAD + f"<script>{HOVER_JS.read_text()}</script>",
+        show_error=True, theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD,
         # the upload route, bounded and cleaned up; the live preview's routes
         app_kwargs=serving.app_kwargs(store, demo, extra=[(HoverRoutes, {"service": studio.hover})]),
     )

@@ -340,7 +340,7 @@ def main(argv=None) -> int:
     panoramas = make_panoramas(work, widths, args.runs, photo=args.photo)
     examples = [[str(ROOT / "assets" / "examples" / f"{n}_{k}") for k in ("rgb.jpg", "depth.png", "normals.png")]
                 for n in ("office", "conference", "lounge", "corridor", "storage", "seam")]
-    from panosamic.bench import _cpu_name
+    from panosamic.bench_tools import cpu_name as _cpu_name
 
     result: Dict = {"machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
                     "checkpoint": "auto (offline: assets/demo-rgb)" if args.photo else "assets/demo",

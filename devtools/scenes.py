@@ -650,149 +650,216 @@ def _face_uv(p: np.ndarray, axis: np.ndarray):
     return u, v
 
 
+def _scale(out: np.ndarray, idx: np.ndarray, f) -> None:
+    """Scales the albedo of pixels `idx` by `f` (a number or one factor per pixel)."""
+    out[idx] *= np.asarray(f)[:, None] if np.ndim(f) else f
+
+
+def _shade_paint(out, emissive, idx, u, v, horizontal, p, seed, **_) -> None:
+    """Painted walls: faint mottling, a darker skirting board."""
+    f = 0.97 + 0.05 * _fbm(u[idx] * 1.5, v[idx] * 1.5, seed[idx], 2)
+    base = (~horizontal[idx]) & (p[idx, 2] < 0.09)  # skirting board
+    out[idx] *= f[:, None]
+    out[idx[base]] = out[idx[base]] * 0.55
+
+
+def _shade_concrete(out, emissive, idx, u, v, seed, **_) -> None:
+    """Concrete: coarse mottling."""
+    _scale(out, idx, 0.9 + 0.12 * _fbm(u[idx] * 4, v[idx] * 4, seed[idx], 3))
+
+
+def _shade_ceil_tiles(out, emissive, idx, u, v, seed, **_) -> None:
+    """Ceiling tiles on a 0.6 m grid with specks."""
+    a, c = u[idx] / 0.6, v[idx] / 0.6
+    grid = (np.abs(a - np.rint(a)) < 0.014) | (np.abs(c - np.rint(c)) < 0.014)
+    tile = 0.96 + 0.04 * _hash01(np.floor(a), np.floor(c), seed=seed[idx])
+    speck = 0.97 + 0.05 * _value_noise(u[idx] * 40, v[idx] * 40, seed[idx])
+    out[idx] *= (np.where(grid, 0.86, tile) * speck)[:, None]
+
+
+def _shade_floor_tiles(out, emissive, idx, u, v, seed, **_) -> None:
+    """Floor tiles on a 0.5 m grid with grout."""
+    a, c = u[idx] / 0.5, v[idx] / 0.5
+    grout = (np.abs(a - np.rint(a)) < 0.025) | (np.abs(c - np.rint(c)) < 0.025)
+    tile = 0.88 + 0.18 * _hash01(np.floor(a), np.floor(c), seed=seed[idx])
+    speck = 0.93 + 0.1 * _value_noise(u[idx] * 25, v[idx] * 25, seed[idx])
+    out[idx] *= (np.where(grout, 0.6, tile * speck))[:, None]
+
+
+def _shade_carpet(out, emissive, idx, u, v, seed, **_) -> None:
+    """Carpet: fine noise over a slow variation."""
+    f = 0.85 + 0.12 * _value_noise(u[idx] * 60, v[idx] * 60, seed[idx]) + 0.08 * _fbm(u[idx], v[idx], seed[idx] + 7, 2)
+    _scale(out, idx, f)
+
+
+def _shade_parquet(out, emissive, idx, u, v, seed, **_) -> None:
+    """Parquet: 0.18 m planks, staggered boards, grain, gaps."""
+    plank = np.floor(u[idx] / 0.18)
+    off = _hash01(plank, seed=seed[idx]) * 1.2
+    board = np.floor((v[idx] + off) / 1.2)
+    tone = 0.8 + 0.3 * _hash01(plank, board, seed=seed[idx])
+    grain = 0.94 + 0.06 * np.sin(u[idx] * 160 + 3 * _fbm(u[idx] * 3, v[idx] * 1.5, seed[idx] + plank.astype(np.int64), 2))
+    gap = (np.abs(u[idx] / 0.18 - np.rint(u[idx] / 0.18)) < 0.03)
+    out[idx] *= np.where(gap, 0.5, tone * grain)[:, None]
+
+
+def _shade_wood(out, emissive, idx, u, v, uw, vh, horizontal, p, seed, **_) -> None:
+    """Wood: grain along the long side."""
+    along = np.where(uw[idx] >= vh[idx], u[idx], v[idx])  # grain runs along the long side
+    across = np.where(uw[idx] >= vh[idx], v[idx], u[idx]) + p[idx, 2] * horizontal[idx]
+    grain = 0.88 + 0.12 * np.sin(across * 70 + 8 * _fbm(along * 1.5, across * 6, seed[idx], 3))
+    _scale(out, idx, grain)
+
+
+def _shade_fabric(out, emissive, idx, u, v, seed, **_) -> None:
+    """Fabric: fine weave noise."""
+    _scale(out, idx, 0.86 + 0.1 * _value_noise(u[idx] * 80, v[idx] * 80, seed[idx]) + 0.06 * _fbm(u[idx] * 3, v[idx] * 3, seed[idx], 2))
+
+
+def _shade_metal(out, emissive, idx, u, v, seed, **_) -> None:
+    """Metal: brushed streaks."""
+    _scale(out, idx, 0.9 + 0.12 * _value_noise(u[idx] * 3, v[idx] * 30, seed[idx]))
+
+
+def _shade_plastic(out, emissive, idx, u, v, seed, **_) -> None:
+    """Plastic: faint noise."""
+    _scale(out, idx, 0.95 + 0.05 * _value_noise(u[idx] * 10, v[idx] * 10, seed[idx]))
+
+
+def _shade_cardboard(out, emissive, idx, u, v, ur, uw, seed, **_) -> None:
+    """Cardboard: fibre noise, a strip of tape."""
+    tape = np.abs(ur[idx] - uw[idx] / 2) < 0.025  # a strip of tape across the middle
+    f = 0.9 + 0.1 * _fbm(u[idx] * 10, v[idx] * 10, seed[idx], 2)
+    out[idx] *= f[:, None]
+    out[idx[tape]] = out[idx[tape]] * 0.8 + 0.12
+
+
+def _shade_paper(out, emissive, idx, ur, vr, uw, vh, horizontal, **_) -> None:
+    """Paper: ruled lines on top faces."""
+    lines = horizontal[idx] & (np.abs(vr[idx] * 30 - np.rint(vr[idx] * 30)) < 0.12) & (vr[idx] > 0.03) \
+        & (vr[idx] < vh[idx] - 0.03) & (ur[idx] > 0.02) & (ur[idx] < uw[idx] - 0.04)
+    out[idx[lines]] *= 0.6
+
+
+def _shade_plant(out, emissive, idx, u, v, p, seed, **_) -> None:
+    """Plant: leafy noise, a little greener."""
+    leaf = _value_noise(u[idx] * 25 + p[idx, 2] * 5, v[idx] * 25, seed[idx])
+    out[idx] *= (0.55 + 0.8 * leaf)[:, None]
+    out[idx, 1] += 0.05 * leaf
+
+
+def _shade_screen(out, emissive, idx, ur, vr, uw, vh, axis, **_) -> None:
+    """Screen: a lit, emissive front panel."""
+    front = (axis[idx] != 2) & (np.minimum(uw[idx], vh[idx]) > 0.1)
+    lit = front & (ur[idx] > 0.02) & (ur[idx] < uw[idx] - 0.02) & (vr[idx] > 0.02) & (vr[idx] < vh[idx] - 0.02)
+    glow = 0.25 + 0.25 * (vr[idx] / np.maximum(vh[idx], 1e-6))
+    out[idx[lit]] = np.stack([0.12 + glow[lit] * 0.3, 0.22 + glow[lit] * 0.4, 0.35 + glow[lit] * 0.6], 1)
+    emissive[idx[lit]] = True
+
+
+def _shade_whiteboard(out, emissive, idx, ur, vr, uw, vh, axis, seed, **_) -> None:
+    """Whiteboard: a frame and lines of blue ink."""
+    frame = (ur[idx] < 0.03) | (ur[idx] > uw[idx] - 0.03) | (vr[idx] < 0.03) | (vr[idx] > vh[idx] - 0.03)
+    row = np.floor(vr[idx] / 0.09)
+    word = np.floor(ur[idx] / 0.12)
+    ink = (_hash01(row, word, seed=seed[idx]) < 0.55) & (np.abs(vr[idx] / 0.09 - row - 0.5) < 0.12) \
+        & (vr[idx] > 0.4) & (ur[idx] > 0.15) & (ur[idx] < uw[idx] * 0.7) & (axis[idx] != 2)
+    out[idx[frame]] = (0.7, 0.7, 0.72)
+    out[idx[ink & ~frame]] = (0.15, 0.25, 0.6)
+
+
+def _shade_blackboard(out, emissive, idx, u, v, ur, vr, uw, vh, seed, **_) -> None:
+    """Blackboard: smears, chalk lines, a wooden frame."""
+    frame = (ur[idx] < 0.04) | (ur[idx] > uw[idx] - 0.04) | (vr[idx] < 0.04) | (vr[idx] > vh[idx] - 0.04)
+    smear = 0.9 + 0.2 * _fbm(u[idx] * 3, v[idx] * 3, seed[idx], 2)
+    out[idx] *= smear[:, None]
+    row = np.floor(vr[idx] / 0.1)
+    chalk = (_hash01(row, np.floor(ur[idx] / 0.1), seed=seed[idx]) < 0.5) \
+        & (np.abs(vr[idx] / 0.1 - row - 0.5) < 0.1) & (vr[idx] > 0.3) & (ur[idx] > 0.2) & (ur[idx] < uw[idx] * 0.6)
+    out[idx[chalk & ~frame]] = (0.8, 0.82, 0.8)
+    out[idx[frame]] = (0.45, 0.32, 0.2)
+
+
+def _shade_door_panel(out, emissive, idx, ur, vr, uw, vh, axis, seed, **_) -> None:
+    """Door: frame, inset panel, grain and a handle."""
+    front = axis[idx] != 2
+    edge = np.minimum(np.minimum(ur[idx], uw[idx] - ur[idx]), np.minimum(vr[idx], vh[idx] - vr[idx]))
+    frame = edge < 0.06
+    inset = (np.abs(edge - 0.18) < 0.012) & front
+    grain = 0.92 + 0.08 * np.sin(ur[idx] * 60 + 5 * _fbm(ur[idx] * 4, vr[idx] * 0.7, seed[idx], 2))
+    f = np.where(frame, 0.75, grain) * np.where(inset, 0.7, 1.0)
+    out[idx] *= f[:, None]
+    handle = front & (np.abs(vr[idx] - 1.0) < 0.025) & (np.abs(ur[idx] - (uw[idx] - 0.12)) < 0.06)
+    out[idx[handle]] = (0.75, 0.72, 0.6)
+
+
+def _shade_books(out, emissive, idx, ur, vr, uw, vh, axis, seed, lo, hi, color, **_) -> None:
+    """Bookcase: see `_books`."""
+    _books(out, idx, ur, vr, uw, vh, axis, lo, hi, seed, color)
+
+
+def _shade_glass_window(out, emissive, idx, ur, vr, uw, vh, axis, seed, dirs, **_) -> None:
+    """Window: frame and mullions, sky and ground seen through the glass (emissive)."""
+    frame_w = 0.06
+    mid_u = np.abs(ur[idx] - uw[idx] / 2) < 0.025
+    mid_v = np.abs(vr[idx] - vh[idx] * 0.62) < 0.02
+    frame = (ur[idx] < frame_w) | (ur[idx] > uw[idx] - frame_w) | (vr[idx] < frame_w) \
+        | (vr[idx] > vh[idx] - frame_w) | mid_u | mid_v | (axis[idx] == 2)
+    d = dirs[idx]
+    elev = d[:, 2]
+    sky_t = np.clip(elev * 3 + 0.3, 0, 1)
+    sky = np.stack([0.78 - 0.38 * sky_t, 0.86 - 0.26 * sky_t, 0.96 - 0.06 * sky_t], 1)
+    cloud = _fbm(d[:, 0] * 6 + d[:, 1] * 6, d[:, 2] * 14, seed[idx], 3)
+    sky = sky + (np.clip(cloud - 0.55, 0, 1) * 1.5)[:, None] * (1 - sky)
+    ground = np.array([0.35, 0.45, 0.28]) * (0.85 + 0.3 * _fbm(d[:, 0] * 20, d[:, 1] * 20, seed[idx], 2))[:, None]
+    glass = np.where((elev > -0.08)[:, None], sky, ground)
+    out[idx] = np.where(frame[:, None], np.array([0.88, 0.88, 0.86]), glass)
+    emissive[idx[~frame]] = True
+
+
+#: material id -> its shader: `shader(out, emissive, idx, **face)` changes the albedo `out`
+#: (N, 3) and the `emissive` mask (N,) of the pixels `idx` of that material only; `face` holds
+#: the per-pixel face coordinates `_albedo` computes (u, v, ur, vr, uw, vh, horizontal, axis,
+#: p, seed, dirs, lo, hi, color), of which each shader names those it reads.
+_SHADERS = {
+    PAINT: _shade_paint,
+    CONCRETE: _shade_concrete,
+    CEIL_TILES: _shade_ceil_tiles,
+    FLOOR_TILES: _shade_floor_tiles,
+    CARPET: _shade_carpet,
+    PARQUET: _shade_parquet,
+    WOOD: _shade_wood,
+    FABRIC: _shade_fabric,
+    METAL: _shade_metal,
+    PLASTIC: _shade_plastic,
+    CARDBOARD: _shade_cardboard,
+    PAPER: _shade_paper,
+    PLANT: _shade_plant,
+    SCREEN: _shade_screen,
+    WHITEBOARD: _shade_whiteboard,
+    BLACKBOARD: _shade_blackboard,
+    DOOR_PANEL: _shade_door_panel,
+    BOOKS: _shade_books,
+    GLASS_WINDOW: _shade_glass_window,
+}
+
+
 def _albedo(mat: np.ndarray, color: np.ndarray, seed: np.ndarray, p: np.ndarray, axis: np.ndarray,
             lo: np.ndarray, hi: np.ndarray, dirs: np.ndarray):
-    """Per-pixel albedo (N,3) in 0..1 and an emissive mask for the hit material of every pixel."""
-    n = p.shape[0]
+    """Per-pixel albedo (N,3) in 0..1 and an emissive mask for the hit material of every pixel:
+    the material's colour, changed by its shader (`_SHADERS`)."""
     out = color.copy()
-    emissive = np.zeros(n, dtype=bool)
+    emissive = np.zeros(p.shape[0], dtype=bool)
     u, v = _face_uv(p, axis)
     ulo, vlo = _face_uv(lo, axis)
     uhi, vhi = _face_uv(hi, axis)
-    ur, vr = u - ulo, v - vlo  # position on the face from its lower corner
-    uw, vh = uhi - ulo, vhi - vlo  # face size
-    horizontal = axis == 2
-
-    def sel(m):
-        return np.nonzero(mat == m)[0]
-
-    def scale(idx, f):
-        out[idx] *= np.asarray(f)[:, None] if np.ndim(f) else f
-
-    idx = sel(PAINT)
-    if idx.size:
-        f = 0.97 + 0.05 * _fbm(u[idx] * 1.5, v[idx] * 1.5, seed[idx], 2)
-        base = (~horizontal[idx]) & (p[idx, 2] < 0.09)  # skirting board
-        out[idx] *= f[:, None]
-        out[idx[base]] = out[idx[base]] * 0.55
-    idx = sel(CONCRETE)
-    if idx.size:
-        scale(idx, 0.9 + 0.12 * _fbm(u[idx] * 4, v[idx] * 4, seed[idx], 3))
-    idx = sel(CEIL_TILES)
-    if idx.size:
-        a, c = u[idx] / 0.6, v[idx] / 0.6
-        grid = (np.abs(a - np.rint(a)) < 0.014) | (np.abs(c - np.rint(c)) < 0.014)
-        tile = 0.96 + 0.04 * _hash01(np.floor(a), np.floor(c), seed=seed[idx])
-        speck = 0.97 + 0.05 * _value_noise(u[idx] * 40, v[idx] * 40, seed[idx])
-        out[idx] *= (np.where(grid, 0.86, tile) * speck)[:, None]
-    idx = sel(FLOOR_TILES)
-    if idx.size:
-        a, c = u[idx] / 0.5, v[idx] / 0.5
-        grout = (np.abs(a - np.rint(a)) < 0.025) | (np.abs(c - np.rint(c)) < 0.025)
-        tile = 0.88 + 0.18 * _hash01(np.floor(a), np.floor(c), seed=seed[idx])
-        speck = 0.93 + 0.1 * _value_noise(u[idx] * 25, v[idx] * 25, seed[idx])
-        out[idx] *= (np.where(grout, 0.6, tile * speck))[:, None]
-    idx = sel(CARPET)
-    if idx.size:
-        f = 0.85 + 0.12 * _value_noise(u[idx] * 60, v[idx] * 60, seed[idx]) + 0.08 * _fbm(u[idx], v[idx], seed[idx] + 7, 2)
-        scale(idx, f)
-    idx = sel(PARQUET)
-    if idx.size:
-        plank = np.floor(u[idx] / 0.18)
-        off = _hash01(plank, seed=seed[idx]) * 1.2
-        board = np.floor((v[idx] + off) / 1.2)
-        tone = 0.8 + 0.3 * _hash01(plank, board, seed=seed[idx])
-        grain = 0.94 + 0.06 * np.sin(u[idx] * 160 + 3 * _fbm(u[idx] * 3, v[idx] * 1.5, seed[idx] + plank.astype(np.int64), 2))
-        gap = (np.abs(u[idx] / 0.18 - np.rint(u[idx] / 0.18)) < 0.03)
-        out[idx] *= np.where(gap, 0.5, tone * grain)[:, None]
-    idx = sel(WOOD)
-    if idx.size:
-        along = np.where(uw[idx] >= vh[idx], u[idx], v[idx])  # grain runs along the long side
-        across = np.where(uw[idx] >= vh[idx], v[idx], u[idx]) + p[idx, 2] * horizontal[idx]
-        grain = 0.88 + 0.12 * np.sin(across * 70 + 8 * _fbm(along * 1.5, across * 6, seed[idx], 3))
-        scale(idx, grain)
-    idx = sel(FABRIC)
-    if idx.size:
-        scale(idx, 0.86 + 0.1 * _value_noise(u[idx] * 80, v[idx] * 80, seed[idx]) + 0.06 * _fbm(u[idx] * 3, v[idx] * 3, seed[idx], 2))
-    idx = sel(METAL)
-    if idx.size:
-        scale(idx, 0.9 + 0.12 * _value_noise(u[idx] * 3, v[idx] * 30, seed[idx]))
-    idx = sel(PLASTIC)
-    if idx.size:
-        scale(idx, 0.95 + 0.05 * _value_noise(u[idx] * 10, v[idx] * 10, seed[idx]))
-    idx = sel(CARDBOARD)
-    if idx.size:
-        tape = np.abs(ur[idx] - uw[idx] / 2) < 0.025  # a strip of tape across the middle
-        f = 0.9 + 0.1 * _fbm(u[idx] * 10, v[idx] * 10, seed[idx], 2)
-        out[idx] *= f[:, None]
-        out[idx[tape]] = out[idx[tape]] * 0.8 + 0.12
-    idx = sel(PAPER)
-    if idx.size:
-        lines = horizontal[idx] & (np.abs(vr[idx] * 30 - np.rint(vr[idx] * 30)) < 0.12) & (vr[idx] > 0.03) \
-            & (vr[idx] < vh[idx] - 0.03) & (ur[idx] > 0.02) & (ur[idx] < uw[idx] - 0.04)
-        out[idx[lines]] *= 0.6
-    idx = sel(PLANT)
-    if idx.size:
-        leaf = _value_noise(u[idx] * 25 + p[idx, 2] * 5, v[idx] * 25, seed[idx])
-        out[idx] *= (0.55 + 0.8 * leaf)[:, None]
-        out[idx, 1] += 0.05 * leaf
-    idx = sel(SCREEN)
-    if idx.size:
-        front = (axis[idx] != 2) & (np.minimum(uw[idx], vh[idx]) > 0.1)
-        lit = front & (ur[idx] > 0.02) & (ur[idx] < uw[idx] - 0.02) & (vr[idx] > 0.02) & (vr[idx] < vh[idx] - 0.02)
-        glow = 0.25 + 0.25 * (vr[idx] / np.maximum(vh[idx], 1e-6))
-        out[idx[lit]] = np.stack([0.12 + glow[lit] * 0.3, 0.22 + glow[lit] * 0.4, 0.35 + glow[lit] * 0.6], 1)
-        emissive[idx[lit]] = True
-    idx = sel(WHITEBOARD)
-    if idx.size:
-        frame = (ur[idx] < 0.03) | (ur[idx] > uw[idx] - 0.03) | (vr[idx] < 0.03) | (vr[idx] > vh[idx] - 0.03)
-        row = np.floor(vr[idx] / 0.09)
-        word = np.floor(ur[idx] / 0.12)
-        ink = (_hash01(row, word, seed=seed[idx]) < 0.55) & (np.abs(vr[idx] / 0.09 - row - 0.5) < 0.12) \
-            & (vr[idx] > 0.4) & (ur[idx] > 0.15) & (ur[idx] < uw[idx] * 0.7) & (axis[idx] != 2)
-        out[idx[frame]] = (0.7, 0.7, 0.72)
-        out[idx[ink & ~frame]] = (0.15, 0.25, 0.6)
-    idx = sel(BLACKBOARD)
-    if idx.size:
-        frame = (ur[idx] < 0.04) | (ur[idx] > uw[idx] - 0.04) | (vr[idx] < 0.04) | (vr[idx] > vh[idx] - 0.04)
-        smear = 0.9 + 0.2 * _fbm(u[idx] * 3, v[idx] * 3, seed[idx], 2)
-        out[idx] *= smear[:, None]
-        row = np.floor(vr[idx] / 0.1)
-        chalk = (_hash01(row, np.floor(ur[idx] / 0.1), seed=seed[idx]) < 0.5) \
-            & (np.abs(vr[idx] / 0.1 - row - 0.5) < 0.1) & (vr[idx] > 0.3) & (ur[idx] > 0.2) & (ur[idx] < uw[idx] * 0.6)
-        out[idx[chalk & ~frame]] = (0.8, 0.82, 0.8)
-        out[idx[frame]] = (0.45, 0.32, 0.2)
-    idx = sel(DOOR_PANEL)
-    if idx.size:
-        front = axis[idx] != 2
-        edge = np.minimum(np.minimum(ur[idx], uw[idx] - ur[idx]), np.minimum(vr[idx], vh[idx] - vr[idx]))
-        frame = edge < 0.06
-        inset = (np.abs(edge - 0.18) < 0.012) & front
-        grain = 0.92 + 0.08 * np.sin(ur[idx] * 60 + 5 * _fbm(ur[idx] * 4, vr[idx] * 0.7, seed[idx], 2))
-        f = np.where(frame, 0.75, grain) * np.where(inset, 0.7, 1.0)
-        out[idx] *= f[:, None]
-        handle = front & (np.abs(vr[idx] - 1.0) < 0.025) & (np.abs(ur[idx] - (uw[idx] - 0.12)) < 0.06)
-        out[idx[handle]] = (0.75, 0.72, 0.6)
-    idx = sel(BOOKS)
-    if idx.size:
-        _books(out, idx, ur, vr, uw, vh, axis, lo, hi, seed, color)
-    idx = sel(GLASS_WINDOW)
-    if idx.size:
-        frame_w = 0.06
-        mid_u = np.abs(ur[idx] - uw[idx] / 2) < 0.025
-        mid_v = np.abs(vr[idx] - vh[idx] * 0.62) < 0.02
-        frame = (ur[idx] < frame_w) | (ur[idx] > uw[idx] - frame_w) | (vr[idx] < frame_w) \
-            | (vr[idx] > vh[idx] - frame_w) | mid_u | mid_v | (axis[idx] == 2)
-        d = dirs[idx]
-        elev = d[:, 2]
-        sky_t = np.clip(elev * 3 + 0.3, 0, 1)
-        sky = np.stack([0.78 - 0.38 * sky_t, 0.86 - 0.26 * sky_t, 0.96 - 0.06 * sky_t], 1)
-        cloud = _fbm(d[:, 0] * 6 + d[:, 1] * 6, d[:, 2] * 14, seed[idx], 3)
-        sky = sky + (np.clip(cloud - 0.55, 0, 1) * 1.5)[:, None] * (1 - sky)
-        ground = np.array([0.35, 0.45, 0.28]) * (0.85 + 0.3 * _fbm(d[:, 0] * 20, d[:, 1] * 20, seed[idx], 2))[:, None]
-        glass = np.where((elev > -0.08)[:, None], sky, ground)
-        out[idx] = np.where(frame[:, None], np.array([0.88, 0.88, 0.86]), glass)
-        emissive[idx[~frame]] = True
+    face = dict(u=u, v=v, ur=u - ulo, vr=v - vlo,  # position on the face from its lower corner
+                uw=uhi - ulo, vh=vhi - vlo,  # face size
+                horizontal=axis == 2, axis=axis, p=p, seed=seed, dirs=dirs, lo=lo, hi=hi, color=color)
+    for material, shader in _SHADERS.items():
+        idx = np.nonzero(mat == material)[0]
+        if idx.size:
+            shader(out, emissive, idx, **face)
     return np.clip(out, 0, 1), emissive
 
 

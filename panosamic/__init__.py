@@ -6,13 +6,14 @@
     predictor.labels                          # (H, W) class indices
     masks, scores, _ = predictor.predict(point_coords=[[x, y]], point_labels=[1])
 
-Names are imported lazily, so `import panosamic` is cheap (the app starts at once).
+Names are imported lazily, so `import panosamic` is cheap (the app starts at once). Each is
+the object of the module that defines it (`panosamic.from_pretrained` is
+`Predictor.from_pretrained`); inside the package, import names from those modules.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,8 +23,9 @@ _EXPORTS = {
     "Predictor": "predictor",
     "PanoramaState": "predictor",
     "load_weights": "weights",
-    "from_pretrained": "weights",
+    "from_pretrained": "predictor:Predictor.from_pretrained",  # the one front door (a classmethod)
     "load_model": "weights",
+    "ModelSpec": "spec",
     "resolve_config": "config",
     "infer_config": "config",
     "PanoSAMicError": "errors",
@@ -38,15 +40,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'panosamic' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

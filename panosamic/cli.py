@@ -21,9 +21,7 @@ Exit codes: 0 all succeeded, 1 some failed (or a dataset folder in the wrong lay
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import sys
 import time
 import traceback
@@ -32,124 +30,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .batch import (BatchOptions, FileJob, error_text, expand_inputs, output_paths, predict_row, unique_stems,
+                    write_summary)
 from .errors import InputError, PanoSAMicError
-from .inputs import check_panorama
 from .precision import PRECISIONS
-from .io import (DEPTH_EXTS, IMAGE_EXTS, find_companions, load_depth, load_image, load_normals, panorama_stem,
-                 save_image, save_labels_png, write_csv)
-from .exports import COLORS_PNG_SUFFIX, class_stats
+from .spec import ModelSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-IMAGE_EXTENSIONS = IMAGE_EXTS
-# File-name suffixes of companions and of our own outputs: never panoramas themselves.
-COMPANION_SUFFIXES = ("_depth", "_normals", "_labels", "_colors", "_color", "_colour", "_semantic", "_overlay")
-_GLOB_CHARS = "*?["
+SUMMARY_FILE = "summary.csv"
 
 
 class UsageError(Exception):
     """Wrong arguments: printed as `panosamic: error: ...`, exit code 2."""
-
-
-# --- inputs ----------------------------------------------------------------------------------
-
-
-def _is_companion(path: Path) -> bool:
-    return path.stem.lower().endswith(COMPANION_SUFFIXES)
-
-
-def _images_in(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _is_companion(p))
-
-
-def expand_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str], int]:
-    """Panorama paths from files, folders and glob patterns, in the order given (folders and
-    globs sorted), without companions (`_depth`, `_normals`, `_labels`, ...) or duplicates.
-
-    Returns (paths, problems, skipped): `problems` are messages for specs that name nothing
-    (a missing file, an empty folder or glob); explicit files are kept even if they are not
-    images, so that they are reported per file.
-    """
-    paths: List[Path] = []
-    problems: List[str] = []
-    skipped = 0
-    seen = set()
-
-    def add(p: Path) -> None:
-        key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            paths.append(p)
-
-    for spec in specs:
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            found = _images_in(p)
-            if not found:
-                problems.append(f"{spec}: no panorama images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-            for f in found:
-                add(f)
-        elif p.is_file():
-            if _is_companion(p):
-                skipped += 1
-                continue
-            add(p)
-        elif any(c in spec for c in _GLOB_CHARS):
-            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
-            found = []
-            for m in matches:
-                if m.is_dir():
-                    found.extend(_images_in(m))
-                elif m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS:
-                    if _is_companion(m):
-                        skipped += 1
-                    else:
-                        found.append(m)
-            if not found:
-                problems.append(f"{spec}: no panorama images match this pattern")
-            for f in found:
-                add(f)
-        else:
-            problems.append(f"{spec}: no such file or folder")
-    return paths, problems, skipped
-
-
-def output_stem(path: Path) -> str:
-    """`room_rgb.png` (or `room_image.png`) -> `room`, `room.jpg` -> `room` (outputs sit beside
-    `room_depth.png`): `panosamic.io.panorama_stem`."""
-    return panorama_stem(path)
-
-
-def _unique_stems(paths: Sequence[Path]) -> List[str]:
-    """One output stem per input; equal stems from different folders get `-2`, `-3`, ..."""
-    stems: List[str] = []
-    used: Dict[str, int] = {}
-    for p in paths:
-        base = output_stem(p)
-        n = used.get(base.lower(), 0) + 1
-        used[base.lower()] = n
-        stems.append(base if n == 1 else f"{base}-{n}")
-    return stems
-
-
-def _expected_companion_names(path: Path, kind: str) -> str:
-    base = output_stem(path)
-    exts = DEPTH_EXTS if kind == "depth" else (".png",)
-    return f"{base}_{kind}" + "/".join(exts)
-
-
-# --- outputs ---------------------------------------------------------------------------------
-
-
-def labels_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class indices as uint8 (K <= 255) or uint16."""
-    return np.asarray(labels).astype(np.uint8 if num_classes <= 255 else np.uint16)
-
-
-def output_paths(out: Path, stem: str) -> Dict[str, Path]:
-    return {"labels": out / f"{stem}_labels.png", "color": out / f"{stem}{COLORS_PNG_SUFFIX}",
-            "stats": out / f"{stem}_stats.json"}
 
 
 # --- predict ---------------------------------------------------------------------------------
@@ -160,11 +53,6 @@ def _say(message: str, bar=None) -> None:
         bar.write(message, file=sys.stderr)
     else:
         print(message, file=sys.stderr)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text
 
 
 def _check_device(name: Optional[str]) -> Optional[str]:
@@ -195,90 +83,31 @@ def _check_engine(args) -> None:
         raise UsageError(str(e)) from None
 
 
-def _load_predictor(args):
-    from .weights import from_pretrained
-
-    device = None if args.device in (None, "auto") else args.device  # checked by _check_device before loading
-    return from_pretrained(args.checkpoint, subfolder=args.subfolder, sam=args.sam, config=args.config,
-                           device=device, dtype=args.dtype, max_depth=args.max_depth)
-
-
-def _process_one(predictor, path: Path, depth_path: Optional[Path], normals_path: Optional[Path],
-                 args, stem: str, out: Path, progress=None) -> Dict[str, Any]:
-    """Segments one panorama and writes its three files; raises on failure (nothing half-written
-    is left behind: files are written only after the prediction succeeded)."""
-    t0 = time.perf_counter()
-    needs = predictor.required_modalities
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise InputError(f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)}); "
-                         "give panorama images (RGB, 2:1 equirectangular)")
-    # The image alone first, so that "not 2:1" comes before "no depth found"; the Predictor
-    # checks the maps against the checkpoint with the same function.
-    image = check_panorama(load_image(path)).image
-    companions = None
-    inputs: Dict[str, Any] = {}
-    used: Dict[str, Optional[str]] = {"depth": None, "normals": None}
-    estimator_name = getattr(args, "estimate_maps", None)
-    for kind, given in (("depth", depth_path), ("normals", normals_path)):
-        if kind not in needs:
-            continue
-        src = given
-        if src is None:
-            companions = companions if companions is not None else find_companions(path)
-            src = companions.get(kind)
-        if src is None and estimator_name and kind == "depth":
-            inputs["depth"], used["depth"] = _estimated_depth(image, args), f"estimated ({args.estimator.name})"
-            continue
-        if src is None and kind == "normals" and "depth" in inputs:  # the Predictor derives them from the depth
-            used["normals"] = "derived from the depth"
-            continue
-        if src is None:
-            flag = f"--{kind}"
-            raise InputError(f"this checkpoint needs {kind} ({'+'.join(needs)}) but no {kind} was found for it: "
-                             f"put {_expected_companion_names(path, kind)} next to it, pass {flag} PATH "
-                             "(one per panorama, in order), or add --estimate-maps to estimate it from the photo")
-        if not Path(src).is_file():
-            raise InputError(f"{kind} file {src} does not exist")
-        inputs[kind] = load_depth(Path(src), args.depth_scale) if kind == "depth" else load_normals(Path(src))
-        used[kind] = str(src)
-    predictor.set_panorama(image, depth=inputs.get("depth"), normals=inputs.get("normals"), on_progress=progress)
-    labels = predictor.labels
-    ds = predictor.dataset
-    k = ds.num_classes
-    stats = class_stats(labels, ds.classes, ds.palette)
-    paths = output_paths(out, stem)
-    h, w = labels.shape
-    save_labels_png(paths["labels"], labels_array(labels, k))
-    save_image(paths["color"], ds.colorize(labels))
-    if str(used["depth"] or "").startswith("estimated"):
-        from .io import save_depth_png
-
-        save_depth_png(out / f"{stem}_depth_estimated.png", inputs["depth"])
-    seconds = time.perf_counter() - t0
-    doc = {
-        "input": str(path), "depth": used["depth"], "normals": used["normals"],
-        "width": int(w), "height": int(h), "checkpoint": args.checkpoint, "subfolder": args.subfolder,
-        "modalities": list(needs), "dataset": ds.name, "num_classes": k,
-        "labels_png": paths["labels"].name, "color_png": paths["color"].name,
-        "timings_s": {key: round(v, 4) for key, v in predictor.timings.items()}, "seconds": round(seconds, 4),
-        "classes": stats,
-    }
-    tmp = paths["stats"].with_name(paths["stats"].name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, paths["stats"])
-    return {"stats": stats, "width": w, "height": h, "seconds": seconds, **used}
+def model_spec(args) -> ModelSpec:
+    """The one `ModelSpec` of `predict`/`evaluate`/`info`'s model flags (device checked by
+    `_check_device` before anything loads; evaluate's T is chosen later, from the data)."""
+    max_depth = getattr(args, "max_depth", None)
+    return ModelSpec(args.checkpoint, subfolder=args.subfolder, sam=args.sam, config=args.config,
+                     device=getattr(args, "device", None), precision=getattr(args, "dtype", None),
+                     max_depth=10.0 if max_depth is None else max_depth)
 
 
-def _estimated_depth(image: np.ndarray, args) -> np.ndarray:
-    """Depth (metres, the image's size) estimated from the panorama with `--estimate-maps`'s
-    estimator, loaded once per command (`panosamic.estimation`)."""
-    from .estimation import estimate_depth, load_estimator
+class _Estimates:
+    """`--estimate-maps`: the depth estimator, loaded at the first panorama without depth and
+    kept for the rest of the command (`panosamic.estimation`); a `batch.DepthEstimate`."""
 
-    if getattr(args, "estimator", None) is None:
-        args.estimator = load_estimator(args.estimate_maps, device=args.device)
-        if getattr(args.estimator, "note", None):
-            print(f"note: {args.estimator.note}", file=sys.stderr)
-    return estimate_depth(image, args.estimator, size=image.shape[:2])
+    def __init__(self, name: str, device: Optional[str]) -> None:
+        self.name, self.device, self.estimator = name, device, None
+
+    def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, str]:
+        from .estimation.estimate import estimate_depth
+        from .estimation.load import load_estimator
+
+        if self.estimator is None:
+            self.estimator = load_estimator(self.name, device=self.device)
+            if getattr(self.estimator, "note", None):
+                print(f"note: {self.estimator.note}", file=sys.stderr)
+        return estimate_depth(image, self.estimator, size=image.shape[:2]), self.estimator.name
 
 
 class _BlockBar:
@@ -315,9 +144,8 @@ def _pair_flags(flag: str, values: Optional[List[str]], n: int) -> List[Optional
     return [Path(v).expanduser() for v in values]
 
 
-def cmd_predict(args) -> int:
-    from tqdm.auto import tqdm
-
+def _predict_jobs(args) -> Tuple[List[FileJob], Path]:
+    """`predict`'s arguments checked (usage errors before anything loads): the jobs and --out."""
     paths, problems, skipped = expand_inputs(args.panoramas)
     if not paths:
         raise UsageError("no panoramas to segment: " + ("; ".join(problems) if problems else "none given"))
@@ -333,12 +161,11 @@ def cmd_predict(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    stems = _unique_stems(paths)
-    summary_path = out / "summary.csv"
+    jobs = [FileJob(p, s, d, n) for p, s, d, n in zip(paths, unique_stems(paths), depth_flags, normals_flags)]
     if not args.overwrite:
-        existing = [p for s in stems for p in output_paths(out, s).values() if p.exists()]
-        if summary_path.exists():
-            existing.append(summary_path)
+        existing = [p for job in jobs for p in output_paths(out, job.stem).values() if p.exists()]
+        if (out / SUMMARY_FILE).exists():
+            existing.append(out / SUMMARY_FILE)
         if existing:
             names = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
             raise UsageError(f"{out} already holds results ({names}): pass --overwrite or choose another --out")
@@ -347,45 +174,66 @@ def cmd_predict(args) -> int:
         _say(f"panosamic: skipped {skipped} companion file(s) (_depth, _normals, _labels, ...)")
     for message in problems:
         _say(f"panosamic: warning: {message}")
+    return jobs, out
+
+
+def _options(args) -> BatchOptions:
+    return BatchOptions(args.checkpoint, subfolder=args.subfolder, depth_scale=args.depth_scale, debug=args.debug)
+
+
+def _progress_bar(args, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="panoramas", unit="pano", file=sys.stderr,
+                disable=True if args.no_progress else None, dynamic_ncols=True)
+
+
+def cmd_predict(args) -> int:
+    jobs, out = _predict_jobs(args)
     if args.engine == "ray":
-        return _predict_on_ray(args, paths, stems, depth_flags, normals_flags, out, summary_path)
+        return _predict_on_ray(args, jobs, out)
+    return _predict_here(args, jobs, out)
+
+
+def _predict_here(args, jobs: List[FileJob], out: Path) -> int:
+    """`predict` in this process, one panorama after the other, with a second progress line
+    for the ViT blocks of the one in hand."""
+    from tqdm.auto import tqdm
+
+    from .allocator import describe_allocator
+    from .config import describe
 
     t_load = time.perf_counter()
     try:
-        predictor = _load_predictor(args)
+        predictor = model_spec(args).load()
     except PanoSAMicError as e:
         if args.debug:
             traceback.print_exc()
         _say(f"panosamic: cannot load the model: {e}")
         return EXIT_FAILED
-    from .config import describe
-
-    from .allocator import describe_allocator
-
     _say(f"panosamic: {describe(predictor.model.config)} on {predictor.device}, {predictor.precision} encoder "
          f"(loaded in {time.perf_counter() - t_load:.1f} s; allocator: {describe_allocator()}); "
-         f"{len(paths)} panorama(s) -> {out}")
+         f"{len(jobs)} panorama(s) -> {out}")
     unused = [k for k, v in (("depth", args.depth), ("normals", args.normals))
               if v and k not in predictor.required_modalities]
     if unused:
         _say(f"panosamic: warning: this checkpoint uses {'+'.join(predictor.required_modalities)}; "
              f"the --{' and --'.join(unused)} files are ignored")
 
-    ds = predictor.dataset
+    classes = predictor.dataset.classes
+    options = _options(args)
+    estimate = _Estimates(args.estimate_maps, args.device) if args.estimate_maps else None
     rows: List[Dict[str, Any]] = []
-    bar = tqdm(total=len(paths), desc="panoramas", unit="pano", file=sys.stderr,
-               disable=True if args.no_progress else None, dynamic_ncols=True)
-
+    bar = _progress_bar(args, len(jobs))
     blocks = _BlockBar(tqdm, disable=bar.disable)
-
-    for path, stem, dflag, nflag in zip(paths, stems, depth_flags, normals_flags):
-        blocks.desc = stem
+    for job in jobs:
+        blocks.desc = job.stem
         try:
-            row, message = _predict_row(predictor, path, stem, dflag, nflag, args, out, progress=blocks)
+            row, message = predict_row(predictor, job, out=out, options=options, estimate=estimate, progress=blocks)
         except KeyboardInterrupt:
             bar.close()
             _say("panosamic: interrupted")
-            _write_summary(summary_path, rows, ds.classes)
+            write_summary(out / SUMMARY_FILE, rows, classes)
             return 130
         finally:
             blocks.close()
@@ -394,11 +242,11 @@ def cmd_predict(args) -> int:
         rows.append(row)
         bar.update(1)
     bar.close()
-    return _finish_predict(summary_path, rows, ds.classes)
+    return _finish_predict(out / SUMMARY_FILE, rows, classes)
 
 
 def _finish_predict(summary_path: Path, rows: List[Dict[str, Any]], classes: Sequence[str]) -> int:
-    _write_summary(summary_path, rows, classes)
+    write_summary(summary_path, rows, classes)
     failures = sum(1 for r in rows if r.get("status") != "ok")
     ok = len(rows) - failures
     _say(f"panosamic: {ok} of {len(rows)} panorama(s) segmented"
@@ -406,91 +254,55 @@ def _finish_predict(summary_path: Path, rows: List[Dict[str, Any]], classes: Seq
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _predict_row(predictor, path: Path, stem: str, dflag: Optional[Path], nflag: Optional[Path], args,
-                 out: Path, progress=None) -> Tuple[Dict[str, Any], Optional[str]]:
-    """One panorama of `predict`, for the local and the Ray engine alike: writes its files and
-    returns (summary.csv row, message to print or None). A failure becomes an error row."""
-    row: Dict[str, Any] = {"input": str(path), "stem": stem}
-    try:
-        result = _process_one(predictor, path, dflag, nflag, args, stem, out, progress=progress)
-    except (PanoSAMicError, OSError) as e:
-        message = f"panosamic: error: {path}: {_first_line(e)}"
-        if getattr(args, "debug", False):
-            message = traceback.format_exc() + message
-        row.update(status="error", error=_first_line(e).replace("\n", " "))
-        return row, message
-    except Exception as e:  # noqa: BLE001  a bug: show where, keep the batch going
-        row.update(status="error", error=f"internal error: {type(e).__name__}: {e}".replace("\n", " "))
-        return row, f"panosamic: internal error on {path} (please report this):\n{traceback.format_exc()}"
-    stats = result["stats"]
-    top = max(stats, key=lambda s: s["sphere_share"])
-    row.update(status="ok", error="", width=result["width"], height=result["height"],
-               depth=result["depth"] or "", normals=result["normals"] or "",
-               seconds=round(result["seconds"], 3), dominant_class=top["name"],
-               **{f"sphere_share_{s['name']}": round(s["sphere_share"], 6) for s in stats})
-    return row, None
+def _ray_runner(args):
+    from .ray_engine import RayRunner
+
+    return RayRunner(address=args.ray_address, num_actors=args.ray_actors,
+                     num_gpus_per_actor=args.num_gpus_per_actor, num_cpus_per_actor=args.num_cpus_per_actor)
 
 
-def _predict_on_ray(args, paths, stems, depth_flags, normals_flags, out: Path, summary_path: Path) -> int:
+def _predict_on_ray(args, jobs: List[FileJob], out: Path) -> int:
     """`predict --engine ray`: the same files and summary as the local engine, computed by Ray actors."""
-    from . import ray_engine
+    from .batch import SegmentTask
 
-    ray_engine.require_ray()
-    info = checkpoint_info(args.checkpoint, args.subfolder, args.sam, args.config)  # fail early, before Ray
-    _say(f"panosamic: {info['architecture']}; {len(paths)} panorama(s) -> {out} on Ray")
-    jobs = [{"path": p, "stem": s, "depth": d, "normals": n}
-            for p, s, d, n in zip(paths, stems, depth_flags, normals_flags)]
-    model = {"checkpoint": args.checkpoint, "subfolder": args.subfolder, "sam": args.sam, "config": args.config,
-             "device": args.device, "dtype": args.dtype}
-    options = {"depth_scale": args.depth_scale, "checkpoint": args.checkpoint, "subfolder": args.subfolder,
-               "debug": args.debug}
-    from tqdm.auto import tqdm
-
+    spec = model_spec(args)
+    info = spec.info()  # fail early, before Ray
+    _say(f"panosamic: {info['architecture']}; {len(jobs)} panorama(s) -> {out} on Ray")
+    task = SegmentTask(str(out.resolve()), _options(args))
     found: Dict[int, Dict[str, Any]] = {}
-    bar = tqdm(total=len(jobs), desc="panoramas", unit="pano", file=sys.stderr,
-               disable=True if args.no_progress else None, dynamic_ncols=True)
+    bar = _progress_bar(args, len(jobs))
     try:
-        for index, row, message in ray_engine.predict_on_ray(
-                jobs, model, args.max_depth, options, out, address=args.ray_address, num_actors=args.ray_actors,
-                num_gpus_per_actor=args.num_gpus_per_actor, num_cpus_per_actor=args.num_cpus_per_actor,
-                log=lambda m: _say(m, bar)):
-            if message:
-                _say(message, bar)
-            found[index] = row
+        for res in _ray_runner(args).map(spec, task, [job.to_item(i) for i, job in enumerate(jobs)],
+                                         log=lambda m: _say(m, bar)):
+            if res["message"]:
+                _say(res["message"], bar)
+            found[res["index"]] = res["row"]
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()
         _say("panosamic: interrupted")
-        _write_summary(summary_path, [found[i] for i in sorted(found)], info["classes"])
+        write_summary(out / SUMMARY_FILE, [found[i] for i in sorted(found)], info["classes"])
         return 130
     bar.close()
-    return _finish_predict(summary_path, [found[i] for i in sorted(found)], info["classes"])
-
-
-def _write_summary(path: Path, rows: List[Dict[str, Any]], classes: Sequence[str]) -> None:
-    fields = ["input", "stem", "status", "error", "width", "height", "depth", "normals", "seconds",
-              "dominant_class"] + [f"sphere_share_{c}" for c in classes]
-    write_csv(path, rows, fields)
+    return _finish_predict(out / SUMMARY_FILE, [found[i] for i in sorted(found)], info["classes"])
 
 
 # --- evaluate ------------------------------------------------------------------------------------
 
 
 def cmd_evaluate(args) -> int:
-    """Thin wrapper over :func:`panosamic.evaluation.evaluate_dataset`."""
-    from .evaluation import FoldError, evaluate_dataset, format_report
+    """Thin wrapper over :func:`panosamic.evaluation.evaluate.evaluate_dataset`."""
+    from .evaluation.evaluate import evaluate_dataset, format_report
+    from .evaluation.layouts import FoldError
 
     _check_device(args.device)
     _check_engine(args)
     if args.max_depth is not None and not (args.max_depth > 0):
         raise UsageError("--max-depth must be a positive number of metres")
-    model = {"checkpoint": args.checkpoint, "subfolder": args.subfolder, "sam": args.sam, "config": args.config,
-             "device": args.device if args.device != "auto" else None, "dtype": args.dtype}
-    ray_options = {"address": args.ray_address, "num_actors": args.ray_actors,
-                   "num_gpus_per_actor": args.num_gpus_per_actor, "num_cpus_per_actor": args.num_cpus_per_actor}
+    runner = _ray_runner(args) if args.engine == "ray" else None
     try:
-        result = evaluate_dataset(args.dataset, args.root, args.fold, model, args.out, max_depth=args.max_depth,
-                                  save_labels=args.save_labels, engine=args.engine, ray_options=ray_options,
+        result = evaluate_dataset(args.dataset, args.root, args.fold, model_spec(args), args.out,
+                                  max_depth=args.max_depth, save_labels=args.save_labels, runner=runner,
                                   overwrite=args.overwrite, progress=not args.no_progress,
                                   estimate_maps=args.estimate_maps)
     except FoldError as e:
@@ -506,43 +318,8 @@ def cmd_evaluate(args) -> int:
 # --- info / list-checkpoints ---------------------------------------------------------------------
 
 
-def checkpoint_info(checkpoint: str, subfolder: Optional[str] = None, sam: Optional[str] = None,
-                    config: Optional[str] = None) -> Dict[str, Any]:
-    """What a checkpoint is, without building the model: paths, architecture, classes, sizes."""
-    from . import weights as W
-    from .config import describe, infer_config, resolve_config
-    from .datasets import dataset_for_num_classes
-
-    ckpt = W.resolve_panosamic_checkpoint(checkpoint, subfolder=subfolder)
-    companions = W.find_companions(ckpt)
-    sam_path = Path(sam).expanduser() if sam else companions["sam"]
-    if sam_path is not None and not Path(sam_path).is_file():
-        sam_path = None  # a preset name or URL: not read here
-    shapes = W.read_shapes(ckpt)
-    if config is not None:
-        cfg, source = resolve_config(config), str(config)
-    elif companions["config"] is not None:
-        cfg, source = resolve_config(companions["config"]), str(companions["config"])
-    else:
-        sam_shapes = W.read_shapes(sam_path) if sam_path is not None else None
-        cfg, source = infer_config(shapes, sam_shapes), "tensor shapes"
-    ds = dataset_for_num_classes(cfg["num_classes"])
-    sam_params = None
-    if sam_path is not None:
-        sam_params = sum(int(np.prod(s)) for s in W.read_shapes(sam_path).values())
-    return {
-        "checkpoint": str(ckpt), "sam": str(sam_path) if sam_path else (sam or cfg.get("vit_model")),
-        "config_source": source, "architecture": describe(cfg), "modalities": cfg["modalities"],
-        "num_classes": cfg["num_classes"], "dual_view": cfg["dual_view_fusion"],
-        "erp_size": [cfg["image_size"], cfg["image_size"] // 2], "dataset": ds.name, "classes": list(ds.classes),
-        "panosamic_params_M": round(sum(int(np.prod(s)) for s in shapes.values()) / 1e6, 3),
-        "sam_params_M": round(sam_params / 1e6, 3) if sam_params is not None else None,
-        "config": cfg,
-    }
-
-
 def cmd_info(args) -> int:
-    info = checkpoint_info(args.checkpoint, args.subfolder, args.sam, args.config)
+    info = model_spec(args).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
@@ -560,35 +337,37 @@ def cmd_info(args) -> int:
 
 
 def cmd_list_checkpoints(args) -> int:
-    from . import weights as W
+    from .config import RELEASED_SUBFOLDERS
+    from .hub import HUB_REPO_ID, PANOSAMIC_FILENAME, cached_subfolders, list_subfolders, local_subfolders
+    from .weights import checkpoint_info
 
     if args.folder:
         root = Path(args.folder).expanduser()
         if not root.is_dir():
             raise UsageError(f"{root} is not a folder")
-        found = ([""] if (root / W.PANOSAMIC_FILENAME).is_file() else []) + W.local_subfolders(root)
+        found = ([""] if (root / PANOSAMIC_FILENAME).is_file() else []) + local_subfolders(root)
         if not found:
-            print(f"no {W.PANOSAMIC_FILENAME} in {root} or its subfolders", file=sys.stderr)
+            print(f"no {PANOSAMIC_FILENAME} in {root} or its subfolders", file=sys.stderr)
             return EXIT_FAILED
         for sub in found:
             try:
                 desc = checkpoint_info(str(root), sub or None)["architecture"]
             except PanoSAMicError as e:
-                desc = f"(unreadable: {_first_line(e).splitlines()[0]})"
+                desc = f"(unreadable: {error_text(e).splitlines()[0]})"
             print(f"{sub or '.'}\t{desc}")
         return EXIT_OK
     if args.online:
-        subs = W.list_subfolders(args.repo)
+        subs = list_subfolders(args.repo)
     else:
-        subs = sorted(set(W.cached_subfolders(args.repo))
-                      | (set(W.RELEASED_SUBFOLDERS) if args.repo == W.HUB_REPO_ID else set()))
-    cached = set(W.cached_subfolders(args.repo))
+        subs = sorted(set(cached_subfolders(args.repo))
+                      | (set(RELEASED_SUBFOLDERS) if args.repo == HUB_REPO_ID else set()))
+    cached = set(cached_subfolders(args.repo))
     if not subs:
         print(f"no checkpoints known for {args.repo} (try --online)", file=sys.stderr)
         return EXIT_FAILED
     print(f"# {args.repo}  (use: --checkpoint {args.repo} --subfolder NAME)")
     for sub in subs:
-        mods = W.RELEASED_SUBFOLDERS.get(sub)
+        mods = RELEASED_SUBFOLDERS.get(sub)
         note = "+".join(mods) if mods else ""
         print(f"{sub}\t{note}\t{'cached' if sub in cached else ''}".rstrip())
     return EXIT_OK
@@ -702,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")
     p.set_defaults(func=cmd_info)
 
-    from .weights import HUB_REPO_ID
+    from .hub import HUB_REPO_ID
 
     p = sub.add_parser("list-checkpoints", help="list released/cached checkpoints, or those in a local folder")
     p.add_argument("folder", nargs="?", help="a local folder: list its subfolders holding a model.safetensors")

@@ -10,19 +10,19 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .config import MAX_PROMPT_POINTS
 from .datasets import Dataset, dataset_for_num_classes
-from .device import DTYPES, default_device, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
+from .device import resolve_device, resolve_dtype
+from .encoding import bilinear_taps, channels_to_model_size, encode_depth_channel
 from .errors import InputError
 from .geometry import normals_for_model, roll_half, unroll_half, x_to_view
 from .hub import HUB_REPO_ID
 from .inputs import as_array, check_panorama
+from .prompt_frame import box_in_view1, check_box, check_points, choose_view
 from .eta import (Progress, ProgressTracker, block_seconds, encoder_flops, encoder_passes, record_rate,
                   record_tail)
 from .model import PanoSAMic
@@ -34,29 +34,6 @@ ProgressFn = Callable[[str], None]
 ProgressEventFn = Callable[["Progress"], None]
 
 MASK_THRESHOLD = 0.0  # SAM's: mask logits above it are foreground
-#: The most points `Predictor.predict` takes in one prompt (more is an InputError).
-MAX_POINTS = MAX_PROMPT_POINTS
-
-
-def encode_depth(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
-    """Metric depth (H, W) -> the model's depth image (H, W, 3) float32 in 0..255.
-
-    `255 * (1 - clip(d, 0, T) / T)`, 0 where the depth is invalid (0 or not finite), so
-    near is bright and far or unknown is black. T = `max_depth` in metres.
-    """
-    return np.repeat(_encode_depth_channel(depth_m, max_depth)[..., None], 3, axis=-1)
-
-
-def _encode_depth_channel(depth_m: np.ndarray, max_depth: float) -> np.ndarray:
-    """`encode_depth` as one (H, W) float32 channel, computed in place (one 8K temporary, not five)."""
-    d = np.asarray(depth_m, dtype=np.float32)
-    valid = np.isfinite(d) & (d > 0)
-    enc = np.clip(d, np.float32(0.0), np.float32(max_depth))
-    enc /= np.float32(max_depth)
-    np.subtract(np.float32(1.0), enc, out=enc)
-    enc *= np.float32(255.0)
-    enc[~valid] = 0.0
-    return enc
 
 
 @dataclass
@@ -144,10 +121,12 @@ class Predictor:
                         sam: Any = None, config: Any = None, device: Optional[Union[str, torch.device]] = None,
                         dtype: Optional[Union[str, torch.dtype]] = None, max_depth: float = 10.0,
                         revision: Optional[str] = None, token: Union[str, bool, None] = None,
-                        **kwargs: Any) -> "Predictor":
+                        precision: Optional[Union[str, torch.dtype]] = None, **kwargs: Any) -> "Predictor":
         """A Predictor for released or local weights, as `SamPredictor(sam_model_registry[...](...))`
         in one call: `panosamic.weights.load_model` (float32 weights, on the CPU) then `cls(model,
-        device, max_depth, dtype, **kwargs)`. See `panosamic.from_pretrained` for the arguments.
+        device, max_depth, precision, **kwargs)`. `precision` is the encoder's (see the class:
+        None/"auto" is int8 for vit_b/l/h on an x86 CPU, float32 elsewhere; `dtype` is its older
+        name). See `panosamic.weights.load_model` for the checkpoint arguments.
 
         Example::
 
@@ -156,7 +135,7 @@ class Predictor:
         from .weights import load_model
 
         model = load_model(checkpoint, subfolder=subfolder, sam=sam, config=config, revision=revision, token=token)
-        return cls(model, device=device, max_depth=max_depth, dtype=dtype, **kwargs)
+        return cls(model, device=device, max_depth=max_depth, dtype=dtype, precision=precision, **kwargs)
 
     def to(self, device: Optional[Union[str, torch.device]]) -> "Predictor":
         """Moves the network to `device` (in place, like `nn.Module.to`) and returns self; a kept
@@ -322,17 +301,17 @@ class Predictor:
         8192x4096 input never exists as a float32 stack (1.2 GB for RGB-D-N)."""
         pano = check_panorama(image, depth, normals, self.required_modalities, normals_from_depth=True)
         size = self.model.erp_size
-        layers = {"image": _channels_to_model_size(pano.image, size)}
+        layers = {"image": channels_to_model_size(pano.image, size)}
         if "normals" in self.required_modalities and pano.normals is None:
-            layers["normals"] = _channels_to_model_size(normals_for_model(pano.depth, *size), size, unit_vectors=True)
+            layers["normals"] = channels_to_model_size(normals_for_model(pano.depth, *size), size, unit_vectors=True)
         if pano.depth is not None:
             T = self.max_depth if max_depth is None else _metres(max_depth)
-            encoded = _encode_depth_channel(pano.depth, T)
-            layers["depth"] = _channels_to_model_size(encoded[..., None], size).expand(3, -1, -1)
+            encoded = encode_depth_channel(pano.depth, T)
+            layers["depth"] = channels_to_model_size(encoded[..., None], size).expand(3, -1, -1)
         if pano.normals is not None:
             n = pano.normals
             unit_vectors = n.dtype.kind == "f" and n.min() < 0  # not an RGB-encoded image
-            layers["normals"] = _channels_to_model_size(n, size, unit_vectors=unit_vectors)
+            layers["normals"] = channels_to_model_size(n, size, unit_vectors=unit_vectors)
         stack = torch.stack([layers[m] for m in self.required_modalities])
         return stack.contiguous(), tuple(pano.size)
 
@@ -389,7 +368,7 @@ class Predictor:
         dtype = np.uint8 if erp.shape[0] <= 256 else np.int64
         if tuple(erp.shape[-2:]) == size:
             return coarse.numpy().astype(dtype)
-        (y0, y1, wy), (x0, x1, wx) = (_bilinear_taps(erp.shape[-2], size[0]), _bilinear_taps(erp.shape[-1], size[1]))
+        (y0, y1, wy), (x0, x1, wx) = (bilinear_taps(erp.shape[-2], size[0]), bilinear_taps(erp.shape[-1], size[1]))
         # the columns once (h x W), then whole rows per tile: row gathers are plain copies
         left, right = coarse[:, x0].to(torch.int16), coarse[:, x1].to(torch.int16)
         out = np.empty(size, dtype)
@@ -416,7 +395,7 @@ class Predictor:
         """Masks for point/box prompts, decoded by SAM on the cached image embedding.
 
         Args:
-            point_coords: (N, 2) x, y in input-image pixels, N <= `MAX_POINTS` (64).
+            point_coords: (N, 2) x, y in input-image pixels, N <= `panosamic.prompt_frame.MAX_POINTS` (64).
             point_labels: (N,) 1 foreground, 0 background.
             box: (4,) x1, y1, x2, y2 in input pixels; x1 > x2 is a box that wraps across
                 the left/right seam (it goes from x1 to the right edge and on from x = 0 to x2).
@@ -440,14 +419,26 @@ class Predictor:
         """
         state = self._require_state() if state is None else state
         H, W = state.input_size
-        Hm, Wm = self.model.erp_size
         if not (isinstance(view, str) and view == "auto"
                 or isinstance(view, (int, np.integer)) and not isinstance(view, bool) and view in (0, 1)):
             raise InputError(f"view must be 0, 1 or 'auto', got {str(view)[:40]}")
         if output_size is not None:
             output_size = _size(output_size, "output_size")
-        points, labels = self._check_points(point_coords, point_labels, W, H)
-        box_xyxy = self._check_box(box, W, H)
+        pts_m, labels, box_m, v = self._prompt_in_model_frame(point_coords, point_labels, box, mask_input, view, W, H)
+        masks, iou, low = self._decode(state, v, pts_m, labels, box_m, mask_input, multimask_output,
+                                       tuple(output_size or (H, W)))
+        self.last_view = v
+        masks_np = masks.cpu().numpy()
+        if not return_logits:
+            masks_np = masks_np > MASK_THRESHOLD
+        return masks_np, iou[0].float().cpu().numpy(), low[0].cpu().numpy()
+
+    def _prompt_in_model_frame(self, point_coords, point_labels, box, mask_input, view, W: int, H: int):
+        """The prompt checked and moved from input pixels (W x H) into the decoding view's
+        model-ERP pixels: (points (N, 2) or None, labels (N,) or None, box (4,) or None, view)."""
+        Hm, Wm = self.model.erp_size
+        points, labels = check_points(point_coords, point_labels, W, H)
+        box_xyxy = check_box(box, W, H)
         if points is None and box_xyxy is None and mask_input is None:
             raise InputError("give at least one prompt: a point, a box or a mask")
         # Into the model's ERP frame (the ERP is only padded, so these are SAM input coordinates).
@@ -456,17 +447,22 @@ class Predictor:
         box_m = box_xyxy * np.array([sx, sy, sx, sy], dtype=np.float32) if box_xyxy is not None else None
         if self.model.num_views == 1 and view == 1:
             raise InputError("this checkpoint is single-view: decode on view 0 (or 'auto')")
-        v = self._choose_view(view, pts_m, box_m, Wm) if self.model.num_views == 2 else 0
+        v = choose_view(view, pts_m, box_m, Wm) if self.model.num_views == 2 else 0
         if v == 1:
             if pts_m is not None:
                 pts_m = pts_m.copy()
                 pts_m[:, 0] = x_to_view(pts_m[:, 0], Wm, 1)
             if box_m is not None:
-                box_m = _box_in_view1(box_m, Wm)
+                box_m = box_in_view1(box_m, Wm)
         elif box_m is not None and box_m[0] > box_m[2]:
             raise InputError("a box that wraps across the seam (x1 > x2) needs view 1 or 'auto' on a dual-view "
                              "checkpoint; on a single-view one, draw it as two boxes")
+        return pts_m, labels, box_m, v
 
+    def _decode(self, state: PanoramaState, v: int, pts_m, labels, box_m, mask_input, multimask_output: bool,
+                size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAM's prompt decoder on view `v`'s image embedding: (mask logits (C, h, w) at `size`,
+        IoU predictions (1, C), low-res logits (1, C, 4g, 4g) in view 0's frame)."""
         dev = self.device
         low_size = self.model.prompt_encoder.mask_input_size
         with torch.inference_mode(), self._autocast():
@@ -487,14 +483,10 @@ class Predictor:
             embedding = state.embeddings[v * len(self.required_modalities)][None].to(dev)
             low, iou = self.model.decode_prompts(embedding, pt, bx, mk, multimask_output)
             low = low.float()
-            masks = self.model.postprocess(low, tuple(output_size or (H, W)), view=v)[0]
+            masks = self.model.postprocess(low, size, view=v)[0]
             if v == 1:
                 low = unroll_half(low)
-        self.last_view = v
-        masks_np = masks.cpu().numpy()
-        if not return_logits:
-            masks_np = masks_np > MASK_THRESHOLD
-        return masks_np, iou[0].float().cpu().numpy(), low[0].cpu().numpy()
+        return masks, iou, low
 
     def predict_lonlat(self, points_lonlat: Optional[ArrayLike] = None, point_labels: Optional[ArrayLike] = None,
                        box_lonlat: Optional[ArrayLike] = None, state: Optional[PanoramaState] = None,
@@ -528,81 +520,6 @@ class Predictor:
             x, y = degrees_to_pixels(b[[0, 2]], b[[1, 3]], W, H)
             box = np.array([x[0], y[0], x[1], y[1]])
         return self.predict(point_coords=coords, point_labels=point_labels, box=box, state=state, **kwargs)
-
-    @staticmethod
-    def _check_points(coords, labels, W: int, H: int):
-        if coords is None:
-            if labels is not None:
-                raise InputError("point_labels given without point_coords")
-            return None, None
-        pts = as_array(coords, "point_coords").astype(np.float32)
-        if pts.size % 2:
-            raise InputError(f"point_coords must be (N, 2) x, y pairs in input pixels, got shape {pts.shape}")
-        pts = pts.reshape(-1, 2)
-        if len(pts) > MAX_POINTS:
-            raise InputError(f"at most {MAX_POINTS} points per prompt (got {len(pts)}): SAM needs only a few; "
-                             "use a box or a mask for large regions")
-        if labels is None:
-            raise InputError("point_coords need point_labels: 1 for foreground, 0 for background")
-        try:
-            lab = as_array(labels, "point_labels").reshape(-1)
-        except InputError:
-            raise InputError("point labels must be numbers: 1 (foreground) or 0 (background)") from None
-        if len(lab) != len(pts) or len(pts) == 0:
-            raise InputError(f"got {len(pts)} points and {len(lab)} labels: give one label (1 or 0) per point")
-        if not np.isin(lab, (0, 1)).all():
-            raise InputError("point labels must be 1 (foreground) or 0 (background)")
-        if not np.isfinite(pts).all():
-            raise InputError("point coordinates must be finite numbers")
-        outside = (pts[:, 0] < 0) | (pts[:, 0] > W) | (pts[:, 1] < 0) | (pts[:, 1] > H)
-        if outside.any():
-            x, y = pts[outside][0]
-            raise InputError(f"point ({x:g}, {y:g}) is outside the {W}x{H} panorama: "
-                             f"x must be in 0..{W} and y in 0..{H} (input-image pixels)")
-        return pts, lab.astype(np.int64)
-
-    @staticmethod
-    def _check_box(box, W: int, H: int):
-        if box is None:
-            return None
-        try:
-            b = as_array(box, "box").astype(np.float32).reshape(-1)
-        except InputError:
-            b = np.zeros(0, np.float32)
-        if b.shape != (4,) or not np.isfinite(b).all():
-            raise InputError("box must be 4 numbers x1, y1, x2, y2 in input-image pixels")
-        x1, y1, x2, y2 = b
-        if min(x1, x2, y1, y2) < 0 or max(x1, x2) > W or max(y1, y2) > H:
-            raise InputError(f"box {b.tolist()} is outside the {W}x{H} panorama")
-        if y1 > y2:
-            raise InputError("box needs y1 <= y2 (top, then bottom); x1 > x2 is allowed and wraps across the seam")
-        return b
-
-    @staticmethod
-    def _choose_view(view, pts: Optional[np.ndarray], box: Optional[np.ndarray], W: float) -> int:
-        if view in (0, 1):
-            return int(view)
-        if view != "auto":
-            raise InputError(f"view must be 0, 1 or 'auto', got {view!r}")
-        if box is not None and box[0] > box[2]:
-            return 1  # a wrapping box is contiguous only in the yawed view
-        xs: List[float] = []
-        if pts is not None:
-            xs += list(pts[:, 0])
-        if box is not None:
-            xs += [box[0], box[2]]
-        if not xs:
-            return 0
-
-        def margin(xs_view: Sequence[float]) -> float:
-            return float(min(min(x, W - x) for x in xs_view))
-
-        m0 = margin(xs)
-        m1 = margin([x_to_view(x, W, 1) for x in xs])
-        # In view 1 a box must stay a plain box (not wrap) to be usable.
-        if box is not None and x_to_view(box[0], W, 1) > x_to_view(box[2], W, 1):
-            return 0
-        return 1 if m1 > m0 else 0
 
     # --- SAM instances -------------------------------------------------------------------------
     def generate_instances(self, **kwargs: Any) -> List[Dict[str, Any]]:
@@ -647,45 +564,3 @@ def _size(value: Any, name: str) -> Tuple[int, int]:
     if not ok:
         raise InputError(f"{name} must be (height, width) in pixels, each 1..16384, got {str(value)[:40]}")
     return h, w
-
-
-def _channels_to_model_size(arr: np.ndarray, size: Tuple[int, int], unit_vectors: bool = False) -> torch.Tensor:
-    """(H, W, C) numeric array -> (C, h, w) float32 tensor at `size`, one channel at a time.
-
-    unit_vectors: values in -1..1, encoded as 127.5 * (n + 1) first (normals)."""
-    out = []
-    for c in range(arr.shape[-1]):
-        ch = np.ascontiguousarray(arr[..., c], dtype=np.float32)
-        if unit_vectors:
-            ch = np.float32(127.5) * (np.clip(ch, -1.0, 1.0) + np.float32(1.0))
-        out.append(_resize(torch.from_numpy(ch)[None, None], size)[0, 0])
-    return torch.stack(out)
-
-
-def _resize(stack: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """(M, 3, H, W) -> (M, 3, h, w): area averaging when shrinking, bilinear when enlarging."""
-    if tuple(stack.shape[-2:]) == tuple(size):
-        return stack
-    if stack.shape[-1] > size[1]:
-        return F.interpolate(stack, size, mode="area")
-    return F.interpolate(stack, size, mode="bilinear", align_corners=False)
-
-
-def _bilinear_taps(src: int, dst: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each of `dst` output pixels of a bilinear resize from `src` (align_corners=False,
-    as `F.interpolate`): the two source indices and the weight of the second."""
-    pos = ((torch.arange(dst, dtype=torch.float32) + 0.5) * (src / dst) - 0.5).clamp(min=0)
-    lo = pos.floor().long().clamp(max=src - 1)
-    hi = (lo + 1).clamp(max=src - 1)
-    return lo, hi, pos - lo.float()
-
-
-def _box_in_view1(box: np.ndarray, W: float) -> np.ndarray:
-    """A box in view 0 coordinates -> view 1 (x' = (x + W/2) mod W), keeping it contiguous."""
-    x1 = x_to_view(box[0], W, 1)
-    x2 = x_to_view(box[2], W, 1)
-    if x2 == 0 and box[2] > 0:
-        x2 = W  # the right edge, not the left one
-    if x1 > x2:
-        raise InputError("this box spans more than half the panorama across the seam; draw a smaller box")
-    return np.array([x1, box[1], x2, box[3]], dtype=np.float32)

@@ -7,12 +7,11 @@ Meta's SAM checkpoint for `image_encoder.*`, `prompt_encoder.*` and `mask_decode
 
 This module reads them (`read_*`), copies them into a model built by
 `panosamic.build.build_model` checking that every key and shape matches exactly
-(`load_weights`), and does the whole chain in one call (`load_model`, `from_pretrained`:
-resolve -> config -> build -> load). Every failure raises `WeightsError` with a message that
-says what went wrong and what to do.
-
-The names of `panosamic.hub` and `panosamic.sam_weights` are re-exported here, where they used
-to live.
+(`load_weights`), resolves a checkpoint once (`resolve_checkpoint`: files and architecture,
+headers only), describes it (`checkpoint_info`) and does the whole chain in one call
+(`load_model`: resolve -> build -> load; `Predictor.from_pretrained` wraps it in a Predictor).
+Every failure raises `WeightsError` with a message that says what went wrong and what to do.
+Where checkpoints are is `panosamic.hub`'s job (PanoSAMic) and `panosamic.sam_weights`' (SAM).
 """
 
 from __future__ import annotations
@@ -20,19 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
-from .config import MODALITIES, RELEASED_SUBFOLDERS, ConfigLike, describe, infer_config, resolve_config  # noqa: F401 (re-exported)
+from .config import MODALITIES, ConfigLike, describe, infer_config, resolve_config
 from .errors import ConfigError, InputError, WeightsError
-from .hub import (CONFIG_FILENAME, HUB_REPO_ID, PANOSAMIC_FILENAME, cached_subfolders,  # noqa: F401 (re-exported)
-                  companion_config, find_companions, list_subfolders, local_subfolders,
-                  resolve_panosamic_checkpoint)
-from .sam_weights import (SAM_BASE_URL, SAM_BASE_URL_ENV, SAM_CACHE_ENV, SAM_CHECKPOINTS,  # noqa: F401 (re-exported)
-                          download_file, local_sam_checkpoint, resolve_sam_checkpoint, sam_base_url,
-                          sam_cache_dir)
+from .hub import HUB_REPO_ID, companion_config, find_companions, resolve_panosamic_checkpoint
+from .sam_weights import SAM_CHECKPOINTS, local_sam_checkpoint, resolve_sam_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -312,6 +309,57 @@ def load_weights(model: torch.nn.Module, sam: Union[PathLike, StateDict, None] =
 # --- one call: resolve, configure, build, load -------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """A PanoSAMic checkpoint resolved once, before any model is built.
+
+    checkpoint: the local `model.safetensors` (downloaded from the Hub if needed).
+    sam: what names the SAM weights: a local file, a state dict, a preset name or URL still to
+        download, or None (then the config's `vit_model` is downloaded).
+    sam_path: the local SAM file when it is on disk already (else None).
+    config: the validated architecture; config_source: where it came from (a file, the
+        given value or "tensor shapes").
+    panosamic_shapes: {key: shape} of the checkpoint when they were read (None otherwise).
+    """
+
+    checkpoint: Path
+    sam: Any
+    sam_path: Optional[Path]
+    config: Dict[str, Any]
+    config_source: str
+    panosamic_shapes: Optional[Shapes] = None
+
+
+def resolve_checkpoint(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
+                       sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
+                       revision: Optional[str] = None, token: Union[str, bool, None] = None) -> ResolvedCheckpoint:
+    """Where a checkpoint's files are and which architecture they hold (see `load_model` for the
+    arguments); the one resolution behind `load_model` and `checkpoint_info`, so both describe
+    the same model. Reads only headers: no tensor data, no model built."""
+    ckpt = resolve_panosamic_checkpoint(checkpoint, subfolder=subfolder, revision=revision, token=token)
+    sam_spec: Any = sam if sam is not None else find_companions(ckpt)["sam"]
+    sam_path = local_sam_checkpoint(sam_spec)
+    shapes = None
+    if config is not None:
+        cfg, source = resolve_config(config), "the given config" if isinstance(config, Mapping) else str(config)
+    else:
+        config_path = companion_config(ckpt, checkpoint, subfolder, revision, token)
+        if config_path is not None:
+            cfg, source = resolve_config(config_path), str(config_path)
+        else:
+            sam_shapes = None
+            if isinstance(sam_spec, Mapping):
+                sam_shapes = {k: tuple(v.shape) for k, v in sam_spec.items()}
+            elif sam_path is not None:
+                sam_shapes = read_shapes(sam_path)
+            shapes = read_panosamic_shapes(ckpt)
+            try:
+                cfg, source = infer_config(shapes, sam_shapes), "tensor shapes"
+            except ConfigError as e:
+                raise WeightsError(f"cannot read the architecture from {ckpt}: {e}") from None
+    return ResolvedCheckpoint(ckpt, sam_spec, sam_path, cfg, source, shapes)
+
+
 def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
                sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
                device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
@@ -326,8 +374,8 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
     - `sam`: the SAM weights (path, URL, preset name or state dict). Default: `sam.pth` or
       `sam_vit_*.pth` beside the checkpoint, else the config's SAM size, downloaded once.
     - `device`, `dtype`: where the model goes and the dtype its weights are cast to (a torch
-      dtype or "float32"/"bfloat16"/"float16"; default: CPU, float32). `from_pretrained`
-      instead keeps float32 weights and lets the Predictor autocast.
+      dtype or "float32"/"bfloat16"/"float16"; default: CPU, float32).
+      `Predictor.from_pretrained` instead keeps float32 weights and lets the Predictor autocast.
     """
     from .build import build_model
     from .device import resolve_dtype
@@ -337,29 +385,11 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
             dtype = resolve_dtype(dtype)
         except InputError as e:
             raise WeightsError(str(e)) from None
-    ckpt = resolve_panosamic_checkpoint(checkpoint, subfolder=subfolder, revision=revision, token=token)
-    companions = find_companions(ckpt)
-    sam_spec: Any = sam if sam is not None else companions["sam"]
-    sam_path = local_sam_checkpoint(sam_spec)
+    found = resolve_checkpoint(checkpoint, subfolder, sam, config, revision, token)
+    cfg = found.config
+    logger.info("PanoSAMic %s from %s", describe(cfg), found.checkpoint)
 
-    if config is not None:
-        cfg = resolve_config(config)
-    else:
-        config_path = companion_config(ckpt, checkpoint, subfolder, revision, token)
-        if config_path is not None:
-            cfg = resolve_config(config_path)
-        else:
-            sam_shapes = None
-            if isinstance(sam_spec, Mapping):
-                sam_shapes = {k: tuple(v.shape) for k, v in sam_spec.items()}
-            elif sam_path is not None:
-                sam_shapes = read_shapes(sam_path)
-            try:
-                cfg = infer_config(read_panosamic_shapes(ckpt), sam_shapes)
-            except ConfigError as e:
-                raise WeightsError(f"cannot read the architecture from {ckpt}: {e}") from None
-    logger.info("PanoSAMic %s from %s", describe(cfg), ckpt)
-
+    sam_spec, sam_path = found.sam, found.sam_path
     if sam_spec is None:
         sam_spec = cfg.get("vit_model")
         if sam_spec not in SAM_CHECKPOINTS:
@@ -370,34 +400,35 @@ def load_model(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = No
     if sam_path is None and not isinstance(sam_spec, Mapping):
         sam_path = resolve_sam_checkpoint(sam_spec)  # download (if needed) before the slow build
     model = build_model(cfg)
-    load_weights(model, sam=sam_path if sam_path is not None else sam_spec, panosamic=ckpt)
+    load_weights(model, sam=sam_path if sam_path is not None else sam_spec, panosamic=found.checkpoint)
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
 
 
-def from_pretrained(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
-                    sam: Union[PathLike, StateDict, None] = None, config: Optional[ConfigLike] = None,
-                    device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
-                    max_depth: float = 10.0, revision: Optional[str] = None,
-                    token: Union[str, bool, None] = None, precision: Union[str, torch.dtype, None] = None):
-    """A ready `Predictor` for released or local PanoSAMic weights (see `load_model` for the arguments);
-    the same as the classmethod `Predictor.from_pretrained`.
+def checkpoint_info(checkpoint: PathLike = HUB_REPO_ID, subfolder: Optional[str] = None,
+                    sam: Optional[PathLike] = None, config: Optional[ConfigLike] = None,
+                    revision: Optional[str] = None, token: Union[str, bool, None] = None) -> Dict[str, Any]:
+    """What a checkpoint is, without building the model (`python -m panosamic info`): the
+    resolved paths, architecture, inputs, classes and parameter counts (millions), from the
+    same resolution as `load_model`."""
+    from .datasets import dataset_for_num_classes
 
-    `device` (None = best available) and `precision` (the encoder's, `panosamic.precision`:
-    None/"auto", "float32", "bfloat16", "float16", "int8"; `dtype` is its older name) are the
-    Predictor's; the weights are loaded in float32.
-
-    `max_depth` is the depth T in metres used to encode depth maps (`255 * (1 - d/T)`); it is not
-    stored in the checkpoints, 10 m is the documented default.
-
-    Example::
-
-        predictor = from_pretrained(subfolder="stanford2d3ds-vith-rgbd-fold1", device="cuda")
-    """
-    from .predictor import Predictor
-
-    return Predictor.from_pretrained(checkpoint, subfolder=subfolder, sam=sam, config=config, device=device,
-                                     dtype=dtype, max_depth=max_depth, revision=revision, token=token,
-                                     precision=precision)
+    found = resolve_checkpoint(checkpoint, subfolder, sam, config, revision, token)
+    cfg = found.config
+    shapes = found.panosamic_shapes if found.panosamic_shapes is not None else read_panosamic_shapes(found.checkpoint)
+    ds = dataset_for_num_classes(cfg["num_classes"])
+    sam_params = None
+    if found.sam_path is not None:
+        sam_params = sum(int(np.prod(s)) for s in read_shapes(found.sam_path).values())
+    return {
+        "checkpoint": str(found.checkpoint),
+        "sam": str(found.sam_path) if found.sam_path else (sam or cfg.get("vit_model")),
+        "config_source": found.config_source, "architecture": describe(cfg), "modalities": cfg["modalities"],
+        "num_classes": cfg["num_classes"], "dual_view": cfg["dual_view_fusion"],
+        "erp_size": [cfg["image_size"], cfg["image_size"] // 2], "dataset": ds.name, "classes": list(ds.classes),
+        "panosamic_params_M": round(sum(int(np.prod(s)) for s in shapes.values()) / 1e6, 3),
+        "sam_params_M": round(sam_params / 1e6, 3) if sam_params is not None else None,
+        "config": cfg,
+    }

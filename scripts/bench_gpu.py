@@ -3,7 +3,7 @@
     python scripts/bench_gpu.py --output gpu_bench.json            # on a CUDA machine
 
 For each preset (vit_b, vit_h) and input set (RGB; RGB-D-N), dual view, it runs
-`panosamic.bench.run_comparison`: segment_anything's attention in float32 ("stock") against
+`panosamic.bench_compare.run_comparison`: segment_anything's attention in float32 ("stock") against
 ours in float32 (sdpa), bfloat16 (sdpa under autocast) and bfloat16 + torch.compile, on the
 same random-weight model, inputs and GPU. Everything goes into one JSON file: per case the
 time ratio ours/stock, peak GPU memory of each side, label agreement and click latency.
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="the JSON file to write")
     args = p.parse_args(argv)
 
-    from panosamic.bench import run_comparison
+    from panosamic.bench_compare import run_comparison
 
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     unknown += [i for i in args.inputs.split(",") if i not in INPUTS]

@@ -48,9 +48,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from devtools import scenes  # noqa: E402
+from devtools.training import LossCurve, set_lr, warmup_cosine  # noqa: E402
 from panosamic import build_model  # noqa: E402
 from panosamic.config import resolve_config  # noqa: E402
-from panosamic.predictor import encode_depth  # noqa: E402
+from panosamic.encoding import encode_depth  # noqa: E402
 
 REFERENCE_CONFIG = ROOT.parent / "shared" / "reference" / "tiny_rgbdn_dual" / "config.json"
 # The reference architecture, inlined so the script also runs where shared/ is absent.
@@ -361,18 +362,12 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999))
 
-    def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        t = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    curve, window = [], {"loss": [], "ce": [], "prompt": [], "acc": [], "piou": []}
+    lr_at = warmup_cosine(args.lr, args.warmup, args.steps)
+    curve = LossCurve(lr_at, args.steps, every=50)
     order = np.concatenate([rng.permutation(len(pool)) for _ in range(args.steps // len(pool) + 1)])
     t_train = time.perf_counter()
     for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+        set_lr(opt, lr_at(step))
         x, labels = augment(pool[int(order[step])], rng, modalities)
         y = torch.from_numpy(labels.astype(np.int64))
         embeddings, taps = model.encode(model.preprocess(x))
@@ -387,18 +382,8 @@ def main(argv=None) -> int:
         opt.step()
         with torch.no_grad():
             acc = float((logits[0].argmax(0) == y).float().mean())
-        window["loss"].append(loss.item())
-        window["ce"].append(ce.item())
-        window["prompt"].append(float(p_loss.detach()))
-        window["acc"].append(acc)
-        window["piou"].append(p_info.get("prompt_best_iou", float("nan")))
-        if (step + 1) % 50 == 0 or step + 1 == args.steps:
-            el = time.perf_counter() - t_train
-            row = {"step": step + 1, "seconds": round(el, 1), "lr": round(lr_at(step), 6),
-                   **{k: round(float(np.nanmean(v)), 4) for k, v in window.items()}}
-            curve.append(row)
-            window = {k: [] for k in window}
-            print(json.dumps(row), f"({(step + 1) / el:.2f} steps/s)", flush=True)
+        curve.add(step, loss=loss.item(), ce=ce.item(), prompt=float(p_loss.detach()), acc=acc,
+                  piou=p_info.get("prompt_best_iou", float("nan")))
     t_train = time.perf_counter() - t_train
     model.eval()
     sizes = save_checkpoint(model, args.out, config)
@@ -416,7 +401,7 @@ def main(argv=None) -> int:
         "seconds": {"render": round(t_render, 1), "train": round(t_train, 1), "eval": round(t_eval, 1),
                     "total": round(time.perf_counter() - t_start, 1)},
         "files_bytes": sizes,
-        "curve": curve,
+        "curve": curve.rows,
         "held_out": results,
     }
     (args.out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from devtools import scenes  # noqa: E402
+from devtools.training import LossCurve, set_lr, warmup_cosine  # noqa: E402
 from panosamic import geometry  # noqa: E402
 from panosamic.estimation.demo import DEMO_CONFIG, ErpUNet  # noqa: E402
 
@@ -211,33 +212,19 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
 
-    def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        t = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
-
+    lr_at = warmup_cosine(args.lr, args.warmup, args.steps)
     order = np.concatenate([rng.permutation(len(rgb)) for _ in range(args.steps * args.batch // len(rgb) + 1)])
-    curve, window = [], {"loss": [], "log_l1": []}
+    curve = LossCurve(lr_at, args.steps, every=25)
     t_train = time.perf_counter()
     for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+        set_lr(opt, lr_at(step))
         x, y = batch(rgb, depth, order[step * args.batch:(step + 1) * args.batch], rng)
         loss, l1 = loss_fn(net(x), y, lat_w, args.grad_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        window["loss"].append(loss.item())
-        window["log_l1"].append(l1.item())
-        if (step + 1) % 25 == 0 or step + 1 == args.steps:
-            el = time.perf_counter() - t_train
-            row = {"step": step + 1, "seconds": round(el, 1), "lr": round(lr_at(step), 6),
-                   **{k: round(float(np.mean(v)), 4) for k, v in window.items()}}
-            curve.append(row)
-            window = {k: [] for k in window}
-            print(json.dumps(row), f"({(step + 1) / el:.2f} steps/s)", flush=True)
+        curve.add(step, loss=loss.item(), log_l1=l1.item())
     t_train = time.perf_counter() - t_train
 
     from safetensors.torch import save_file
@@ -264,7 +251,7 @@ def main(argv=None) -> int:
         "seconds": {"render": round(t_render, 1), "train": round(t_train, 1), "eval": round(t_eval, 1),
                     "total": round(time.perf_counter() - t_start, 1)},
         "files_bytes": {k: v for k, v in sizes.items() if k != "metrics.json"},
-        "curve": curve,
+        "curve": curve.rows,
         "held_out": results,
     }
     (args.out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

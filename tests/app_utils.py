@@ -26,6 +26,22 @@ from devtools.app_process import running_app  # noqa: E402,F401  (the tests' way
 from devtools.hostile_inputs import png_bomb  # noqa: E402,F401
 CHECKPOINT_FILES = ("config.json", "sam.pth", "model.safetensors")
 
+#: The values every editing endpoint (/segment, /prompt, /assign, /undo, ...) returns to an API
+#: client, in order: the app's outputs without the session State.
+EVENT_OUTPUTS = ("view", "legend", "plot", "candidates", "class", "info", "files", "run_status", "edit_status",
+                 "viewer")
+VIEW, LEGEND, PLOT, CANDIDATES, CLASS, INFO, FILES, RUN_STATUS, EDIT_STATUS, VIEWER = range(len(EVENT_OUTPUTS))
+
+
+def event_outputs(values) -> Dict[str, object]:
+    """An editing endpoint's values by name: gradio_client's (without the State) or the raw
+    HTTP API's (the State's placeholder first)."""
+    values = list(values)
+    if len(values) == len(EVENT_OUTPUTS) + 1:
+        values = values[1:]
+    assert len(values) == len(EVENT_OUTPUTS), f"{len(values)} values, expected {len(EVENT_OUTPUTS)}"
+    return dict(zip(EVENT_OUTPUTS, values))
+
 
 def make_checkpoint_dir(reference_dir: Path, dest: Path, config: bool = True) -> Path:
     """A local checkpoint folder (config.json, sam.pth, model.safetensors) copied from the reference;

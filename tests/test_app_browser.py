@@ -301,6 +301,35 @@ def test_click_example_run_and_refine_in_the_browser(browser, reference_dir, tmp
         page.close()
 
 
+def test_a_server_killed_during_a_run_is_said_on_the_run_status(browser, tmp_path):
+    """kill -9 in the middle of a Run: the server cannot answer, and Gradio's page put back the
+    status from before the Run ("Press Run to segment the panorama."), as if nothing had been
+    asked. The page notices the broken event stream itself (static/connection.js) and says "The
+    server stopped; press Run again."; a Run that finished before says nothing of the kind."""
+    from app_utils import gated_app, wait_until
+
+    args = ["--checkpoint", str(ROOT / "assets" / "demo"), "--device", "cpu", "--cache-mb", "0"]
+    with gated_app(args, tmp_path) as app:
+        gate = app["gate"]
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app["url"])
+        page.get_by_role("heading", name="PanoSAMic Studio").wait_for()
+        page.locator("#examples .thumbnail-item").filter(has_text="RGB-D-N").first.click()
+        page.wait_for_function("() => { const b = document.querySelector('#run-button'); return b && !b.disabled; }")
+        (gate / "go").touch()  # a whole Run first: its stream ends as usual
+        page.locator("#run-button").click()
+        page.locator("#run-status").get_by_text("Segmented").wait_for(timeout=300_000)
+        (gate / "go").unlink()
+        (gate / "waiting").unlink()
+        page.locator("#run-button").click()  # no embedding cache (--cache-mb 0): it encodes again
+        wait_until(lambda: (gate / "waiting").exists(), "the second Run reaching the encoder")
+        app["proc"].kill()
+        page.locator("#run-status").get_by_text("The server stopped; press Run again.").wait_for()
+        assert "Segmented" not in page.locator("#run-status").inner_text()
+        page.close()
+
+
 def test_a_real_photo_offline_with_an_empty_cache(browser, tmp_path):
     """`python app.py` with no flags, no network and an empty Hugging Face cache, as a newcomer
     starts it: upload a real RGB-only photo as a file; the picker's Automatic takes the RGB demo,

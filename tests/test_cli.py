@@ -16,7 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
+from panosamic import batch as batch_lib
 from panosamic import cli
+from panosamic.io import find_companions, panorama_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,30 +280,29 @@ def test_the_cli_and_the_app_name_the_colour_png_alike(tmp_path):
     from app_utils import make_session
 
     from panosamic.exports import COLORS_PNG_SUFFIX
-    from panosamic.io import panorama_stem
     from panosamic.studio.downloads import write_downloads
 
     s = make_session()
     app_files = [Path(p).name for p in write_downloads(s, tmp_path / "app", s.labels).values()]
-    cli_file = cli.output_paths(tmp_path / "cli", "office")["color"].name
+    cli_file = batch_lib.output_paths(tmp_path / "cli", "office")["color"].name
     assert COLORS_PNG_SUFFIX == "_colors.png" and cli_file == "office_colors.png" and cli_file in app_files
     assert panorama_stem(cli_file) == "office_colors"   # not taken for the panorama "office"
-    assert cli._is_companion(Path(cli_file))            # a re-run over --out skips it
+    assert batch_lib._is_companion(Path(cli_file))            # a re-run over --out skips it
 
 
 def test_expand_inputs_skips_companions(tmp_path):
     for name in ("r1.png", "r1_depth.png", "r1_normals.png", "r2_rgb.jpg", "r2_depth.npy", "r2_labels.png",
                  "r2_color.png", "r2_colors.png", "readme.txt"):
         (tmp_path / name).write_bytes(b"x")
-    paths, problems, _ = cli.expand_inputs([str(tmp_path)])
+    paths, problems, _ = batch_lib.expand_inputs([str(tmp_path)])
     assert [p.name for p in paths] == ["r1.png", "r2_rgb.jpg"] and not problems
-    paths, _, skipped = cli.expand_inputs([str(tmp_path / "r*.png"), str(tmp_path / "r1.png")])
+    paths, _, skipped = batch_lib.expand_inputs([str(tmp_path / "r*.png"), str(tmp_path / "r1.png")])
     assert [p.name for p in paths] == ["r1.png"] and skipped >= 1
-    assert cli.output_stem(Path("r2_rgb.jpg")) == "r2"
-    _, problems, _ = cli.expand_inputs([str(tmp_path / "zz*.png")])
+    assert panorama_stem(Path("r2_rgb.jpg")) == "r2"
+    _, problems, _ = batch_lib.expand_inputs([str(tmp_path / "zz*.png")])
     assert problems and "zz" in problems[0]
-    assert cli.labels_array(np.array([[0, 300]]), 301).dtype == np.uint16
-    assert cli.labels_array(np.array([[0, 12]]), 13).dtype == np.uint8
+    assert batch_lib.labels_array(np.array([[0, 300]]), 301).dtype == np.uint16
+    assert batch_lib.labels_array(np.array([[0, 12]]), 13).dtype == np.uint8
 
 
 def test_help_and_no_command():
@@ -334,15 +335,15 @@ def test_list_checkpoints(checkpoint_dir, tmp_path):
 def test_bundled_examples(checkpoint_dir, tmp_path):
     """assets/examples/ panoramas that come with depth and normals run through the CLI."""
     folder = ROOT / "assets" / "examples"
-    images = [p for p in cli.expand_inputs([str(folder)])[0]] if folder.is_dir() and any(folder.iterdir()) else []
+    images = [p for p in batch_lib.expand_inputs([str(folder)])[0]] if folder.is_dir() and any(folder.iterdir()) else []
     usable = [p for p in images
-              if all(cli.find_companions(p).get(k) is not None for k in ("depth", "normals"))]
+              if all(find_companions(p).get(k) is not None for k in ("depth", "normals"))]
     if not usable:
         pytest.skip("no example panoramas with depth and normals in assets/examples/")
     code, _, err = run_main("predict", *usable, "--checkpoint", checkpoint_dir, "--out", tmp_path, "--no-progress")
     assert code == 0, err
     for p in usable:
-        assert (tmp_path / f"{cli.output_stem(p)}_labels.png").is_file()
+        assert (tmp_path / f"{panorama_stem(p)}_labels.png").is_file()
 
 
 def test_predict_estimates_missing_maps_from_the_photo(tmp_path, monkeypatch):

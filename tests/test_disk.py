@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app_utils import make_session, running_app, wait_until
+from app_utils import event_outputs, make_session, running_app, wait_until
 from devtools.hostile_inputs import write_panorama
 from panosamic.studio.files import DISK_FULL, UPLOADS_WAITING, DiskFull, TempFiles, disk_full, write_atomic
 from panosamic.studio.store import EXPIRED, SessionExpired, SessionStore
@@ -300,7 +300,7 @@ def test_a_full_disk_is_a_plain_message_and_the_app_recovers(tmpfs, tmp_path):
         api = Api(app["url"])
         inputs = api.file_data(*maps)
         out, error = api.call("segment", *inputs, "local", 0, 10)
-        assert error is None and "Segmented 256×128" in out[8]
+        assert error is None and "Segmented 256×128" in event_outputs(out)["run_status"]
         root, = _roots(tmpfs)
         before = set(files_under(root))
 
@@ -322,11 +322,12 @@ def test_a_full_disk_is_a_plain_message_and_the_app_recovers(tmpfs, tmp_path):
         ballast.unlink()
         assert api.upload(maps[0]).status_code == 200
         out, error = api.call("segment", *api.file_data(*maps), "local", 0, 10)
-        assert error is None and "Segmented 256×128" in out[8]
+        assert error is None and "Segmented 256×128" in event_outputs(out)["run_status"]
         out, error = api.call("prompt", '{"points": [[10, 10]]}')
-        assert error is None and out[6]["candidates"] is not None
+        assert error is None and event_outputs(out)["info"]["candidates"] is not None
         out, error = api.call("export")
-        assert error is None and len(out[0]) >= 5
+        files, _info = out  # /export: the downloads and the info JSON
+        assert error is None and len(files) >= 5
     log = (tmp_path / "app.log").read_text()
     assert "Traceback" not in log and log.count("the disk is full") + log.count(DISK_FULL) >= 4, log[-3000:]
 
@@ -352,10 +353,10 @@ def test_a_clients_files_go_when_it_closes_and_none_stay_after_shutdown(tmpfs, t
         tabs = {f.split("/")[1] for f in made if f.startswith("clients/")}
         assert len(uploads) == 6 and len(tabs) == 2, sorted(made)
         clients[0].close()
-        wait_until(lambda: len({f.split("/")[1] for f in files_under(root) if f.startswith("clients/")}) == 1,
-                   "the first client's files going", timeout=60)
-        left = set(files_under(root)) - at_start
-        assert len([f for f in left if f.startswith("uploads/")]) == 3
+        # its view folder and its uploads go one after the other: wait for both
+        wait_until(lambda: len({f.split("/")[1] for f in files_under(root) if f.startswith("clients/")}) == 1
+                   and len([f for f in files_under(root) if f.startswith("uploads/")]) == 3,
+                   "the first client's files (its folder and its 3 uploads) going", timeout=60)
         clients[1].predict('{"points": [[20, 20]]}', api_name="/prompt")  # the other still works
         clients[1].close()
         wait_until(lambda: set(files_under(root)) <= at_start, "the second client's files going", timeout=60)

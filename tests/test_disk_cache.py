@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from app_utils import make_checkpoint_dir, make_examples, running_app, wait_until
+from app_utils import INFO, make_checkpoint_dir, make_examples, running_app, wait_until
 from panosamic.predictor import PanoramaState
 from panosamic.studio import StudioBackend
 from panosamic.studio.disk_cache import STALE_TMP_S, DiskEmbeddingCache
@@ -353,7 +353,7 @@ def _segment_and_export(url: str, ex, downloads: Path):
                     api_name="/segment")
     files, _ = c.predict(api_name="/export")
     labels = next(f for f in files if f.endswith("_labels.png"))
-    return out[5], cv2.imread(labels, cv2.IMREAD_UNCHANGED)   # the info JSON, the full-size labels
+    return out[INFO], cv2.imread(labels, cv2.IMREAD_UNCHANGED)   # the info JSON, the full-size labels
 
 
 def test_the_same_panorama_after_a_restart_reports_no_encode_time(tiny):

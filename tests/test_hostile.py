@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app_utils import gated_app, running_app, wait_until
+from app_utils import INFO, RUN_STATUS, gated_app, running_app, wait_until
 from devtools.hostile_inputs import (HOSTILE_CHECKPOINTS, HOSTILE_PROMPTS, write_hostile_files,
                                      write_panorama)
 from panosamic import geometry, io, metrics
@@ -242,7 +242,7 @@ def test_app_refuses_hostile_input_and_keeps_the_session(app, hostile):
     n_ok = handle_file(str(_normals_png(hostile["folder"])))
     d_ok = handle_file(str(_depth_png(hostile["folder"])))
     out = segment(good[0], d_ok, n_ok)
-    assert "Segmented 256×128" in out[7]
+    assert "Segmented 256×128" in out[RUN_STATUS]
     for kind, f in files.items():
         slot = {"panorama": 0, "depth": 1, "normals": 2}[f.role]
         args = [good[0], d_ok, n_ok]
@@ -255,13 +255,13 @@ def test_app_refuses_hostile_input_and_keeps_the_session(app, hostile):
         refused(lambda text=text: c.predict(text, api_name="/prompt"), "")
     # the same session still answers a prompt and a full Run
     out = c.predict(json.dumps({"points": [[60, 70]], "labels": [1]}), api_name="/prompt")
-    assert len(out[5]["candidates"]["predicted_iou"]) == 3
+    assert len(out[INFO]["candidates"]["predicted_iou"]) == 3
     partial = hostile["folder"] / "part_depth.npy"
     d = np.full((128, 256), 2.0, np.float32)
     d[:32] = np.nan
     np.save(partial, d)
     out = segment(good[0], handle_file(str(partial)), n_ok)
-    assert "⚠ Depth: 25.0 % of the pixels" in out[7] and "8,192 NaN" in out[7]
+    assert "⚠ Depth: 25.0 % of the pixels" in out[RUN_STATUS] and "8,192 NaN" in out[RUN_STATUS]
     log = Path(app["log"]).read_text()
     loads = re.findall(r"loading checkpoint (\S+)", log)
     assert loads == [str(DEMO.resolve())], loads  # one load, of the configured checkpoint only
@@ -299,7 +299,7 @@ def test_bad_files_are_refused_while_another_run_encodes(hostile, tmp_path):
         assert not first.done()
         (app["gate"] / "go").touch()
         for run in (first, second):
-            assert "Segmented 256×128" in run.result(timeout=120)[7]
+            assert "Segmented 256×128" in run.result(timeout=120)[RUN_STATUS]
 
 
 def test_one_client_cannot_take_the_run_queue(hostile, tmp_path):
@@ -337,9 +337,9 @@ def test_one_client_cannot_take_the_run_queue(hostile, tmp_path):
         wait_until(lambda: says(ahead, "Waiting for another user's job"), "the other client's Run at the encoder")
         assert not first.done() and not queued.done()
         (gate / "go").touch()
-        assert "Segmented 256×128" in first.result(timeout=120)[7]
-        assert "Segmented 512×256" in ahead.result(timeout=120)[7]
-        assert "Segmented 256×128" in queued.result(timeout=120)[7]
+        assert "Segmented 256×128" in first.result(timeout=120)[RUN_STATUS]
+        assert "Segmented 512×256" in ahead.result(timeout=120)[RUN_STATUS]
+        assert "Segmented 256×128" in queued.result(timeout=120)[RUN_STATUS]
         assert (gate / "encoded").read_text().split() == ["256", "512", "256"]
         flooder.predict(*first_inputs, "local", 0, 10, api_name="/segment")  # its share is free again
 

@@ -23,6 +23,9 @@ import torch
 from huggingface_hub import constants as hf_constants
 
 from panosamic import weights as W
+from panosamic import hub as H
+from panosamic import sam_weights as S
+from panosamic import config as C
 from panosamic.config import resolve_config
 from panosamic.errors import WeightsError
 
@@ -77,16 +80,16 @@ def cached_ref(hub_cache, reference_dir) -> Path:
 
 
 def test_hub_checkpoint_from_offline_cache(cached_ref, reference_dir):
-    path = W.resolve_panosamic_checkpoint(REPO, subfolder=SUB)
+    path = H.resolve_panosamic_checkpoint(REPO, subfolder=SUB)
     assert path == cached_ref / SUB / "model.safetensors"
     assert path.read_bytes() == (reference_dir / "model.safetensors").read_bytes()
     # A pinned commit and the default repo id work too.
-    assert W.resolve_panosamic_checkpoint(subfolder=SUB, revision=COMMIT) == path
+    assert H.resolve_panosamic_checkpoint(subfolder=SUB, revision=COMMIT) == path
 
 
 def test_missing_subfolder_offline_lists_known(cached_ref):
     with pytest.raises(WeightsError) as e:
-        W.resolve_panosamic_checkpoint(REPO, subfolder="matterport3d-vith-rgbd")
+        H.resolve_panosamic_checkpoint(REPO, subfolder="matterport3d-vith-rgbd")
     msg = str(e.value)
     assert f"{REPO}/matterport3d-vith-rgbd/model.safetensors" in msg
     assert "HF_HUB_OFFLINE is set" in msg and "local path" in msg
@@ -95,12 +98,12 @@ def test_missing_subfolder_offline_lists_known(cached_ref):
 
 def test_official_repo_needs_a_subfolder(hub_cache):
     with pytest.raises(WeightsError, match="pass subfolder=.*stanford2d3ds-vith-rgbdn-fold3"):
-        W.resolve_panosamic_checkpoint()
+        H.resolve_panosamic_checkpoint()
 
 
 def test_repo_not_cached_offline(hub_cache):
     with pytest.raises(WeightsError) as e:
-        W.resolve_panosamic_checkpoint("someone/other-repo", subfolder="x")
+        H.resolve_panosamic_checkpoint("someone/other-repo", subfolder="x")
     msg = str(e.value)
     assert "someone/other-repo/x/model.safetensors" in msg and str(hub_cache) in msg
     assert "unset HF_HUB_OFFLINE" in msg and "No subfolder" in msg
@@ -108,10 +111,10 @@ def test_repo_not_cached_offline(hub_cache):
 
 def test_list_subfolders_offline(cached_ref, hub_cache, reference_dir):
     add_to_cache(hub_cache, {"custom/model.safetensors": reference_dir / "model.safetensors"})
-    assert W.list_subfolders() == sorted({*W.RELEASED_SUBFOLDERS, "custom"})
-    assert W.list_subfolders("someone/other") == []
-    assert len(W.RELEASED_SUBFOLDERS) == 9
-    assert W.RELEASED_SUBFOLDERS["stanford2d3ds-vith-rgbd-fold3"] == ("image", "depth")
+    assert H.list_subfolders() == sorted({*C.RELEASED_SUBFOLDERS, "custom"})
+    assert H.list_subfolders("someone/other") == []
+    assert len(C.RELEASED_SUBFOLDERS) == 9
+    assert C.RELEASED_SUBFOLDERS["stanford2d3ds-vith-rgbd-fold3"] == ("image", "depth")
 
 
 def test_env_vars_only_in_a_fresh_process(tmp_path, reference_dir):
@@ -120,7 +123,7 @@ def test_env_vars_only_in_a_fresh_process(tmp_path, reference_dir):
     snapshot = add_to_cache(home / "hub", {f"{SUB}/model.safetensors": reference_dir / "model.safetensors"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    code = ("from panosamic.weights import resolve_panosamic_checkpoint as r\n"
+    code = ("from panosamic.hub import resolve_panosamic_checkpoint as r\n"
             f"print(r(subfolder={SUB!r}))\n"
             "try:\n    r(subfolder='nope')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -136,26 +139,26 @@ def test_local_folder_and_file(tmp_path, reference_dir):
     folder.mkdir(parents=True)
     shutil.copy(reference_dir / "model.safetensors", folder)
     root = tmp_path / "ckpts"
-    assert W.resolve_panosamic_checkpoint(root, subfolder="a/b") == folder / "model.safetensors"
-    assert W.resolve_panosamic_checkpoint(folder) == folder / "model.safetensors"
-    assert W.resolve_panosamic_checkpoint(folder / "model.safetensors") == folder / "model.safetensors"
+    assert H.resolve_panosamic_checkpoint(root, subfolder="a/b") == folder / "model.safetensors"
+    assert H.resolve_panosamic_checkpoint(folder) == folder / "model.safetensors"
+    assert H.resolve_panosamic_checkpoint(folder / "model.safetensors") == folder / "model.safetensors"
     with pytest.raises(WeightsError, match="subfolders with a model.safetensors: a/b"):
-        W.resolve_panosamic_checkpoint(root)
+        H.resolve_panosamic_checkpoint(root)
     with pytest.raises(WeightsError, match="was given with the file"):
-        W.resolve_panosamic_checkpoint(folder / "model.safetensors", subfolder="x")
+        H.resolve_panosamic_checkpoint(folder / "model.safetensors", subfolder="x")
     with pytest.raises(WeightsError, match="no such file or folder"):
-        W.resolve_panosamic_checkpoint(tmp_path / "missing.safetensors")
+        H.resolve_panosamic_checkpoint(tmp_path / "missing.safetensors")
 
 
 def test_companions(tmp_path, reference_dir):
     shutil.copy(reference_dir / "model.safetensors", tmp_path)
-    assert W.find_companions(tmp_path / "model.safetensors") == {"config": None, "sam": None}
+    assert H.find_companions(tmp_path / "model.safetensors") == {"config": None, "sam": None}
     (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"x")
     shutil.copy(reference_dir / "config.json", tmp_path)
-    found = W.find_companions(tmp_path / "model.safetensors")
+    found = H.find_companions(tmp_path / "model.safetensors")
     assert found == {"config": tmp_path / "config.json", "sam": tmp_path / "sam_vit_b_01ec64.pth"}
     (tmp_path / "sam.pth").write_bytes(b"x")  # sam.pth is preferred
-    assert W.find_companions(tmp_path / "model.safetensors")["sam"] == tmp_path / "sam.pth"
+    assert H.find_companions(tmp_path / "model.safetensors")["sam"] == tmp_path / "sam.pth"
 
 
 # --- end to end ----------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ def test_load_model_from_hub_cache_with_config_and_sam_name(hub_cache, reference
     """config.json from the cache; SAM by preset name, already in the SAM cache (no download)."""
     add_to_cache(hub_cache, {f"{SUB}/model.safetensors": reference_dir / "model.safetensors",
                              f"{SUB}/config.json": reference_dir / "config.json"})
-    monkeypatch.setitem(W.SAM_CHECKPOINTS, "vit_b", "tiny_sam.pth")
+    monkeypatch.setitem(S.SAM_CHECKPOINTS, "vit_b", "tiny_sam.pth")
     (tmp_path / "sam-cache").mkdir()
     shutil.copy(reference_dir / "sam.pth", tmp_path / "sam-cache" / "tiny_sam.pth")
     model = W.load_model(REPO, subfolder=SUB, sam="vit_b")
@@ -289,9 +292,9 @@ def fake_hub(tmp_path, monkeypatch):
 
 
 def test_online_listing_and_missing_file(fake_hub):
-    assert W.list_subfolders() == ["matterport3d-vith-rgbd", SUB]
+    assert H.list_subfolders() == ["matterport3d-vith-rgbd", SUB]
     with pytest.raises(WeightsError) as e:
-        W.resolve_panosamic_checkpoint(REPO, subfolder="typo-fold1")
+        H.resolve_panosamic_checkpoint(REPO, subfolder="typo-fold1")
     msg = str(e.value)
     assert f"{REPO}/typo-fold1/model.safetensors does not exist on the Hub" in msg
     assert f"Known subfolders of {REPO}: matterport3d-vith-rgbd, {SUB}." in msg
@@ -299,9 +302,9 @@ def test_online_listing_and_missing_file(fake_hub):
 
 def test_online_repo_not_found(fake_hub):
     with pytest.raises(WeightsError, match="Hub repo 'someone/nothing' not found .*private"):
-        W.resolve_panosamic_checkpoint("someone/nothing", subfolder="x")
+        H.resolve_panosamic_checkpoint("someone/nothing", subfolder="x")
     with pytest.raises(WeightsError, match="'someone/nothing' not found"):
-        W.list_subfolders("someone/nothing")
+        H.list_subfolders("someone/nothing")
 
 
 def test_from_pretrained_end_to_end(cached_ref, reference_dir, reference_io):
@@ -313,7 +316,7 @@ def test_from_pretrained_end_to_end(cached_ref, reference_dir, reference_io):
     predictor = panosamic.from_pretrained(REPO, subfolder=SUB, sam=reference_dir / "sam.pth", device="cpu",
                                           max_depth=float(inputs["max_depth"]))
     assert isinstance(predictor, Predictor)
-    assert predictor.required_modalities == W.RELEASED_SUBFOLDERS[SUB]
+    assert predictor.required_modalities == C.RELEASED_SUBFOLDERS[SUB]
     predictor.set_panorama(inputs["image"], depth=inputs["depth_m"], normals=inputs["normals"])
     np.testing.assert_allclose(predictor.embeddings, expected["embeddings"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(predictor.logits, expected["logits"], atol=1e-4, rtol=0)

@@ -55,3 +55,26 @@ def test_pip_installs_an_importable_package_with_its_static_files(tmp_path):
     where, packages, viewer = out.stdout.splitlines()
     assert Path(where) == target / "panosamic"
     assert packages == str(expected) and viewer == "True", out.stdout
+
+
+def test_both_packages_import_their_names_lazily_through_one_helper():
+    """`import panosamic` and `import panosamic.estimation` load no model code (torch,
+    transformers) until a name is used; every exported name then resolves, is kept, and an
+    unknown one names its package."""
+    code = ("import sys, panosamic, panosamic.estimation as e\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported eagerly'\n"
+            "assert dir(panosamic) == sorted(panosamic.__all__) and dir(e) == sorted(e.__all__)\n"
+            "for pkg in (panosamic, e):\n"
+            "    for name in pkg.__all__:\n"
+            "        value = getattr(pkg, name)\n"
+            "        assert vars(pkg)[name] is value, name\n"
+            "for pkg, missing in ((panosamic, 'nope'), (e, 'nope')):\n"
+            "    try:\n"
+            "        getattr(pkg, missing)\n"
+            "    except AttributeError as err:\n"
+            "        assert repr(pkg.__name__) in str(err), err\n"
+            "    else:\n"
+            "        raise SystemExit('no AttributeError')\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

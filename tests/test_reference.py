@@ -44,7 +44,7 @@ def test_depth_encoding_matches_reference(case):
     predictor, inputs, _ = case
     if "depth" not in predictor.required_modalities:
         pytest.skip("this case has no depth modality")
-    from panosamic.predictor import encode_depth
+    from panosamic.encoding import encode_depth
 
     encoded = encode_depth(inputs["depth_m"], float(inputs["max_depth"]))
     assert np.abs(encoded - inputs["depth"]).max() <= 1e-3

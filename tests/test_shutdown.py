@@ -248,3 +248,51 @@ def test_a_client_from_before_a_restart_is_told_the_server_restarted(inputs, tmp
         assert str(err.value).startswith("Press Run first")
         old.predict(*inputs, "local", 0, 10, api_name="/segment")
         assert old.predict(prompt, api_name="/prompt")[5]["prompts"]["points"] == [[10.0, 10.0]]
+
+
+# ----------------------------------------------------------------------------- kill -9
+SERVER_STOPPED = "The server stopped; press Run again."
+
+
+def test_a_client_of_a_killed_server_is_told_it_stopped(inputs, tmp_path):
+    """kill -9 in the middle of a Run: nothing on the server can answer, and gradio_client raises
+    a bare CancelledError (then ConnectError for the next call). The documented helpers
+    (panosamic.studio.client) say "The server stopped; press Run again." for both."""
+    from panosamic.studio.client import ServerStopped, predict, result
+
+    with gated_app(["--checkpoint", str(DEMO), "--device", "cpu"], tmp_path) as app:
+        c = _client(app, tmp_path)
+        run = c.submit(*inputs, "local", 0, 10, api_name="/segment")
+        wait_until(lambda: (app["gate"] / "waiting").exists(), "the Run reaching the encoder")
+        app["proc"].kill()
+        with pytest.raises(ServerStopped) as err:
+            result(run, timeout=120)
+        assert str(err.value) == SERVER_STOPPED
+        with pytest.raises(ServerStopped) as err:  # the server is gone: the next call is refused
+            predict(c, '{"points": [[10, 10]]}', api_name="/prompt")
+        assert str(err.value) == SERVER_STOPPED
+        assert isinstance(err.value, ConnectionError)
+
+
+def test_the_client_helpers_leave_other_errors_as_they_are():
+    """A job the user cancelled stays cancelled, a time-out (a busy server is still there) and
+    the app's refusals pass unchanged; a refused connection is the server stopped."""
+    import concurrent.futures
+
+    import httpx
+
+    from panosamic.studio.client import ServerStopped, result, server_stopped_in_words
+
+    job = concurrent.futures.Future()
+    job.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        result(job, timeout=1)
+    for kept in (httpx.ReadTimeout("slow"), ValueError("Press Run first")):
+        with pytest.raises(type(kept)):
+            with server_stopped_in_words():
+                raise kept
+    for gone in (httpx.ConnectError("refused"), httpx.RemoteProtocolError("peer closed"),
+                 concurrent.futures.CancelledError()):
+        with pytest.raises(ServerStopped):
+            with server_stopped_in_words():
+                raise gone

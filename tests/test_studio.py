@@ -648,3 +648,27 @@ def test_heavy_jobs_take_turns_with_one_running_and_one_waiting_per_client():
     assert gate.waiting == 0 and set(errors) == {"d1"}
     with gate.turn("a"):  # the client's share is free again
         pass
+
+
+def test_the_run_status_calls_an_estimator_a_toy_only_when_it_is_one(reference_dir, tmp_path):
+    """The note after a Run on a photo without depth names the estimator, and calls it "a toy
+    for rendered rooms" when the estimator says it is one (`toy`), not when its name has "demo"
+    in it: a Hub model named "someone/demo-depth-anything" is a real model; the bundled demo is
+    a toy."""
+    from devtools import scenes
+    from devtools.examples import write_example
+    from panosamic.estimation import DemoDepthEstimator, TrueDepthEstimator
+
+    ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
+    ex = write_example(tmp_path / "examples", "office", scenes.render_example("office", width=256))
+    depth_m = cv2.imread(str(ex["depth"]), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+    for est, said in ((TrueDepthEstimator.from_erp(depth_m, name="someone/demo-depth-anything"),
+                       "estimated from the photo by someone/demo-depth-anything."),
+                      (DemoDepthEstimator(), "estimated from the photo by demo-depth (a toy for rendered rooms).")):
+        backend = StudioBackend(str(ckpt), None, None, device="cpu", cache_mb=64)
+        backend._estimator = est  # the estimator a Run uses (loaded on first need otherwise)
+        s, _ = backend.segment(str(ex["image"]), None, None, "local", 0, 10)
+        notes = " ".join(s.notes)
+        assert said in notes, notes
+        assert ("toy" in notes) == est.toy
+        backend.close()

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from panosamic import weights as W
+from panosamic import sam_weights as S
 from panosamic.build import build_model
 from panosamic.config import infer_config, resolve_config
 from panosamic.errors import WeightsError
@@ -112,18 +113,18 @@ def _closed_port() -> int:
 
 def test_sam_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.delenv("PANOSAMIC_SAM_CACHE", raising=False)
-    assert W.sam_cache_dir() == Path.home() / ".cache" / "panosamic" / "sam"
+    assert S.sam_cache_dir() == Path.home() / ".cache" / "panosamic" / "sam"
     monkeypatch.setenv("PANOSAMIC_SAM_CACHE", str(tmp_path / "x"))
-    assert W.sam_cache_dir() == tmp_path / "x"
+    assert S.sam_cache_dir() == tmp_path / "x"
 
 
 def test_download_by_name_with_progress_then_cached(server, sam_cache, sam_bytes, monkeypatch, capsys):
     name = f"sam_vit_b_{_sha6(sam_bytes)}.pth"  # the sha prefix in the name is checked
     server.files[f"/mirror/{name}"] = sam_bytes
-    monkeypatch.setitem(W.SAM_CHECKPOINTS, "vit_b", name)
+    monkeypatch.setitem(S.SAM_CHECKPOINTS, "vit_b", name)
     monkeypatch.setenv("PANOSAMIC_SAM_BASE_URL", server.url + "/mirror")  # no trailing slash on purpose
 
-    path = W.resolve_sam_checkpoint("vit_b")
+    path = S.resolve_sam_checkpoint("vit_b")
     assert path == sam_cache / name
     assert path.read_bytes() == sam_bytes
     assert sorted(p.name for p in sam_cache.iterdir()) == [name]  # no temporary file left
@@ -131,7 +132,7 @@ def test_download_by_name_with_progress_then_cached(server, sam_cache, sam_bytes
     assert f"Downloading {name}" in err and "100%" in err  # tqdm bar
 
     # Second time: from the cache, no request.
-    assert W.resolve_sam_checkpoint("vit_b", progress=False) == path
+    assert S.resolve_sam_checkpoint("vit_b", progress=False) == path
     assert server.requests == [f"/mirror/{name}"]
     assert len(W.read_sam_state_dict(path)) > 100  # a readable SAM state dict
 
@@ -139,18 +140,18 @@ def test_download_by_name_with_progress_then_cached(server, sam_cache, sam_bytes
 def test_download_by_url_and_no_progress(server, sam_cache, sam_bytes, capsys):
     name = f"custom_{_sha6(sam_bytes)}.pth"
     server.files[f"/a/b/{name}"] = sam_bytes
-    path = W.resolve_sam_checkpoint(f"{server.url}/a/b/{name}", progress=False)
+    path = S.resolve_sam_checkpoint(f"{server.url}/a/b/{name}", progress=False)
     assert path == sam_cache / name and path.read_bytes() == sam_bytes
     assert "Downloading" not in capsys.readouterr().err
     # A URL whose name carries no sha prefix is downloaded without a check.
     server.files["/plain.pth"] = sam_bytes
-    assert W.resolve_sam_checkpoint(f"{server.url}/plain.pth", progress=False).read_bytes() == sam_bytes
+    assert S.resolve_sam_checkpoint(f"{server.url}/plain.pth", progress=False).read_bytes() == sam_bytes
 
 
 def test_path_spec_is_returned_as_is(server, sam_cache, reference_dir):
     path = reference_dir / "sam.pth"
-    assert W.resolve_sam_checkpoint(path) == path
-    assert W.resolve_sam_checkpoint(str(path)) == path
+    assert S.resolve_sam_checkpoint(path) == path
+    assert S.resolve_sam_checkpoint(str(path)) == path
     assert server.requests == [] and not sam_cache.exists()
 
 
@@ -158,10 +159,10 @@ def test_sha_mismatch_deletes_and_raises(server, sam_cache, sam_bytes, monkeypat
     wrong = "000000" if _sha6(sam_bytes) != "000000" else "111111"
     name = f"sam_vit_l_{wrong}.pth"
     server.files[f"/{name}"] = sam_bytes
-    monkeypatch.setitem(W.SAM_CHECKPOINTS, "vit_l", name)
+    monkeypatch.setitem(S.SAM_CHECKPOINTS, "vit_l", name)
     monkeypatch.setenv("PANOSAMIC_SAM_BASE_URL", server.url + "/")
     with pytest.raises(WeightsError, match="SHA-256") as e:
-        W.resolve_sam_checkpoint("vit_l", progress=False)
+        S.resolve_sam_checkpoint("vit_l", progress=False)
     assert wrong in str(e.value) and str(sam_cache / name) in str(e.value)
     assert list(sam_cache.iterdir()) == []
 
@@ -171,7 +172,7 @@ def test_server_closing_early_leaves_nothing(server, sam_cache, sam_bytes):
     server.files[f"/{name}"] = sam_bytes
     server.mode[f"/{name}"] = "truncate"
     with pytest.raises(WeightsError, match=r"stopped after \d+ of \d+ bytes|failed"):
-        W.resolve_sam_checkpoint(f"{server.url}/{name}", progress=False)
+        S.resolve_sam_checkpoint(f"{server.url}/{name}", progress=False)
     assert list(sam_cache.iterdir()) == []
 
 
@@ -180,7 +181,7 @@ def test_cut_short_download_without_a_hash_in_the_name_leaves_nothing(server, sa
     server.files["/plain.pth"] = sam_bytes
     server.mode["/plain.pth"] = "truncate"
     with pytest.raises(WeightsError, match="stopped early"):
-        W.resolve_sam_checkpoint(f"{server.url}/plain.pth", progress=False)
+        S.resolve_sam_checkpoint(f"{server.url}/plain.pth", progress=False)
     assert list(sam_cache.iterdir()) == []
 
 
@@ -196,14 +197,14 @@ def test_a_download_that_is_not_a_sam_checkpoint_is_not_cached(server, sam_cache
         server.files["/sam_vit_b.pth"] = body
         for _ in range(2):
             with pytest.raises(WeightsError, match="not a SAM checkpoint") as e:
-                W.resolve_sam_checkpoint(f"{server.url}/sam_vit_b.pth", progress=False)
+                S.resolve_sam_checkpoint(f"{server.url}/sam_vit_b.pth", progress=False)
             assert what in str(e.value) and "nothing was saved" in str(e.value), str(e.value)
             assert list(sam_cache.iterdir()) == []
     assert server.requests == ["/sam_vit_b.pth"] * 4
     # A page an earlier version cached unchecked is fetched again, not trusted.
     (sam_cache / "sam_vit_b.pth").write_bytes(page)
     server.files["/sam_vit_b.pth"] = sam_bytes
-    path = W.resolve_sam_checkpoint(f"{server.url}/sam_vit_b.pth", progress=False)
+    path = S.resolve_sam_checkpoint(f"{server.url}/sam_vit_b.pth", progress=False)
     assert path.read_bytes() == sam_bytes and sorted(p.name for p in sam_cache.iterdir()) == ["sam_vit_b.pth"]
 
 
@@ -212,7 +213,7 @@ def test_stalled_download_times_out_and_leaves_nothing(server, tmp_path, sam_byt
     server.mode["/slow.pth"] = "stall"
     dest = tmp_path / "dl" / "slow.pth"
     with pytest.raises(WeightsError, match="timed out") as e:
-        W.download_file(f"{server.url}/slow.pth", dest, progress=False, timeout=0.5)
+        S.download_file(f"{server.url}/slow.pth", dest, progress=False, timeout=0.5)
     assert str(dest.resolve()) in str(e.value)
     assert list(dest.parent.iterdir()) == []
 
@@ -239,14 +240,14 @@ def test_a_killed_download_leaves_a_partial_file_that_the_next_download_removes(
         # another download while that one runs (offline here): the live one's file stays
         monkeypatch.setenv("PANOSAMIC_SAM_BASE_URL", f"http://127.0.0.1:{_closed_port()}/")
         with pytest.raises(WeightsError):
-            W.resolve_sam_checkpoint("vit_h", progress=False)
+            S.resolve_sam_checkpoint("vit_h", progress=False)
         assert partial.is_file() and writer.poll() is None
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
     assert list(sam_cache.iterdir()) == [partial]  # what a killed download leaves
     with pytest.raises(WeightsError):  # the next download, offline too
-        W.resolve_sam_checkpoint("vit_h", progress=False)
+        S.resolve_sam_checkpoint("vit_h", progress=False)
     assert list(sam_cache.iterdir()) == []
 
 
@@ -275,7 +276,7 @@ def test_partial_files_go_at_start_unless_a_download_writes_them(sam_cache):
 
 def test_http_404(server, sam_cache):
     with pytest.raises(WeightsError, match="404"):
-        W.resolve_sam_checkpoint(f"{server.url}/missing_abcdef.pth", progress=False)
+        S.resolve_sam_checkpoint(f"{server.url}/missing_abcdef.pth", progress=False)
     assert list(sam_cache.iterdir()) == []
 
 
@@ -283,7 +284,7 @@ def test_unreachable_server_names_url_and_manual_path(sam_cache, monkeypatch):
     base = f"http://127.0.0.1:{_closed_port()}/segment_anything/"
     monkeypatch.setenv("PANOSAMIC_SAM_BASE_URL", base)
     with pytest.raises(WeightsError) as e:
-        W.resolve_sam_checkpoint("vit_h", progress=False)
+        S.resolve_sam_checkpoint("vit_h", progress=False)
     msg = str(e.value)
     assert base + "sam_vit_h_4b8939.pth" in msg  # which URL failed
     assert str((sam_cache / "sam_vit_h_4b8939.pth").resolve()) in msg  # where to put it by hand
@@ -293,9 +294,9 @@ def test_unreachable_server_names_url_and_manual_path(sam_cache, monkeypatch):
 
 def test_unknown_sam_spec(sam_cache, tmp_path):
     with pytest.raises(WeightsError, match="vit_b, vit_l, vit_h"):
-        W.resolve_sam_checkpoint("vit_x")
+        S.resolve_sam_checkpoint("vit_x")
     with pytest.raises(WeightsError, match="folder"):
-        W.resolve_sam_checkpoint(tmp_path)
+        S.resolve_sam_checkpoint(tmp_path)
 
 
 # --- reading files ---------------------------------------------------------------------------

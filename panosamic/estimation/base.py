@@ -6,7 +6,8 @@ Every estimator has
     for relative depth of an arbitrary scale) and ``note`` (None, or a sentence the app should
     show, e.g. "the demo estimator ran: the real model could not be fetched (...)"); the
     estimators of :func:`~panosamic.estimation.load_estimator` also have ``fallback`` (True on
-    the demo that ``"auto"`` fell back to).
+    the demo that ``"auto"`` fell back to). Optional ``toy`` (bool, default False): True for a
+    model trained on rendered rooms only (the bundled demo), which the app then names so.
 
 and one of
     ``predict_views(images, views) -> z_depth`` (:class:`ViewDepthEstimator`): a perspective

@@ -125,12 +125,13 @@ class DemoDepthEstimator:
     """The trained :class:`ErpUNet` of ``folder`` (default ``assets/demo-depth``) as a depth estimator.
 
     Attributes: ``name``, ``licence``, ``metric`` (True: it predicts metres), ``erp_size``
-    ``(h, w)`` it works at, ``note`` (None), ``device``.
+    ``(h, w)`` it works at, ``note`` (None), ``device``, ``toy`` (True: a toy for rendered rooms).
     """
 
     metric = True
     note: Optional[str] = None
     fallback = False  # load_estimator("auto") sets True on the demo it fell back to
+    toy = True  # trained on the procedural rooms only: rough on real photos (the app's status says so)
 
     def __init__(self, folder: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu"):
         from safetensors.torch import load_file

@@ -80,6 +80,7 @@ class TransformersDepthEstimator:
 
     note: Optional[str] = None
     fallback = False  # load_estimator("auto") sets True on the demo it fell back to
+    toy = False  # a real model (see DemoDepthEstimator.toy)
 
     def __init__(self, model_id: str = DEFAULT_MODEL, revision: Optional[str] = None,
                  device: Union[str, torch.device, None] = "cpu", local_files_only: bool = False,

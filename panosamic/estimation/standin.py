@@ -31,6 +31,7 @@ class TrueDepthEstimator:
 
     licence = "n/a (test stand-in)"
     note: Optional[str] = None
+    toy = False  # the truth itself
 
     def __init__(self, distance: Callable[[np.ndarray], np.ndarray], scale_jitter: float = 0.0, seed: int = 0,
                  view_size: int = 128, name: str = "true-depth stand-in"):

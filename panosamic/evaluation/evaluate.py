@@ -1,13 +1,12 @@
 """Evaluate a checkpoint on a dataset split: accumulate the counts, write metrics.json and a CSV.
 
     result = evaluate_dataset("stanford2d3ds", "/data/s2d3ds/processed", fold=1,
-                              model={"checkpoint": "dfki-av/PanoSAMic",
-                                     "subfolder": "stanford2d3ds-vith-rgbdn-fold1"},
-                              out="eval/fold1")
+                              model=ModelSpec("dfki-av/PanoSAMic", subfolder="stanford2d3ds-vith-rgbdn-fold1"),
+                              out="eval/fold1")                 # runner=RayRunner(...) for Ray actors
 
-Per sample, :func:`score_sample` predicts the labels and records per-class intersection,
-ground-truth and prediction pixel counts (plain and weighted by solid angle) and the
-seam counts as one row of ``per_sample.csv``. The split's metrics are computed from the
+Per sample, :func:`panosamic.evaluation.scoring.score_sample` predicts the labels and records
+per-class intersection, ground-truth and prediction pixel counts (plain and weighted by solid
+angle) and the seam counts as one row of ``per_sample.csv``. The split's metrics are computed from the
 sums of those rows (:func:`panosamic.metrics.scores_from_counts`), which is how the
 authors accumulate them: IoU per class = summed intersection / summed union, mIoU and
 mean class accuracy are NaN-aware means over classes, pixel accuracy = summed
@@ -38,18 +37,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .. import geometry, metrics
-from ..errors import InputError, PanoSAMicError
-from ..io import save_labels_png, write_csv
+from .. import metrics
+from ..errors import InputError
+from ..io.writers import write_csv
+from ..runner import LocalRunner, Runner
+from ..spec import ModelSpec
 from .layouts import IGNORE_INDEX, Layout, Sample, get_layout
 from .max_depth import split_max_depth
+from .scoring import COUNT_KINDS, ScoreTask, csv_fields
 
-__all__ = ["evaluate_dataset", "score_sample", "csv_fields", "summarize_rows", "format_report", "PUBLISHED",
-           "ResumeError", "METRICS_FILE", "CSV_FILE", "RUN_FILE"]
+__all__ = ["evaluate_dataset", "summarize_rows", "format_report", "PUBLISHED", "ResumeError", "METRICS_FILE",
+           "CSV_FILE", "RUN_FILE"]
 
 METRICS_FILE, CSV_FILE, RUN_FILE = "metrics.json", "per_sample.csv", "run.json"
 
@@ -59,76 +61,8 @@ METRICS_FILE, CSV_FILE, RUN_FILE = "metrics.json", "per_sample.csv", "run.json"
 #: available when this was written, so it is empty and the report says so.
 PUBLISHED: Dict[str, Dict[str, float]] = {}
 
-_INFO_FIELDS = ["sample", "area", "name", "status", "error", "width", "height", "seconds", "miou",
-                "pixel_accuracy", "seam_changes", "seam_pairs", "interior_changes", "interior_pairs",
-                "gt_seam_changes", "gt_interior_changes"]
-_COUNT_KINDS = ("i", "t", "p")  # intersection, target (ground truth), prediction
-
-
 class ResumeError(InputError):
     """The output folder holds results of a different evaluation."""
-
-
-def csv_fields(classes: Sequence[str]) -> List[str]:
-    """Columns of per_sample.csv for a dataset with these class names."""
-    return (_INFO_FIELDS + [f"{k}_{c}" for k in _COUNT_KINDS for c in classes]
-            + [f"w{k}_{c}" for k in _COUNT_KINDS for c in classes])
-
-
-# --- one sample -----------------------------------------------------------------------------------
-
-
-def score_sample(predictor, layout: Layout, sample: Sample, labels_dir: Optional[Path] = None,
-                 mask_black: Optional[bool] = None, estimator: Any = None) -> Dict[str, Any]:
-    """Predict one sample and return its CSV row (see the module docstring). Raises
-    :class:`~panosamic.errors.PanoSAMicError` on unreadable files; writes the label PNG only
-    after the prediction succeeded. With `estimator` (`panosamic.estimation.load_estimator`)
-    the dataset's depth and normals are not read: the depth is estimated from the RGB image
-    and the normals derived from it, as for a photo that comes without them."""
-    t0 = time.perf_counter()
-    mods = predictor.required_modalities
-    black = layout.black_void_for(mods) if mask_black is None else mask_black
-    if estimator is not None and "depth" in mods:
-        from ..estimation import estimate_depth
-
-        data = layout.load(sample, ("image",), mask_black=black)
-        depth = estimate_depth(data.image, estimator, size=data.image.shape[:2])
-        predictor.set_panorama(data.image, depth=depth)
-    else:
-        data = layout.load(sample, mods, mask_black=black)
-        predictor.set_panorama(data.image, depth=data.depth, normals=data.normals)
-    pred = predictor.labels
-    k = layout.dataset.num_classes
-    gt = data.labels
-    plain = metrics.class_counts(metrics.confusion_matrix(pred, gt, k, ignore_index=IGNORE_INDEX))
-    weighted = metrics.class_counts(metrics.confusion_matrix(pred, gt, k, ignore_index=IGNORE_INDEX,
-                                                             weights=geometry.pixel_areas(*gt.shape)))
-    seam = metrics.seam_counts(pred)
-    gt_seam = metrics.seam_counts(gt)
-    own = metrics.scores_from_counts(plain["intersection"], plain["target"], plain["prediction"])
-    if labels_dir is not None:
-        save_labels_png(Path(labels_dir) / sample.area / f"{sample.name}.png",
-                        pred.astype(np.uint8 if k <= 255 else np.uint16))
-    h, w = gt.shape
-    row: Dict[str, Any] = {
-        "sample": sample.key, "area": sample.area, "name": sample.name, "status": "ok", "error": "",
-        "width": w, "height": h, "seconds": round(time.perf_counter() - t0, 4),
-        "miou": own["miou"], "pixel_accuracy": own["pixel_accuracy"],
-        "seam_changes": seam[0], "seam_pairs": seam[1], "interior_changes": seam[2], "interior_pairs": seam[3],
-        "gt_seam_changes": gt_seam[0], "gt_interior_changes": gt_seam[2],
-    }
-    names = {"i": "intersection", "t": "target", "p": "prediction"}
-    for kind in _COUNT_KINDS:
-        for c, v in zip(layout.dataset.classes, plain[names[kind]]):
-            row[f"{kind}_{c}"] = int(v)
-        for c, v in zip(layout.dataset.classes, weighted[names[kind]]):
-            row[f"w{kind}_{c}"] = float(v)  # repr round-trips, so a resumed run sums the same floats
-    return row
-
-
-def error_row(sample: Sample, message: str) -> Dict[str, Any]:
-    return {"sample": sample.key, "area": sample.area, "name": sample.name, "status": "error",
-            "error": message.replace("\n", " ")}
 
 
 # --- the split ------------------------------------------------------------------------------------
@@ -144,7 +78,7 @@ def summarize_rows(rows: Sequence[Dict[str, Any]], classes: Sequence[str]) -> Di
     out: Dict[str, Any] = {"num_samples": len(ok)}
     for prefix, suffix in (("", ""), ("w", "_weighted")):
         sums = {k: np.array([sum(float(r[f"{prefix}{k}_{c}"]) for r in ok) for c in classes], dtype=np.float64)
-                for k in _COUNT_KINDS}
+                for k in COUNT_KINDS}
         s = metrics.scores_from_counts(sums["i"], sums["t"], sums["p"])
         out[f"miou{suffix}"] = _nan_to_none(s["miou"])
         out[f"macc{suffix}"] = _nan_to_none(s["macc"])
@@ -188,66 +122,29 @@ def _write_rows(path: Path, rows: Iterable[Dict[str, Any]], fields: List[str]) -
     write_csv(path, rows, fields)
 
 
-def _checkpoint_facts(model: Dict[str, Any]) -> Dict[str, Any]:
-    """Modalities, classes and the resolved checkpoint path, read from the files (no model built)."""
-    from ..cli import checkpoint_info
-
-    return checkpoint_info(model["checkpoint"], model.get("subfolder"), model.get("sam"), model.get("config"))
-
-
-def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, max_depth: Optional[float] = None,
-                     save_labels: bool = False, engine: str = "local", ray_options: Optional[Dict[str, Any]] = None,
-                     overwrite: bool = False, progress: bool = True,
-                     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-                     estimate_maps: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluate ``model`` (keyword arguments of :func:`panosamic.from_pretrained` without
-    ``max_depth``: checkpoint, subfolder, sam, config, device, dtype) on ``fold``'s test split
-    of the processed dataset at ``root``; returns the metrics.json content.
-
-    ``max_depth`` None derives T from the training split (:func:`split_max_depth`).
-    ``engine`` "local" (one process) or "ray" (``ray_options``: address, num_actors,
-    num_gpus_per_actor, num_cpus_per_actor; see :mod:`panosamic.ray_engine`).
-    ``estimate_maps`` ("auto", "demo", a Hub id; local engine): the depth and normals are
-    estimated from each RGB image instead of read (the dataset's own maps are not used).
-    """
-    if estimate_maps and engine != "local":
-        raise InputError("--estimate-maps runs with the local engine only for now: drop --engine ray")
-    from tqdm.auto import tqdm
-
-    layout = get_layout(dataset, root)
-    test_areas = layout.split(fold, "test")
-    facts = _checkpoint_facts(model)
-    modalities = tuple(facts["modalities"])
-    samples = layout.samples(test_areas, modalities)
-    if facts["num_classes"] != layout.dataset.num_classes:
-        raise InputError(f"the checkpoint predicts {facts['num_classes']} classes ({facts['dataset']}), "
-                         f"{layout.dataset_title} has {layout.dataset.num_classes}: evaluate it on its own dataset")
-    missing_areas = [a for a in test_areas if a not in {s.area for s in samples}]
-    if missing_areas:
-        log(f"panosamic: warning: no folder for {', '.join(missing_areas[:6])}"
-            f"{', ...' if len(missing_areas) > 6 else ''} of fold {fold}'s test split; evaluating the rest")
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
+def _choose_max_depth(layout: Layout, fold: int, modalities: Sequence[str], max_depth: Optional[float],
+                      out: Path, progress: bool) -> Tuple[float, str]:
+    """(T in metres, where it came from): given, unused (no depth), or the training split's."""
     if max_depth is not None:
         if not (max_depth > 0 and math.isfinite(max_depth)):
             raise InputError("--max-depth must be a positive number of metres")
-        t, t_source = float(max_depth), "given (--max-depth)"
-    elif "depth" not in modalities:
-        t, t_source = 10.0, "unused: the checkpoint takes no depth"
-    else:
-        bar = (lambda it, total, desc: tqdm(it, total=total, desc=desc, unit="pano", file=sys.stderr,
-                                            disable=not progress, dynamic_ncols=True))
-        t, t_source = split_max_depth(layout, fold, fallback_dir=out, progress=bar)
-    log(f"panosamic: T = {t:g} m ({t_source})")
+        return float(max_depth), "given (--max-depth)"
+    if "depth" not in modalities:
+        return 10.0, "unused: the checkpoint takes no depth"
+    from tqdm.auto import tqdm
 
-    run = {"dataset": layout.name, "fold": fold, "root": str(layout.root.resolve()),
-           "checkpoint": facts["checkpoint"], "config": facts["architecture"], "modalities": list(modalities),
-           "max_depth": t}
-    fields = csv_fields(layout.dataset.classes)
-    csv_path, run_path, metrics_path = out / CSV_FILE, out / RUN_FILE, out / METRICS_FILE
+    bar = (lambda it, total, desc: tqdm(it, total=total, desc=desc, unit="pano", file=sys.stderr,
+                                        disable=not progress, dynamic_ncols=True))
+    return split_max_depth(layout, fold, fallback_dir=out, progress=bar)
+
+
+def _resume(out: Path, run: Dict[str, Any], fields: List[str], samples: Sequence[Sample], overwrite: bool,
+            log: Callable[[str], None]) -> Tuple[List[Dict[str, Any]], List[Sample]]:
+    """(rows already scored, samples still to score) after checking that `out` holds this run
+    (else ResumeError); writes run.json and the kept rows back."""
+    csv_path, run_path = out / CSV_FILE, out / RUN_FILE
     if overwrite:
-        for p in (csv_path, run_path, metrics_path):
+        for p in (csv_path, run_path, out / METRICS_FILE):
             p.unlink(missing_ok=True)
     if run_path.is_file():
         try:
@@ -261,24 +158,70 @@ def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, 
                               "to start again or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     run_path.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-    order = {s.key: i for i, s in enumerate(samples)}
-    rows = [r for r in _read_rows(csv_path, fields) if r.get("sample") in order]
+    keys = {s.key for s in samples}
+    rows = [r for r in _read_rows(csv_path, fields) if r.get("sample") in keys]
     done = {r["sample"] for r in rows if r.get("status") == "ok"}
     rows = [r for r in rows if r["sample"] in done]  # failed samples are retried
     _write_rows(csv_path, rows, fields)
-    pending = [s for s in samples if s.key not in done]
     if done:
         log(f"panosamic: resuming: {len(done)} of {len(samples)} samples already scored in {csv_path}")
-    labels_dir = out / "labels" if save_labels else None
-    mask_black = layout.black_void_for(modalities)
+    return rows, [s for s in samples if s.key not in done]
+
+
+def evaluate_dataset(dataset: str, root, fold: int, model: Union[ModelSpec, Mapping[str, Any]], out,
+                     max_depth: Optional[float] = None, save_labels: bool = False, runner: Optional[Runner] = None,
+                     overwrite: bool = False, progress: bool = True,
+                     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                     estimate_maps: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate ``model`` (a :class:`~panosamic.spec.ModelSpec`, or a mapping of its fields;
+    its ``max_depth`` is replaced by T) on ``fold``'s test split of the processed dataset at
+    ``root``; returns the metrics.json content.
+
+    ``max_depth`` None derives T from the training split (:func:`split_max_depth`).
+    ``runner`` where the samples are scored: :class:`~panosamic.runner.LocalRunner` (default,
+    this process) or :class:`~panosamic.ray_engine.RayRunner`.
+    ``estimate_maps`` ("auto", "demo", a Hub id; local runner): the depth and normals are
+    estimated from each RGB image instead of read (the dataset's own maps are not used).
+    """
+    spec = ModelSpec.of(model)
+    runner = LocalRunner() if runner is None else runner
+    if estimate_maps and runner.name != "local":
+        raise InputError("--estimate-maps runs with the local engine only for now: drop --engine ray")
+    from tqdm.auto import tqdm
+
+    layout = get_layout(dataset, root)
+    test_areas = layout.split(fold, "test")
+    facts = spec.info()
+    modalities = tuple(facts["modalities"])
+    samples = layout.samples(test_areas, modalities)
+    if facts["num_classes"] != layout.dataset.num_classes:
+        raise InputError(f"the checkpoint predicts {facts['num_classes']} classes ({facts['dataset']}), "
+                         f"{layout.dataset_title} has {layout.dataset.num_classes}: evaluate it on its own dataset")
+    missing_areas = [a for a in test_areas if a not in {s.area for s in samples}]
+    if missing_areas:
+        log(f"panosamic: warning: no folder for {', '.join(missing_areas[:6])}"
+            f"{', ...' if len(missing_areas) > 6 else ''} of fold {fold}'s test split; evaluating the rest")
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    t, t_source = _choose_max_depth(layout, fold, modalities, max_depth, out, progress)
+    log(f"panosamic: T = {t:g} m ({t_source})")
+
+    run = {"dataset": layout.name, "fold": fold, "root": str(layout.root.resolve()),
+           "checkpoint": facts["checkpoint"], "config": facts["architecture"], "modalities": list(modalities),
+           "max_depth": t}
+    fields = csv_fields(layout.dataset.classes)
+    csv_path = out / CSV_FILE
+    rows, pending = _resume(out, run, fields, samples, overwrite, log)
+    task = ScoreTask(layout.name, str(layout.root.resolve()), str((out / "labels").resolve()) if save_labels else None,
+                     layout.black_void_for(modalities), _estimator(estimate_maps, spec, log))
 
     bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{layout.name} fold {fold}",
                unit="pano", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     t_run = time.perf_counter()
     with open(csv_path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        for row in _run_engine(engine, layout, pending, model, t, labels_dir, mask_black, ray_options, log,
-                               estimate_maps):
+        for row in runner.map(spec.with_max_depth(t), task, [ScoreTask.item(s) for s in pending], log):
             if row["status"] != "ok":
                 bar.write(f"panosamic: error: {row['sample']}: {row['error']}", file=sys.stderr)
             writer.writerow(row)
@@ -288,63 +231,37 @@ def evaluate_dataset(dataset: str, root, fold: int, model: Dict[str, Any], out, 
     bar.close()
     wall = time.perf_counter() - t_run
 
+    order = {s.key: i for i, s in enumerate(samples)}
     rows.sort(key=lambda r: order[r["sample"]])
     _write_rows(csv_path, rows, fields)
     result: Dict[str, Any] = {"dataset": layout.name, "fold": fold, "split": "test", "areas": test_areas,
-                              "checkpoint": facts["checkpoint"], "subfolder": model.get("subfolder"),
+                              "checkpoint": facts["checkpoint"], "subfolder": spec.subfolder,
                               "architecture": facts["architecture"], "modalities": list(modalities),
                               "max_depth": t, "max_depth_source": t_source, "ignore_index": IGNORE_INDEX,
-                              "engine": engine}
+                              "engine": runner.name}
     result.update(summarize_rows(rows, layout.dataset.classes))
     result["num_failed"] = sum(1 for r in rows if r.get("status") != "ok")
     result["wall_seconds_this_run"] = round(wall, 3)
     # published numbers belong to the checkpoint's own dataset, not to a zero-shot one (ToF-360)
     own = facts["dataset"] == layout.name
-    result["published"] = PUBLISHED.get(model.get("subfolder") or "") if own else None
+    result["published"] = PUBLISHED.get(spec.subfolder or "") if own else None
+    metrics_path = out / METRICS_FILE
     tmp = metrics_path.with_name(metrics_path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, metrics_path)
     return result
 
 
-def _run_engine(engine: str, layout: Layout, pending: List[Sample], model: Dict[str, Any], t: float,
-                labels_dir: Optional[Path], mask_black: bool, ray_options: Optional[Dict[str, Any]],
-                log: Callable[[str], None], estimate_maps: Optional[str] = None) -> Iterator[Dict[str, Any]]:
-    """Rows of the pending samples, in completion order."""
-    if not pending:
-        return
-    if engine == "ray":
-        from .. import ray_engine
+def _estimator(estimate_maps: Optional[str], spec: ModelSpec, log: Callable[[str], None]) -> Any:
+    """The depth estimator `estimate_maps` names (loaded here, once), or None."""
+    if not estimate_maps:
+        return None
+    from ..estimation.load import load_estimator
 
-        yield from ray_engine.evaluate_on_ray(layout, pending, model, t, labels_dir, mask_black, log=log,
-                                              **(ray_options or {}))
-        return
-    if engine != "local":
-        raise InputError(f"unknown engine {engine!r}; use local or ray")
-    from ..weights import from_pretrained
-
-    t_load = time.perf_counter()
-    predictor = from_pretrained(max_depth=t, **model)
-    log(f"panosamic: model on {predictor.device} (loaded in {time.perf_counter() - t_load:.1f} s); "
-        f"{len(pending)} sample(s) to score")
-    estimator = None
-    if estimate_maps:
-        from ..estimation import load_estimator
-
-        estimator = load_estimator(estimate_maps, device=model.get("device"))
-        log(f"panosamic: depth and normals estimated from the RGB images by {estimator.name}"
-            + (f" ({estimator.note})" if getattr(estimator, "note", None) else ""))
-    for sample in pending:
-        yield score_one_safely(predictor, layout, sample, labels_dir, mask_black, estimator)
-
-
-def score_one_safely(predictor, layout: Layout, sample: Sample, labels_dir: Optional[Path],
-                     mask_black: bool, estimator: Any = None) -> Dict[str, Any]:
-    """:func:`score_sample`, with a failure turned into an error row (the run goes on)."""
-    try:
-        return score_sample(predictor, layout, sample, labels_dir, mask_black, estimator)
-    except (PanoSAMicError, OSError) as e:
-        return error_row(sample, str(e).strip() or type(e).__name__)
+    estimator = load_estimator(estimate_maps, device=spec.device)
+    log(f"panosamic: depth and normals estimated from the RGB images by {estimator.name}"
+        + (f" ({estimator.note})" if getattr(estimator, "note", None) else ""))
+    return estimator
 
 
 # --- report ---------------------------------------------------------------------------------------

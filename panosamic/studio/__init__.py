@@ -1,4 +1,5 @@
-"""PanoSAMic Studio's logic, without any UI toolkit: imported by `app.py` only.
+"""PanoSAMic Studio's logic, without any UI toolkit: imported by `app.py` only (client.py by
+the app's gradio_client users).
 
     checkpoints.py  the picker's choices (and what a client may ask for), models loaded lazily
     backend.py      StudioBackend: the work behind each event, shared state
@@ -13,6 +14,7 @@
     downloads.py    the files, written at the input size on request
     messages.py     user-facing texts: errors with a fix, status lines
     shutdown.py     every handler's job, and a graceful stop on SIGTERM
+    client.py       for gradio_client users: a server that stopped mid-call, said in words
 
 Importing it does not import torch or gradio (the page opens before any model code loads;
 serving.py imports gradio in its functions).

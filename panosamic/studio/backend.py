@@ -471,7 +471,7 @@ class StudioBackend:
         timings["estimate"] = time.perf_counter() - t0
         if getattr(est, "fallback", False):
             name = f"{name} (a toy for rendered rooms: the real model could not be fetched)"
-        elif name == "demo-depth" or "demo" in str(name):
+        elif getattr(est, "toy", False):  # the estimator says so, whatever its name
             name = f"{name} (a toy for rendered rooms)"
         return depth, name
 

@@ -8,11 +8,14 @@ one entry. Values need a size: `nbytes` given to `put`, else `value.nbytes`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any, Hashable, Optional
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def content_key(*arrays: Optional[np.ndarray], **params: Any) -> str:
@@ -103,7 +106,12 @@ class EmbeddingCache:
                 _, (_, s) = self._items.popitem(last=False)
                 self._bytes -= s
                 self.evictions += 1
-            return True
+            entries, total, evictions = len(self._items), self._bytes, self.evictions
+        # the server log's view of the memory the cache holds (sizes only, never a key), which
+        # a soak compares with the process's RSS (devtools/soak.py)
+        log.info("embedding cache: %d entries, %.1f of %.1f MB, %d evicted",
+                 entries, total / 2**20, self.max_bytes / 2**20, evictions)
+        return True
 
     def pop(self, key: Hashable, default: Any = None) -> Any:
         with self._lock:

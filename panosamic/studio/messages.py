@@ -33,6 +33,10 @@ _EXAMPLE_PATH = "/path/to/"
 #: its session went with the previous process (see app.py's server start id).
 RESTARTED_SINCE = "The server restarted since this page was opened: press Run again."
 
+#: A server that went away without answering (kill -9, a crash, out of memory): its clients
+#: lost the connection mid-event (the page's static/connection.js, panosamic.studio.client).
+SERVER_STOPPED = "The server stopped; press Run again."
+
 JOB_CUT_SHORT = ("The job was stopped before it finished (cancelled, timed out, or the server is restarting). "
                  "Nothing of it was kept: press the button again.")
 
@@ -236,6 +240,6 @@ def run_message(s: Session, total: float, timings: Optional[Dict[str, float]] = 
 
 
 __all__ = ["user_message", "DISK_FULL", "hide_paths", "html_text", "markdown_text", "JOB_CUT_SHORT", "CLICK_BEFORE_RUN",
-           "RESTARTED_SINCE", "requirements_text", "given_maps", "message_markdown", "status_error", "edit_status",
+           "RESTARTED_SINCE", "SERVER_STOPPED", "requirements_text", "given_maps", "message_markdown", "status_error", "edit_status",
            "run_message",
            "about_duration", "exact_duration"]
