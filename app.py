@@ -3,7 +3,7 @@
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share]
                   [--checkpoint dfki-av/PanoSAMic | LOCAL_DIR] [--subfolder stanford2d3ds-vith-rgb-fold1]
-                  [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype float32|bfloat16|float16]
+                  [--sam-checkpoint PATH] [--device cuda|cpu] [--dtype auto|float32|bfloat16|float16|int8]
                   [--cache-mb 2048] [--session-mb 4096] [--session-idle-min 60] [--examples assets/examples]
                   [--embedding-cache-dir ~/.cache/panosamic/embeddings] [--embedding-cache-mb 4096]
                   [--no-preencode] [--no-eta-probe] [--shutdown-grace-s 7] [--disk-mb 8192]
@@ -62,6 +62,7 @@ from gradio.components.plot import PlotData  # noqa: E402  (the point cloud arri
 
 from panosamic.errors import InputError, PanoSAMicError
 from panosamic.io import read_header
+from panosamic.precision import PRECISIONS
 from panosamic.studio import DEFAULT_SUBFOLDER, HUB_REPO, Checkpoints, Session, StudioBackend  # noqa: F401
 from panosamic.studio import messages, render, serving
 from panosamic.studio.fair import FairGate
@@ -124,8 +125,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--sam-checkpoint", default=_env("SAM_CHECKPOINT"),
                    help="SAM weights (file, URL or vit_b/vit_l/vit_h); default: beside the checkpoint")
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:1, mps or cpu (default: best available)")
-    p.add_argument("--dtype", default=_env("DTYPE"), choices=[None, "float32", "bfloat16", "float16"],
-                   help="autocast precision (default float32)")
+    p.add_argument("--dtype", default=_env("DTYPE"), choices=[None, *PRECISIONS],
+                   help="the ViT encoder's precision (default auto: int8 for vit_b/l/h on an x86 CPU, "
+                        "float32 otherwise and on a GPU; float32, bfloat16, float16 or int8)")
     p.add_argument("--cache-mb", type=float, default=float(_env("CACHE_MB", 2048)),
                    help="memory for cached panorama embeddings shared by all users (0 = off)")
     p.add_argument("--embedding-cache-dir", default=_env("EMBEDDING_CACHE", EMBEDDING_CACHE_DIR),

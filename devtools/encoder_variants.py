@@ -30,7 +30,6 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -50,10 +49,11 @@ def _sys_s() -> float:
 
 
 def quantize_int8(encoder: nn.Module) -> nn.Module:
-    """A copy of `encoder` with every nn.Linear dynamically quantised to int8 (fbgemm/x86)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices (torch 2.13)
-        return torch.ao.quantization.quantize_dynamic(encoder, {nn.Linear}, dtype=torch.qint8, inplace=False)
+    """A copy of `encoder` with its ViT blocks' nn.Linear layers dynamically quantised to int8:
+    the library's int8 precision (`panosamic.precision.quantize_encoder`)."""
+    from panosamic.precision import quantize_encoder
+
+    return quantize_encoder(copy.deepcopy(encoder))
 
 
 def build_variants(encoder, names) -> Dict[str, Dict[str, Any]]:

@@ -40,11 +40,12 @@ import torch
 
 from .bench_tools import (PeakMemory, cpu_s, note, percentile, rss_now_mb, rss_peak_mb, run_facts, setup, summary,
                           synthetic_inputs, time_encoder)
+from .precision import PRECISIONS, cpu_features, resolve_precision
 
 
 def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                   modalities: Optional[Sequence[str]] = None, single_view: bool = False,
-                  size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                  size: Optional[int] = None, device: str = "auto", dtype: str = "auto",
                   repeats: int = 3, clicks: int = 20, warmup: int = 1, threads: Optional[int] = None,
                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True,
                   attention: str = "auto", compile: bool = False, encoder_repeats: int = 0,
@@ -94,7 +95,7 @@ def run_benchmark(preset: Optional[str] = "vit_b", config: Optional[str] = None,
         **run_facts(dev, cfg, config, w, h),
         "cpu_count": os.cpu_count(),
         "num_classes": cfg["num_classes"],
-        "dtype": str(predictor.dtype).replace("torch.", ""),
+        "dtype": str(predictor.dtype).replace("torch.", ""), "precision": predictor.precision, "cpu": cpu_features(),
         "attention": attention,
         "compile": bool(compile),
         "allocator": allocator_info(),
@@ -204,7 +205,7 @@ def _time_clicks(predictor, w: int, h: int, clicks: int, seed: int) -> Tuple[Lis
 
 def run_eta_check(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                   modalities: Optional[Sequence[str]] = None, single_view: bool = False,
-                  size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                  size: Optional[int] = None, device: str = "auto", dtype: str = "auto",
                   attention: str = "auto", repeats: int = 1, warmup: int = 0, threads: Optional[int] = None,
                   encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True) -> Dict[str, Any]:
     """The announced time against the run that follows, in one process (`--check-eta`).
@@ -219,6 +220,7 @@ def run_eta_check(preset: Optional[str] = "vit_b", config: Optional[str] = None,
     from . import eta
 
     cfg, dev = setup(preset, config, modalities, single_view, size, device, threads, seed)
+    dtype = resolve_precision(dtype, dev, cfg)  # what the Predictor will run: the ETA follows it
     t, c = time.perf_counter(), cpu_s()
     load_before = os.getloadavg()
     before = eta.estimate_seconds(cfg, dev, dtype, attention)
@@ -264,7 +266,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None,
                    help="model input size S (the ERP is S x S/2; default the config's, 1024 for presets)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=PRECISIONS,
+                   help="encoder precision (panosamic.precision; default auto: int8 on x86 CPUs for vit_b/l/h)")
     p.add_argument("--repeats", type=int, default=3, help="timed set_panorama runs (default 3)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed set_panorama runs first (default 1; 0 with --check-eta)")

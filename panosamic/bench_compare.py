@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .bench_tools import PeakMemory, cpu_s, note, run_facts, setup, summary, synthetic_inputs, time_encoder
+from .precision import resolve_precision
 
 
 def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None,
                    modalities: Optional[Sequence[str]] = None, single_view: bool = False,
-                   size: Optional[int] = None, device: str = "auto", dtype: str = "float32",
+                   size: Optional[int] = None, device: str = "auto", dtype: str = "auto",
                    attention: str = "auto", compile: bool = False, repeats: int = 3, warmup: int = 1,
                    encoder_repeats: int = 3, clicks: int = 10, threads: Optional[int] = None,
                    encoder_chunk_size: Optional[int] = None, seed: int = 0, quiet: bool = True,
@@ -53,10 +54,11 @@ def run_comparison(preset: Optional[str] = "vit_b", config: Optional[str] = None
                                               seed, quiet)
     model = build_model(cfg)
     stock = Predictor(model, device=dev, dtype="float32", attention="sam", encoder_chunk_size=encoder_chunk_size)
-    # torch.compile changes the modules in place: ours then needs its own copy of the weights
-    ours = Predictor(copy.deepcopy(model) if compile else model, device=dev, dtype=dtype, attention=attention,
+    # torch.compile and int8 change the modules in place: ours then needs its own copy of the weights
+    own = compile or resolve_precision(dtype, dev, cfg) == "int8"
+    ours = Predictor(copy.deepcopy(model) if own else model, device=dev, dtype=dtype, attention=attention,
                      compile=compile, encoder_chunk_size=encoder_chunk_size)
-    note(f"built {describe(cfg)} on {dev}; stock vs ours ({attention}, {dtype}"
+    note(f"built {describe(cfg)} on {dev}; stock vs ours ({attention}, {ours.precision}"
           f"{', compiled' if compile else ''}), allocator {allocator_info()['name']}", quiet)
     h, w = model.erp_size
     inputs = synthetic_inputs(h, w, seed)
@@ -140,7 +142,8 @@ def _side_json(p, runs: List[Tuple[float, float]], stages: List[Dict[str, float]
                encoder: List[Tuple[float, float]], peak_key: str) -> Dict[str, Any]:
     """One side of the comparison as JSON: its settings, timings and peak memory."""
     out: Dict[str, Any] = {
-        "attention": p.attention, "dtype": str(p.dtype).replace("torch.", ""), "compile": p.compiled,
+        "attention": p.attention, "dtype": str(p.dtype).replace("torch.", ""), "precision": p.precision,
+        "compile": p.compiled,
         "set_panorama_s": {**summary(runs),
                            "stages_median": {k: round(statistics.median(s[k] for s in stages), 4) for k in stages[0]}},
         peak_key: round(peak_mb, 1),

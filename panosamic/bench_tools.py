@@ -98,7 +98,7 @@ def time_encoder(predictor, inputs, kwargs, repeats: int) -> List[Tuple[float, f
     x = predictor.model.preprocess(stack.to(predictor.device))[:1]
     predictor.model.image_encoder.set_attention(predictor.attention)
     out = []
-    with torch.inference_mode(), predictor._autocast():
+    with torch.inference_mode(), predictor._autocast(encoder=True):
         for _ in range(repeats):
             t, c = time.perf_counter(), cpu_s()
             predictor.model.image_encoder(x)

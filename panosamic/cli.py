@@ -33,6 +33,7 @@ import numpy as np
 from .batch import (BatchOptions, FileJob, error_text, expand_inputs, output_paths, predict_row, unique_stems,
                     write_summary)
 from .errors import InputError, PanoSAMicError
+from .precision import PRECISIONS
 from .spec import ModelSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -87,7 +88,7 @@ def model_spec(args) -> ModelSpec:
     `_check_device` before anything loads; evaluate's T is chosen later, from the data)."""
     max_depth = getattr(args, "max_depth", None)
     return ModelSpec(args.checkpoint, subfolder=args.subfolder, sam=args.sam, config=args.config,
-                     device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
+                     device=getattr(args, "device", None), precision=getattr(args, "dtype", None),
                      max_depth=10.0 if max_depth is None else max_depth)
 
 
@@ -210,7 +211,7 @@ def _predict_here(args, jobs: List[FileJob], out: Path) -> int:
             traceback.print_exc()
         _say(f"panosamic: cannot load the model: {e}")
         return EXIT_FAILED
-    _say(f"panosamic: {describe(predictor.model.config)} on {predictor.device} "
+    _say(f"panosamic: {describe(predictor.model.config)} on {predictor.device}, {predictor.precision} encoder "
          f"(loaded in {time.perf_counter() - t_load:.1f} s; allocator: {describe_allocator()}); "
          f"{len(jobs)} panorama(s) -> {out}")
     unused = [k for k, v in (("depth", args.depth), ("normals", args.normals))
@@ -395,8 +396,9 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_run_args(p: argparse.ArgumentParser, overwrite: str) -> None:
     """The options `predict` and `evaluate` share: device, precision, output and engine."""
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="inference precision (default float32; float16 on CUDA only)")
+    p.add_argument("--dtype", default=None, choices=PRECISIONS,
+                   help="encoder precision (panosamic.precision): default auto, int8 for vit_b/l/h on an x86 "
+                        "CPU, else float32; float32, bfloat16, float16 (CUDA only) or int8 (CPU only)")
     p.add_argument("--overwrite", action="store_true", help=overwrite)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks of all errors")

@@ -25,11 +25,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .precision import autocast_dtype, quantize_encoder
+
 STAGES = ("preprocess", "encode", "fuse", "decode", "done")
 
 # Preprocessing, fusion and decoding as a share of the encoder's time, where they were not timed
-# for this model (see `estimate_seconds`): measured 18 % for vit_b RGB dual view (bfloat16) and
-# 11 % for vit_h RGB (float32) on the 2-core AMD EPYC.
+# for this model (see `estimate_seconds`): measured 18 % for vit_b RGB dual view (bfloat16 encoder)
+# and 11 % for vit_h RGB (float32) on the 2-core AMD EPYC.
 TAIL = 0.15
 
 # --- FLOP model ---------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ class BlockTimes:
 def _key(device: Union[str, torch.device], dtype: Union[str, torch.dtype], attention: str = "auto") -> Tuple[str, str, str]:
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     name = str(dtype).replace("torch.", "")
-    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
+    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "qint8": "int8"}.get(name, name)
     return dev.type, name, attention
 
 
@@ -144,7 +146,7 @@ def record_tail(device, dtype, config: Mapping[str, Any], seconds: float, source
     (`Predictor.encode` calls it with what a real run took)."""
     if seconds <= 0:
         return
-    key = _key(device, dtype)[:2] + (tail_shape(config),)
+    key = _tail_key(device, config)
     with _lock:
         old = _tails.get(key)
         if source == "measured" and old is not None and old[1] == "measured":
@@ -153,10 +155,16 @@ def record_tail(device, dtype, config: Mapping[str, Any], seconds: float, source
             _tails[key] = (float(seconds), source)
 
 
-def tail_seconds(config: Mapping[str, Any], device, dtype) -> Optional[Tuple[float, str]]:
-    """(seconds, source) of fusion and decoding of one panorama of `config`, None if not timed."""
+def _tail_key(device, config: Mapping[str, Any]) -> Tuple[str, str, Tuple[int, ...]]:
+    # fusion and decoding run in float32 whatever the encoder's precision (panosamic.precision)
+    return _key(device, "float32")[:2] + (tail_shape(config),)
+
+
+def tail_seconds(config: Mapping[str, Any], device, dtype=None) -> Optional[Tuple[float, str]]:
+    """(seconds, source) of fusion and decoding of one panorama of `config`, None if not timed.
+    `dtype` (the encoder's precision) does not matter: they run in float32."""
     with _lock:
-        return _tails.get(_key(device, dtype)[:2] + (tail_shape(config),))
+        return _tails.get(_tail_key(device, config))
 
 
 def calibrate_tail(device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype] = "float32",
@@ -176,7 +184,6 @@ def calibrate_tail(device: Union[str, torch.device] = "cpu", dtype: Union[str, t
         config = resolve_config("vit_b", modalities=("image",))
     C, g, P, M, V, K, taps = tail_shape(config)
     dev = torch.device(device)
-    torch_dtype = getattr(torch, _key(dev, dtype)[1])
     with _probe_lock:
         block = FusionBlock(embed_dim=C, grid=g, num_modalities=M, prompt_embed_dim=P,
                             channel_attention=config["channel_attention"],
@@ -184,8 +191,7 @@ def calibrate_tail(device: Union[str, torch.device] = "cpu", dtype: Union[str, t
         decoder = SemanticDecoder(in_channels=taps * P, hidden_dim=P, num_classes=K, size=4 * g,
                                   dual_view=V == 2).to(dev).eval()
         x = torch.randn(V * M, C, g, g, device=dev)
-        autocast = torch.autocast(dev.type, dtype=torch_dtype) if torch_dtype != torch.float32 else nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():  # float32, as in a run
             t = time.perf_counter()
             fused = block(x)
             if dev.type == "cuda":
@@ -326,12 +332,14 @@ def calibrate(device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.
     dim, heads, grid, window = encoder_shape(config)
     dev = torch.device(device)
     key = _key(dev, dtype, attention)
-    torch_dtype = getattr(torch, key[1])
+    torch_dtype = autocast_dtype(key[1])  # int8: float32 around the quantised linear layers
     with _probe_lock:
         vit = TappedImageEncoderViT(depth=4, embed_dim=dim, img_size=grid * 16, mlp_ratio=4,
                                     norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=heads,
                                     patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1, 3),
                                     window_size=window, out_chans=256, attention=attention).to(dev).eval()
+        if key[1] == "int8":
+            quantize_encoder(vit)  # the run's encoder is quantised: so is the probe
         x = torch.randn(1, grid, grid, dim, device=dev)
         autocast = torch.autocast(dev.type, dtype=torch_dtype) if torch_dtype != torch.float32 else nullcontext()
         seconds: List[float] = []

@@ -27,6 +27,7 @@ from .eta import (Progress, ProgressTracker, block_seconds, encoder_flops, encod
                   record_tail)
 from .model import PanoSAMic
 from .model.attention import ATTENTION_MODES
+from .precision import apply_precision, autocast_dtype, resolve_precision
 
 ArrayLike = Union[np.ndarray, "torch.Tensor", Any]
 ProgressFn = Callable[[str], None]
@@ -72,8 +73,11 @@ class Predictor:
         max_depth: T in metres, the depth that maps to 0 in the depth image. The released
             models were trained with the 99.5 % inlier depth of their training split, which
             the checkpoints do not ship; 10 m suits indoor rooms.
-        dtype: "float32" (default), "bfloat16" or "float16": autocast precision on CUDA
-            (and bfloat16 on CPU); weights stay float32.
+        precision: the ViT encoder's precision (`panosamic.precision`): "auto" (default, None
+            too: int8 for real-size encoders on a CPU with int8 kernels, else float32),
+            "float32", "bfloat16" / "float16" (autocast; float16 on CUDA only) or "int8"
+            (quantises this model's encoder in place, CPU only). Fusion and the decoders run
+            in float32. `dtype` is the older name of the same keyword.
         encoder_chunk_size: how many of the V*M images go through the ViT at once. None
             picks all at once on CUDA and one at a time elsewhere: on a CPU batching gains
             nothing and one at a time lowers peak memory (vit_b, two images: 3.8 GB instead
@@ -88,15 +92,17 @@ class Predictor:
     def __init__(self, model: PanoSAMic, device: Optional[Union[str, torch.device]] = None,
                  max_depth: float = 10.0, dtype: Optional[Union[str, torch.dtype]] = None,
                  encoder_chunk_size: Optional[int] = None, attention: str = "auto",
-                 compile: bool = False) -> None:
+                 compile: bool = False, precision: Optional[Union[str, torch.dtype]] = None) -> None:
         if not isinstance(model, PanoSAMic):
             raise TypeError(f"Predictor needs a PanoSAMic model (panosamic.build_model), got {type(model).__name__}")
         max_depth = _metres(max_depth)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.precision = resolve_precision(precision, self.device, model.config, dtype=dtype)
+        self.dtype = autocast_dtype(self.precision)  # what the encoder's autocast runs in
         if attention not in ATTENTION_MODES:
             raise InputError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
         self.model = model.to(self.device).eval()
+        apply_precision(self.model, self.precision)
         self.attention = attention
         self.model.image_encoder.set_attention(attention)
         self.compiled = bool(compile)
@@ -115,10 +121,12 @@ class Predictor:
                         sam: Any = None, config: Any = None, device: Optional[Union[str, torch.device]] = None,
                         dtype: Optional[Union[str, torch.dtype]] = None, max_depth: float = 10.0,
                         revision: Optional[str] = None, token: Union[str, bool, None] = None,
-                        **kwargs: Any) -> "Predictor":
+                        precision: Optional[Union[str, torch.dtype]] = None, **kwargs: Any) -> "Predictor":
         """A Predictor for released or local weights, as `SamPredictor(sam_model_registry[...](...))`
         in one call: `panosamic.weights.load_model` (float32 weights, on the CPU) then `cls(model,
-        device, max_depth, dtype, **kwargs)`. See `panosamic.from_pretrained` for the arguments.
+        device, max_depth, precision, **kwargs)`. `precision` is the encoder's (see the class:
+        None/"auto" is int8 for vit_b/l/h on an x86 CPU, float32 elsewhere; `dtype` is its older
+        name). See `panosamic.weights.load_model` for the checkpoint arguments.
 
         Example::
 
@@ -127,7 +135,7 @@ class Predictor:
         from .weights import load_model
 
         model = load_model(checkpoint, subfolder=subfolder, sam=sam, config=config, revision=revision, token=token)
-        return cls(model, device=device, max_depth=max_depth, dtype=dtype, **kwargs)
+        return cls(model, device=device, max_depth=max_depth, dtype=dtype, precision=precision, **kwargs)
 
     def to(self, device: Optional[Union[str, torch.device]]) -> "Predictor":
         """Moves the network to `device` (in place, like `nn.Module.to`) and returns self; a kept
@@ -136,6 +144,9 @@ class Predictor:
         dev = resolve_device(device)
         if dev == self.device:
             return self
+        if self.precision == "int8" and dev.type != "cpu":
+            raise InputError("this Predictor's encoder is int8, which runs on the CPU only: create it with "
+                             "precision='float32' (or 'bfloat16') for another device")
         self.dtype = resolve_dtype(self.dtype, dev)
         self.model.to(dev)
         self.device = dev
@@ -145,8 +156,11 @@ class Predictor:
         return self
 
     # --- configuration -------------------------------------------------------------------------
-    def _autocast(self):
-        if self.dtype == torch.float32 or self.device.type not in ("cuda", "cpu"):
+    def _autocast(self, encoder: bool = False):
+        """The ViT encoder's autocast (`encoder=True`); a no-op elsewhere: fusion, the semantic
+        decoder and SAM's prompt decoder stay float32 (a few per cent of a Run, and their
+        rounding moves labels directly)."""
+        if not encoder or self.dtype == torch.float32 or self.device.type not in ("cuda", "cpu"):
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
@@ -237,7 +251,7 @@ class Predictor:
         if on_progress:
             # weigh blocks by their expected seconds here (global attention costs more per FLOP)
             # when this device's are known, else by FLOPs; the ETA corrects itself as blocks finish
-            expected = block_seconds(cfg, self.device, self.dtype, self.attention)
+            expected = block_seconds(cfg, self.device, self.precision, self.attention)
             tracker = ProgressTracker(expected or per_image["blocks"], encoder_passes(cfg), on_progress,
                                       seconds_per_unit=1.0 if expected else None)
 
@@ -246,34 +260,34 @@ class Predictor:
             tracker.block(done, total)
 
         @contextmanager
-        def stage(name: str, autocast: bool = True):
-            """Announces a stage, runs it (under autocast) and records its seconds."""
+        def stage(name: str, autocast: bool = False):
+            """Announces a stage, runs it (the encoder under autocast) and records its seconds."""
             step(name)
             if tracker is not None:
                 tracker.stage(name)
             t = time.perf_counter()
-            with self._autocast() if autocast else nullcontext():
+            with self._autocast(encoder=autocast):
                 yield
             self._sync()
             timings[name] = time.perf_counter() - t
 
-        with stage("preprocess", autocast=False):
+        with stage("preprocess"):
             stack, input_size = self._prepare(image, depth, normals, max_depth)
             with torch.inference_mode():
                 x = self.model.preprocess(stack.to(self.device))
         with torch.inference_mode():
-            with stage("encode"):
+            with stage("encode", autocast=True):
                 embeddings, taps = self.model.encode(x, self.encoder_chunk_size,
                                                      on_block=on_block if tracker is not None else None)
             self.encoder_calls += 1
-            record_rate(self.device, self.dtype, per_image["total"] * x.shape[0], timings["encode"], self.attention,
+            record_rate(self.device, self.precision, per_image["total"] * x.shape[0], timings["encode"], self.attention,
                         config=cfg, images=x.shape[0])
             with stage("fuse"):
                 fused = self.model.fuse(taps)
             del taps  # the large tapped maps are not needed once fused
             with stage("decode"):
                 logits = self.model.decode_semantics(fused)
-        record_tail(self.device, self.dtype, cfg, timings["preprocess"] + timings["fuse"] + timings["decode"])
+        record_tail(self.device, self.precision, cfg, timings["preprocess"] + timings["fuse"] + timings["decode"])
         if tracker is not None:
             tracker.finish()
         return PanoramaState(embeddings.float(), logits.float().cpu(), input_size, timings)

@@ -29,7 +29,10 @@ class ModelSpec:
     config: architecture (config.json path or preset); None = beside the checkpoint, else
         read from the tensor shapes.
     device: "cpu", "cuda", "cuda:1", "mps"; None (or "auto") = the best available.
-    dtype: autocast precision "float32" / "bfloat16" / "float16"; None = float32.
+    precision: the ViT encoder's precision (`panosamic.precision`): None/"auto" (int8 for
+        vit_b/l/h on an x86 CPU with int8 kernels, else float32), "float32", "bfloat16",
+        "float16" (CUDA only) or "int8" (CPU only); resolved by the Predictor for its device
+        (a Ray actor's may differ from this process's).
     max_depth: T in metres, the depth that encodes as black (`255 * (1 - d / T)`).
     """
 
@@ -38,13 +41,15 @@ class ModelSpec:
     sam: Optional[str] = None
     config: Optional[str] = None
     device: Optional[str] = None
-    dtype: Optional[str] = None
+    precision: Optional[str] = None
     max_depth: float = 10.0
 
     def __post_init__(self) -> None:
         # one spelling of "the best available device", so that equal specs compare equal
         if self.device == "auto":
             object.__setattr__(self, "device", None)
+        if self.precision == "auto":
+            object.__setattr__(self, "precision", None)
         for name in ("checkpoint", "sam", "config"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
@@ -75,7 +80,7 @@ class ModelSpec:
         from .predictor import Predictor
 
         return Predictor.from_pretrained(self.checkpoint, subfolder=self.subfolder, sam=self.sam,
-                                         config=self.config, device=self.device, dtype=self.dtype,
+                                         config=self.config, device=self.device, precision=self.precision,
                                          max_depth=self.max_depth, **predictor_kwargs)
 
     def info(self) -> Dict[str, Any]:

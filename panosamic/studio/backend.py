@@ -121,7 +121,8 @@ class StudioBackend:
     Args:
         checkpoint, subfolder, sam: the default checkpoint (Hub id or local folder); subfolder
             None with a Hub id starts on "auto" (the checkpoint for the maps given).
-        device, dtype: where and how models run.
+        device, dtype: where models run and their encoder's precision (`panosamic.precision`;
+            None: "auto", with a lent GPU float32).
         max_models: checkpoints kept loaded at once.
         cache_mb: memory for cached embeddings shared by all users.
         embedding_cache_dir, embedding_cache_mb: a folder that keeps encoded panoramas across
@@ -150,7 +151,8 @@ class StudioBackend:
         # with a lent GPU, models live on the CPU in this process (loaded outside GPU calls)
         self.device = "cpu" if lend_gpu is not None else device
         self.gpu_device = gpu_device if lend_gpu is not None else None
-        self.dtype = dtype
+        # with a lent GPU the Predictor is made on the CPU and moved: "auto" would quantise it there
+        self.dtype = dtype or ("float32" if lend_gpu is not None else None)
         if lend_gpu is not None:
             self._encode = lend_gpu(self._encode_job, duration=self._encode_seconds)
             self._instances = lend_gpu(self._instances_job, duration=LENT_GPU_INSTANCES_S)
@@ -215,14 +217,23 @@ class StudioBackend:
         return choice
 
     def _cache_key(self, key: ModelKey, files: Dict[str, Any], max_depth: float,
-                   depth_scale: Optional[float], estimated: Optional[str] = None) -> str:
+                   depth_scale: Optional[float], estimated: Optional[str] = None, precision: str = "") -> str:
         """The content key of a panorama's embeddings: the bytes of the files the checkpoint
         reads (a few MB, not the decoded arrays: up to 330 MB at 8K), the settings, the
-        checkpoint, the weights it was read from and this package's version (the disk cache
-        outlives a code change)."""
+        checkpoint, the weights it was read from, the encoder's precision as resolved (the disk
+        cache may outlive a move to a CPU where "auto" means another) and this package's
+        version (the disk cache outlives a code change)."""
         return content_key(*(_file_bytes(files[m]) for m in ("image", "depth", "normals")),
                            max_depth=max_depth, depth_scale=depth_scale, checkpoint=repr(key),
-                           weights=self._weights.get(key, ""), version=__version__, estimated=estimated)
+                           weights=self._weights.get(key, ""), version=__version__, estimated=estimated,
+                           precision=precision)
+
+    def _precision(self, config: Dict[str, Any]) -> str:
+        """The precision a model of `config` runs in here ("auto" resolved), for the ETA."""
+        from ..device import resolve_device
+        from ..precision import resolve_precision
+
+        return resolve_precision(self.dtype, resolve_device(self.device), config)
 
     def _cached_state(self, ckey: str) -> Any:
         """The cached `PanoramaState` for `ckey`: from memory, else from disk (then kept in
@@ -251,7 +262,7 @@ class StudioBackend:
         self._warm.set()  # from now on run_time_note answers for every shape measured so far
         if self.gpu_device is not None or not probe:
             return
-        device, dtype = resolve_device(self.device), self.dtype or "float32"
+        device = resolve_device(self.device)
         seen = set()
         for value in [self.checkpoints.default] + self.checkpoints.listed():
             try:
@@ -261,6 +272,7 @@ class StudioBackend:
             if config is None or (encoder_shape(config), tail_shape(config)) in seen:
                 continue
             seen.add((encoder_shape(config), tail_shape(config)))
+            dtype = self._precision(config)
             if not known(config, device, dtype):
                 calibrate(device, dtype, config=config)  # the ViT blocks and this model's fusion + decoding
             elif tail_seconds(config, device, dtype) is None:
@@ -295,7 +307,7 @@ class StudioBackend:
         from ..eta import estimate_seconds, known
 
         device = resolve_device(self.device)
-        dtype = self.dtype or "float32"
+        dtype = self._precision(config)
         if not known(config, device, dtype):
             return ""  # warm_up has not probed this encoder yet: never make an event wait for a probe
         full = estimate_seconds(config, device, dtype)
@@ -309,8 +321,9 @@ class StudioBackend:
                            f"(about {about_duration(rgb.seconds)})")
         demo_value = self.checkpoints.demo_for(config["modalities"])
         demo = self.checkpoints.architecture(demo_value) if demo_value else None
-        if demo is not None and known(demo, device, dtype):
-            lighter.append(f"**Demo** runs in about {about_duration(estimate_seconds(demo, device, dtype).seconds)} "
+        if demo is not None and known(demo, device, self._precision(demo)):
+            demo_s = estimate_seconds(demo, device, self._precision(demo)).seconds
+            lighter.append(f"**Demo** runs in about {about_duration(demo_s)} "
                            "(rendered rooms only)")
         where = "this CPU" if device.type == "cpu" else f"this {device.type.upper()} device"
         depth = f", about {about_duration(extra)} of it to estimate the depth" if extra >= 1.5 else ""
@@ -410,7 +423,8 @@ class StudioBackend:
         elif "normals" in required and normals is None:  # the Predictor derives them from the depth
             notes.append("No normal map was given: the normals were derived from the depth map.")
         ckey = self._cache_key(key, {m: f if use[m] else None for m, f in zip(("image", "depth", "normals"), files)},
-                               max_depth, depth_scale, estimated=estimated if use["depth"] else None)
+                               max_depth, depth_scale, estimated=estimated if use["depth"] else None,
+                               precision=predictor.precision)
         state = self._cached_state(ckey)
         cached = state is not None
         if cached:  # for the log only: a user must not learn that someone else ran these files
