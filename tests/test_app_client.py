@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -503,7 +504,10 @@ def test_a_closed_client_leaves_no_state_in_gradio(tmp_path, monkeypatch):
     from devtools.app_process import free_port
     from panosamic.studio import serving
 
-    for name, value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}.items():
+    # GRADIO_TEMP_DIR too: use_root points it at this store's root, and the apps later tests start
+    # as subprocesses must not inherit that (they would put their own roots inside it)
+    for name, value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+                        "GRADIO_TEMP_DIR": os.environ.get("GRADIO_TEMP_DIR", "")}.items():
         monkeypatch.setenv(name, value)
     studio = app.Studio(app.parse_args(["--checkpoint", str(ROOT / "assets" / "demo"), "--device", "cpu",
                                         "--embedding-cache-mb", "0", "--no-preencode", "--no-eta-probe",
