@@ -54,8 +54,9 @@ def test_a_function_local_cycle_and_a_lazy_cli_import_are_found(tmp_path):
 
 
 def test_library_modules_stay_under_600_lines():
-    """One concept per module: a module that grows past 600 lines is split by concept. (The
-    studio's modules are still being reshaped by the single-writer work of issue 20.)"""
-    long = {name: n for name, path in imports.modules().items() if not name.startswith("panosamic.studio")
+    """One concept per module: a module that grows past 600 lines is split by concept (the
+    studio's included: backend.py's light events live in editing.py, the pre-encoder in
+    preencode.py, the argument checks in validation.py)."""
+    long = {name: n for name, path in imports.modules().items()
             for n in [len(path.read_text(encoding="utf-8").splitlines())] if n >= 600}
     assert long == {}

@@ -36,15 +36,17 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from .cache import EmbeddingCache, content_key
-from .checkpoints import HUB_REPO, MODALITY_NAMES, Checkpoints, ModelKey, ModelRegistry, weights_fingerprint
+from .checkpoints import HUB_REPO, Checkpoints, ModelKey, ModelRegistry, weights_fingerprint
 from .disk_cache import DiskEmbeddingCache
+from .editing import EditEvents
+from .preencode import DEFAULT_MAX_DEPTH, ExamplePreencoding
 from .messages import about_duration, given_maps
-from .prompts import lonlat_to_pixels, parse_prompt
 from ..metrics import majority_class
 from ..sam_weights import remove_stale_partials
 from .session import Session, working_size
 from .store import SessionStore, clean_stale_folders, release_free_memory, temp_parent
 from .uploads import find_examples, input_path, load_inputs
+from .validation import check_maps, positive_number, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +73,6 @@ LENT_GPU_ESTIMATE_S = 30
 
 #: Runs expected to take longer than this (seconds) on this device are announced before Run.
 LONG_RUN_S = 60.0
-
-#: The settings an example is pre-encoded with: the page's defaults (Max depth T 10 m, depth
-#: scale 0 = auto), so that clicking an example and pressing Run finds the same cache key.
-DEFAULT_MAX_DEPTH = 10.0
-#: Seconds the pre-encoder waits before it looks again while a user's heavy job runs or waits.
-PREENCODE_IDLE_S = 1.0
-
-
-class _Yield(Exception):
-    """The pre-encoder gives way: a user's heavy job is waiting, or the app stops. Raised
-    from its progress callback, which the encoder calls between ViT blocks (a ViT-H block is
-    about a second on a CPU), so a user waits that long at most, not a whole panorama."""
-
 
 def load_predictor(key: ModelKey):
     """The Predictor for a checkpoint: the network loaded once, on the device of `key`."""
@@ -115,7 +104,7 @@ def _resize_depth(depth: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return depth if depth.shape == tuple(size) else resize_erp(depth, size[0], size[1], nearest=True)
 
 
-class StudioBackend:
+class StudioBackend(ExamplePreencoding, EditEvents):
     """State shared by all users and the work behind the UI's events (see the module docstring).
 
     Args:
@@ -350,8 +339,8 @@ class StudioBackend:
                  depth_scale: Optional[float], max_depth: Optional[float], progress: Progress,
                  previous: Optional[Session], client: Optional[str], estimate_3d: bool = True) -> Tuple[Session, bool]:
         progress(0.0, desc="Checking the inputs")
-        max_depth = _positive(max_depth, "Max depth T", default=DEFAULT_MAX_DEPTH)
-        depth_scale = _positive(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
+        max_depth = positive_number(max_depth, "Max depth T", default=DEFAULT_MAX_DEPTH)
+        depth_scale = positive_number(depth_scale, "Depth scale", default=0.0, allow_zero=True) or None
         choice = self._concrete(choice, given_maps(input_path(pano), input_path(depth_file), input_path(normals_file)))
         key = self.checkpoints.key(choice, self.device, self.dtype)  # refuses what is not allowed first
         notes: List[str] = []
@@ -361,7 +350,7 @@ class StudioBackend:
                                                   progress=lambda f, desc: progress(0.03 * f, desc=desc))
         timings: Dict[str, float] = {"read": time.perf_counter() - t0}
         can_estimate = self.depth_estimator != "none"
-        _check_maps(self.checkpoints.modalities(choice), depth is not None or can_estimate, normals is not None)
+        check_maps(self.checkpoints.modalities(choice), depth is not None or can_estimate, normals is not None)
 
         def estimate() -> Tuple[np.ndarray, str]:
             return self._estimated_depth(pano, image, progress, timings)
@@ -409,7 +398,7 @@ class StudioBackend:
         required = tuple(predictor.required_modalities)
         self.checkpoints.learn(choice, required)
         image, depth, normals = arrays
-        _check_maps(required, depth is not None or estimate is not None, normals is not None)
+        check_maps(required, depth is not None or estimate is not None, normals is not None)
         estimated = None
         if depth is None and estimate is not None and ("depth" in required or for_3d):
             depth, estimated = estimate()
@@ -477,91 +466,6 @@ class StudioBackend:
             name = f"{name} (a toy for rendered rooms)"
         return depth, name
 
-    def preencode_examples(self, stop: Optional[threading.Event] = None,
-                           idle_s: float = PREENCODE_IDLE_S) -> int:
-        """Encodes the examples into the caches (memory and disk) for the checkpoint the picker
-        starts with, "auto" resolved per example as a Run would, with the page's default
-        settings: once done, clicking an example and pressing Run skips the encoder. For a
-        background thread at start-up at the lowest CPU priority (app.py). Returns how many
-        examples it encoded (those already on disk are only brought into memory).
-
-        A user's Run always goes first: an example starts only while no user's heavy event
-        (Run, SAM instances) is reading, waiting or computing, and an encoding in progress gives
-        way between two ViT blocks as soon as one arrives (then starts again later); it never
-        evicts a loaded model that an open session decodes with. `stop` (set at shutdown) ends
-        it the same way. Skipped: examples whose checkpoint is not on disk yet (this never
-        downloads), examples it cannot read (maps missing), and everything with a lent GPU (a
-        ZeroGPU call outside a user's request would spend a quota nobody asked to spend).
-        """
-        stop = stop if stop is not None else threading.Event()
-        if self.gpu_device is not None or not self.examples:
-            return 0
-        initial = self.checkpoints.initial()
-        jobs = []
-        for row in self.examples:
-            try:
-                choice = self._concrete(initial, given_maps(*row))
-                if self.checkpoints.needs_download(choice):
-                    log.info("pre-encoding: skipping %s (%s is not downloaded yet)", Path(row[0]).name, choice)
-                    continue
-                _check_maps(self.checkpoints.modalities(choice), row[1] is not None, row[2] is not None)
-                jobs.append((choice, row))
-            except InputError:
-                continue
-        # one checkpoint after the other (each loads once); the first example's last, so that
-        # the model the gallery's first example needs stays loaded (with --max-models 1)
-        first = jobs[0][0] if jobs else None
-        jobs.sort(key=lambda job: job[0] == first)
-        done = 0
-        t0 = time.perf_counter()
-        for choice, row in jobs:
-            while not stop.is_set():
-                try:
-                    outcome = self._preencode_one(choice, row, stop)
-                except Exception:  # noqa: BLE001  (a broken example: a user's Run reports it properly)
-                    log.exception("pre-encoding %s failed", Path(row[0]).name)
-                    outcome = False
-                if outcome is not None:
-                    done += int(outcome)
-                    break
-                stop.wait(idle_s)
-        if jobs and not stop.is_set():
-            log.info("pre-encoding: %d of %d example(s) encoded, the rest were cached (%.1f s)",
-                     done, len(jobs), time.perf_counter() - t0)
-        return done
-
-    def _preencode_one(self, choice: str, row: List[Optional[str]], stop: threading.Event) -> Optional[bool]:
-        """One example into the caches: True when encoded, False when it was cached already,
-        None when it gave way (a user's heavy event, `stop`, or a model swap that would evict
-        an open session's model): try again later."""
-        def give_way(*_args: Any, **_kwargs: Any) -> None:  # the progress callback: between ViT blocks
-            if self._users or stop.is_set():
-                raise _Yield()
-
-        if self._users or stop.is_set():
-            return None
-        key = self.checkpoints.key(choice, self.device, self.dtype)
-        if (not self.registry.loaded(key) and len(self.registry) >= self.registry.max_models
-                and self.store.model_keys()):
-            return None  # loading this one would evict the model an open session clicks with
-        notes: List[str] = []
-        with self._decoding:  # small files, read while no user waits (checked just above)
-            image, depth, normals, _name = load_inputs(*row, None, notes=notes)
-        if not self._computing.acquire(blocking=False):
-            return None
-        try:
-            give_way()
-            timings: Dict[str, float] = {}
-            *_, cached = self._embeddings(choice, key, tuple(row), (image, depth, normals), DEFAULT_MAX_DEPTH,
-                                          None, give_way, timings, notes)
-        except _Yield:
-            return None
-        finally:
-            self._computing.release()
-        if not cached:
-            log.info("pre-encoded %s with %s (%.1f s)", Path(row[0]).name, choice, timings.get("encode", 0.0))
-        return not cached
-
     @contextlib.contextmanager
     def _compute(self, progress: Progress) -> Iterator[None]:
         """Holds the heavy-computation lock (a checkpoint's load, the encoder, SAM's instance
@@ -613,7 +517,7 @@ class StudioBackend:
         """SAM's automatic instances on the cached embeddings; each takes its majority class
         (undoable). Returns (instances, pixels that changed class); s.timings["instances"]
         is the time in seconds."""
-        pps = _int_in_range(points_per_side, "points per side", 2, 64, default=16)
+        pps = whole_number(points_per_side, "points per side", 2, 64, default=16)
         with self._user_job(), self.store.use(s):
             progress(0.1, desc="SAM instances on the cached embeddings")
             t0 = time.perf_counter()
@@ -652,115 +556,6 @@ class StudioBackend:
             s.timings["export"] = time.perf_counter() - t0
             return [str(s.export_dir / Path(f).name) for f in files.values()]
 
-    # ----------------------------------------------------------------- light events
-    def predict(self, s: Session) -> None:
-        """Runs SAM's decoder on the session's prompts (cached embeddings only), masks at the
-        working size."""
-        if not s.has_prompts:
-            s._drop_candidates()
-            return
-        predictor = self.registry.get(s.model_key)
-        t0 = time.perf_counter()
-        masks, scores, _ = predictor.predict(**s.prompt_kwargs(), multimask_output=True,
-                                             output_size=s.shape, state=s.state)
-        s.timings["last_prompt"] = time.perf_counter() - t0
-        s.set_candidates(masks, scores)
-
-    def _predict_or_undo(self, s: Session) -> None:
-        # a prompt the decoder cannot take must not stay behind in the session
-        try:
-            self.predict(s)
-        except Exception:
-            s.undo()
-            raise
-
-    def click(self, s: Session, x_display: float, y_display: float, kind: str = "positive",
-              add: bool = False) -> None:
-        """A click on the ERP view at display (= working) pixels: a positive point, a negative
-        point or a box corner (kind "box"; the decoder runs once the second corner completes
-        it). As in SAM's demo, a positive point or a box starts a new selection, and with `add`
-        (Shift held) joins the current one; a negative point takes a part away from the
-        current selection (see `_add_click`)."""
-        with self.store.use(s):
-            h, w = s.input_size
-            x = min(max((float(x_display) + 0.5) / s.scale, 0.0), w - 1.0)
-            y = min(max((float(y_display) + 0.5) / s.scale, 0.0), h - 1.0)
-            self._add_click(s, x, y, kind, add)
-
-    def click_lonlat(self, s: Session, lon: Any, lat: Any, kind: str = "positive", add: bool = False) -> None:
-        """A click in the 360° viewer: the direction (lon, lat) in degrees, `panosamic.geometry`'s
-        conventions, becomes the input pixel of that direction; then exactly as `click`
-        (a box by two corners, the second left of the first wraps across the seam)."""
-        with self.store.use(s):
-            x, y = lonlat_to_pixels(_finite(lon, "longitude"), _finite(lat, "latitude"), s.input_size)
-            self._add_click(s, x, y, kind, add)
-
-    def _add_click(self, s: Session, x: float, y: float, kind: str, add: bool = False) -> None:
-        """What a click does in either view, (x, y) in input pixels (the session is in use).
-        Positive: a new selection of this point, or with `add` one more point of the current
-        one. Negative: one more point of the current selection, to take a part away (alone it
-        would select the rest of the panorama, so without a selection it is refused). Box: the
-        first corner starts a new selection (with `add` the points stay), the second completes
-        the box. Each click is one undo step."""
-        if kind == "box":
-            if not s.add_box_corner(x, y, new=not add):
-                return
-        elif kind == "positive":
-            s.add_point(x, y, positive=True, new=not add)
-        elif kind == "negative":
-            if not s.has_prompts:
-                raise InputError("A negative point takes a part away from a selection: first click on what you "
-                                 "want (Positive point or Box), then add negative points where the mask spills over.")
-            s.add_point(x, y, positive=False)
-        else:
-            raise InputError(f"A click adds a positive point, a negative point or a box corner, not {kind!r}.")
-        self._predict_or_undo(s)
-
-    def prompt(self, s: Session, prompt_json: Any) -> None:
-        """Prompts SAM's decoder with explicit coordinates: JSON text or a dict with points,
-        labels, box and append (keep the current points and box); see `prompts.parse_prompt`."""
-        with self.store.use(s):
-            points, labels, box = parse_prompt(prompt_json, s)
-            s.set_prompts(points, labels, box)
-            self._predict_or_undo(s)
-
-    def select(self, s: Session, index: Any) -> None:
-        """Selects candidate mask 0, 1 or 2 of the last prompt."""
-        with self.store.use(s):
-            if index is not None and s.candidates is not None:
-                s.select(_int_in_range(index, "candidate", 0, len(s.candidates) - 1))
-
-    def assign(self, s: Session, class_name: Any, candidate: Any = None) -> int:
-        """Writes a class (name or index; default: the majority under the mask) into the map
-        under the selected candidate (or candidate 0-2); returns the changed pixel count."""
-        with self.store.use(s):
-            if s.candidates is None:
-                raise InputError("Nothing to assign: click on the panorama (or send a prompt) to get a mask first.")
-            if candidate is not None and candidate != "":
-                s.select(_int_in_range(candidate, "candidate", 0, len(s.candidates) - 1))
-            if class_name is None or class_name == "":
-                mc = s.majority_class()
-                if mc is None:
-                    raise InputError("Choose a class to assign.")
-                class_name = mc
-            elif not isinstance(class_name, (str, int)) or isinstance(class_name, bool):
-                raise InputError("The class must be a class name or index.")
-            return s.assign(class_name)
-
-    def undo(self, s: Session) -> Optional[str]:
-        """Reverts the last prompt change or edit and re-runs the decoder on the prompts left;
-        returns "prompts", "labels" or None (nothing to undo)."""
-        with self.store.use(s):
-            what = s.undo()
-            if what is not None:
-                self.predict(s)
-            return what
-
-    def clear(self, s: Session) -> bool:
-        """Removes all prompts and candidate masks (undoable)."""
-        with self.store.use(s):
-            return s.clear_prompts()
-
 
 def _pack_masks(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The instances' boolean masks bit-packed (np.packbits), to cross between processes."""
@@ -774,54 +569,6 @@ def _unpack_masks(instances: List[Dict[str, Any]], shape: Tuple[int, int]) -> Li
     for inst in instances:
         inst["segmentation"] = np.unpackbits(inst["segmentation"], count=shape[0] * shape[1]).astype(bool).reshape(shape)
     return instances
-
-
-def _check_maps(modalities: Optional[Tuple[str, ...]], has_depth: bool, has_normals: bool) -> None:
-    """InputError when the checkpoint reads a map that was not given (normals follow from depth)."""
-    if modalities is None:
-        return
-    missing = [MODALITY_NAMES[m] for m in modalities
-               if m == "depth" and not has_depth or m == "normals" and not (has_normals or has_depth)]
-    if missing:
-        raise InputError(f"This checkpoint needs the {' and '.join(missing)} map too: upload it, "
-                         "or pick Automatic, which takes the checkpoint for the maps you have.")
-
-
-def _positive(value: Any, what: str, default: float, allow_zero: bool = False) -> float:
-    """A finite number in (0, 1000] (or 0 with allow_zero, e.g. "auto"), else InputError."""
-    if value is None or value == "":
-        return default
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number.") from None
-    if not (np.isfinite(v) and (0 < v or allow_zero and v == 0) and v <= 1000):
-        raise InputError(f"{what} must be a positive number up to 1000, got {str(value)[:20]}.")
-    return v
-
-
-def _finite(value: Any, what: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"The {what} must be a number (degrees).") from None
-    if not np.isfinite(v):
-        raise InputError(f"The {what} must be a finite number (degrees).")
-    return v
-
-
-def _int_in_range(value: Any, what: str, lo: int, hi: int, default: Optional[int] = None) -> int:
-    if (value is None or value == "") and default is not None:
-        return default
-    if isinstance(value, bool):
-        raise InputError(f"The {what} must be a whole number from {lo} to {hi}.")
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"The {what} must be a whole number from {lo} to {hi}.") from None
-    if not (np.isfinite(f) and f == int(f) and lo <= f <= hi):
-        raise InputError(f"The {what} must be a whole number from {lo} to {hi}, got {value!r}.")
-    return int(f)
 
 
 __all__ = ["StudioBackend", "load_predictor", "Progress", "GpuLender"]
