@@ -68,7 +68,10 @@ def fill(folder: Path) -> Path:
 
 
 def files_under(folder: Path) -> List[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    """The files under `folder`, relative. os.walk, not rglob: the app deletes a closed client's
+    folder while this looks, and rglob raises for a folder that went between listing and entering."""
+    return sorted(str((Path(top) / name).relative_to(folder)) for top, _dirs, names in os.walk(folder)
+                  for name in names)
 
 
 class Api:
