@@ -64,3 +64,17 @@ def running_app(args: List[str], log_path: Path, env: Optional[Dict[str, str]] =
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def wait_for_releases(log: Path, count: int, timeout: float, poll_s: float = 0.5) -> int:
+    """Waits (bounded) until the app's log says `count` sessions were released (closed tabs,
+    idle timeout); returns how many it said, and notes on stderr when fewer came in time."""
+    t0 = time.monotonic()
+    seen = 0
+    while time.monotonic() - t0 < timeout:
+        seen = Path(log).read_text(errors="replace").count(" released: ")
+        if seen >= count:
+            return seen
+        time.sleep(poll_s)
+    print(f"only {seen} of {count} sessions were released within {timeout:.0f} s", file=sys.stderr, flush=True)
+    return seen

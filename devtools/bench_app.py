@@ -44,7 +44,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .app_process import ROOT, running_app
+from .app_process import ROOT, running_app, wait_for_releases
 
 MODEL_STAGES = ("load", "preprocess", "encode", "fuse", "decode")
 
@@ -364,7 +364,8 @@ def main(argv=None) -> int:
             # each size (and then the load part) starts from a settled process: this size's
             # sessions (each Run replaces the one before, plus the extra ones) released
             expected += args.runs + args.sessions
-            _wait_for_releases(app["log"], expected, args.idle_s * 4 + 30)
+            wait_for_releases(app["log"], expected, args.idle_s * 4 + 30)
+            time.sleep(1.0)  # memory is trimmed right after the sweep
         rss_before = _proc_status(pid)["VmRSS"]
         if args.clients:
             _note(f"{args.clients} concurrent users ...")
@@ -374,7 +375,8 @@ def main(argv=None) -> int:
             result["concurrent"]["disk_peak_mb"] = disk.peak
             result["concurrent"]["rss_before_mb"] = round(rss_before, 1)
             result["concurrent"]["rss_peak_mb"] = round(_proc_status(pid)["VmHWM"], 1)
-        _wait_for_releases(app["log"], expected + args.clients, args.idle_s * 4 + 30)
+        wait_for_releases(app["log"], expected + args.clients, args.idle_s * 4 + 30)
+        time.sleep(1.0)  # memory is trimmed right after the sweep
         left = _files_under(_export_root(pid))
         rss_after = _proc_status(pid)["VmRSS"]
         result["after_users_leave"] = {"rss_before_users_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
@@ -389,22 +391,6 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(text)
     return 0
-
-
-def _wait_for_releases(log: Path, count: int, timeout: float) -> int:
-    """Waits (bounded) until the app's log says `count` sessions were released (closed tabs,
-    idle timeout); returns how many it said."""
-    t0 = time.perf_counter()
-    seen = 0
-    while time.perf_counter() - t0 < timeout:
-        seen = Path(log).read_text(errors="replace").count(" released: ")
-        if seen >= count:
-            break
-        time.sleep(1.0)
-    else:
-        _note(f"only {seen} of {count} sessions were released within {timeout:.0f} s")
-    time.sleep(1.0)  # memory is trimmed right after the sweep
-    return seen
 
 
 if __name__ == "__main__":

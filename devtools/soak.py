@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from devtools.app_process import running_app  # noqa: E402
+from devtools.app_process import running_app, wait_for_releases  # noqa: E402
 from devtools.bench_app import _proc_status  # noqa: E402
 
 EXAMPLES = ("office", "conference", "lounge", "corridor", "storage", "seam")
@@ -165,21 +165,6 @@ class Sampler:
         self._thread.join(timeout=5)
 
 
-def wait_released(log: Path, count: int, timeout: float) -> int:
-    """Waits (bounded) until the app's log says `count` sessions were released; then until its
-    temporary files stop changing (a released client's files go right after). Returns the count seen."""
-    t0 = time.monotonic()
-    seen = 0
-    while time.monotonic() - t0 < timeout:
-        seen = Path(log).read_text(errors="replace").count(" released: ")
-        if seen >= count:
-            break
-        time.sleep(0.5)
-    else:
-        _note(f"only {seen} of {count} sessions were released within {timeout:.0f} s")
-    return seen
-
-
 def settle(sampler: Sampler, quiet_s: float = 6.0, timeout: float = 60.0) -> None:
     """Waits until the temporary folder's file count has not changed for `quiet_s` seconds."""
     t0 = time.monotonic()
@@ -248,7 +233,7 @@ def main(argv=None) -> int:
         _note(f"app up (pid {pid}); first loop of {args.clients} clients")
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(lambda i: visit(url, i), range(args.clients)))
-        wait_released(app["log"], args.clients, 120)
+        wait_for_releases(app["log"], args.clients, 120)
         settle(sampler)
         first = sampler.sample("after_first_loop")
         _note(f"after the first loop: {first}")
@@ -261,7 +246,7 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(client, range(args.clients)))
         total_loops = sum(loops)
-        wait_released(app["log"], total_loops, 180)
+        wait_for_releases(app["log"], total_loops, 180)
         settle(sampler)
         end = sampler.sample("end")
         _note(f"end: {end}")
