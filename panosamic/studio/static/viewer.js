@@ -98,20 +98,19 @@ gl.enableVertexAttribArray(cornerLoc);
 gl.vertexAttribPointer(cornerLoc, 2, gl.FLOAT, false, 0, 0);
 const u = {};
 for (const name of ["erp", "hoverMask", "hoverOn", "forward", "right", "up", "halfSize"]) u[name] = gl.getUniformLocation(program, name);
-const texture = gl.createTexture();
-gl.bindTexture(gl.TEXTURE_2D, texture);
 // no mipmaps (any size works in WebGL 1, and no blur line where fract() jumps at the seam)
-for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR],
-                      [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]]) {
-  gl.texParameteri(gl.TEXTURE_2D, k, v);
+function linearTexture() {
+  const t = gl.createTexture();
+  gl.bindTexture(gl.TEXTURE_2D, t);
+  for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR],
+                        [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]]) {
+    gl.texParameteri(gl.TEXTURE_2D, k, v);
+  }
+  return t;
 }
+const texture = linearTexture();
 let hasTexture = false;
-const maskTexture = gl.createTexture();
-gl.bindTexture(gl.TEXTURE_2D, maskTexture);
-for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR],
-                      [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]]) {
-  gl.texParameteri(gl.TEXTURE_2D, k, v);
-}
+const maskTexture = linearTexture();
 let hasMask = false;
 let previews = 0;
 root.dataset.previews = "0";
