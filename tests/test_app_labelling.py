@@ -62,6 +62,12 @@ def _mode(page) -> str:
                          ".find(x => x.checked); return r ? r.closest('label').innerText.trim() : ''; }")
 
 
+def _wait_mode(page, name: str) -> None:
+    """Waits until the checked click mode's label contains `name` (e.g. "Negative")."""
+    page.wait_for_function("name => document.querySelector('#click-mode input[type=radio]:checked')?.closest('label')"
+                           ".innerText.includes(name)", arg=name)
+
+
 def _click_map(page, fx: float, fy: float) -> None:
     view = page.locator("#pano-view img")
     box = view.bounding_box()
@@ -117,17 +123,13 @@ def test_the_page_works_like_a_labelling_tool(browser, offline_app, tmp_path):  
         _wait_status(page, f"mask #{key} selected")
         page.wait_for_function(f"() => document.querySelector('.cand-card.selected')?.dataset.index === '{int(key) - 1}'")
     page.keyboard.press("n")
-    page.wait_for_function("() => document.querySelector('#click-mode input[type=radio]:checked')?.closest('label')"
-                           ".innerText.includes('Negative')")
+    _wait_mode(page, "Negative")
     page.keyboard.press("n")
-    page.wait_for_function("() => document.querySelector('#click-mode input[type=radio]:checked')?.closest('label')"
-                           ".innerText.includes('Positive')")
+    _wait_mode(page, "Positive")
     page.keyboard.press("b")
-    page.wait_for_function("() => document.querySelector('#click-mode input[type=radio]:checked')?.closest('label')"
-                           ".innerText.includes('Box')")
+    _wait_mode(page, "Box")
     page.keyboard.press("B")
-    page.wait_for_function("() => document.querySelector('#click-mode input[type=radio]:checked')?.closest('label')"
-                           ".innerText.includes('Positive')")
+    _wait_mode(page, "Positive")
     src = _picture_src(page)
     page.keyboard.press("Enter")                  # assign the majority class
     _wait_status(page, "1 edit(s)")
