@@ -385,11 +385,9 @@ class Studio:
     def cloud(self, s: Session) -> Dict[Any, Any]:
         """The point cloud when the labels changed since it was last sent, else {} (the session
         is in use)."""
-        key = (s.labels_version,)
-        if s.rendered_3d == key:
+        changed, cloud = render.point_cloud_update(s)
+        if not changed:
             return {}
-        s.rendered_3d = key
-        cloud = render.point_cloud_view(s)
         return {self.ui.plot: None if cloud is None else PlotData(type="plotly", plot=cloud)}
 
     def with_cloud(self, fn: Callable) -> Callable:
@@ -521,7 +519,7 @@ class Studio:
             out = self.bundle(s, opacity, clear_downloads=True)
             timings = {**s.timings, "render": time.perf_counter() - t1}
             total = time.perf_counter() - t_start
-            s.timings["total"] = total
+            s.record_time("total", total)
             out[self.ui.run_status] = messages.run_message(s, total, timings)
             return out
 

@@ -1,11 +1,12 @@
 """The layering of `panosamic/`: no import cycle (function-local imports included) and no
-import of the command line, the app or development tools by the library (`devtools.imports`)."""
+import of the command line, the app or development tools by the library (`devtools.imports`);
+one writer per piece of the studio's state (`devtools.owners`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from devtools import imports
+from devtools import imports, owners
 
 
 def test_the_package_has_no_cycle_and_never_imports_its_command_line():
@@ -60,3 +61,43 @@ def test_library_modules_stay_under_600_lines():
     long = {name: n for name, path in imports.modules().items()
             for n in [len(path.read_text(encoding="utf-8").splitlines())] if n >= 600}
     assert long == {}
+
+
+def test_each_piece_of_session_state_has_one_writer():
+    """The session writes its labels, edits, prompts, candidates and undo; render.py its render
+    cache; store.py its lifecycle (`devtools.owners`)."""
+    assert owners.problems() == []
+
+
+def test_a_write_outside_the_owner_is_found(tmp_path):
+    """The checker finds what the studio used to do: the renderer and the app writing cache
+    fields on the session, the backend calling its private method and writing its timings, a
+    module other than the store writing the lifecycle; writes on `self` and reads are left alone."""
+    _package(tmp_path, {"__init__.py": "", "studio/__init__.py": ""})
+    studio = tmp_path / "pkg" / "studio"
+    (studio / "session.py").write_text(
+        "class Session:\n    def __init__(self):\n        self.labels = None\n        self.timings = {}\n"
+        "        self.refined = []\n"
+        "    def _drop_candidates(self):\n        self._candidates = None\n")
+    (studio / "render.py").write_text(
+        "class RenderCache:\n    def __init__(self):\n        self._base = None\n"
+        "def view(s):\n    s.view_base = 1\n    return s.render_cache._base\n")
+    (studio / "lifecycle.py").write_text("class Lifecycle:\n    closed: str = None\n")
+    (studio / "store.py").write_text("def close(s):\n    s.lifecycle.closed = 'closed'\n")
+    (studio / "editing.py").write_text(
+        "class Events:\n    def __init__(self):\n        self.labels = 'mine'\n"
+        "    def predict(self, s):\n        s._drop_candidates()\n        s.timings['last'] = 1\n"
+        "        s.refined.append(2)\n        print(s.labels, s.lifecycle.closed)\n        s.lifecycle.closed = 'x'\n")
+    (tmp_path / "app.py").write_text("def cloud(s):\n    s.rendered_3d = (s.labels_version,)\n")
+    spec = (owners.Owner("pkg.studio.session", "Session", "pkg.studio.session"),
+            owners.Owner("pkg.studio.render", "RenderCache", "pkg.studio.render", former=("view_base", "rendered_3d")),
+            owners.Owner("pkg.studio.lifecycle", "Lifecycle", "pkg.studio.store"))
+    found = owners.problems(tmp_path, spec, package="pkg")
+    assert found == [
+        "app:2: .rendered_3d assigned: it moved into RenderCache, which pkg.studio.render alone writes",
+        "pkg.studio.editing:5: private member Session._drop_candidates used outside pkg.studio.session",
+        "pkg.studio.editing:6: Session.timings item assigned outside pkg.studio.session, its one writer",
+        "pkg.studio.editing:7: Session.refined .append() outside pkg.studio.session, its one writer",
+        "pkg.studio.editing:9: Lifecycle.closed assigned outside pkg.studio.store, its one writer",
+        "pkg.studio.render:5: .view_base assigned: it moved into RenderCache, which pkg.studio.render alone writes",
+    ], found

@@ -3,14 +3,17 @@ the app's gradio_client users).
 
     checkpoints.py  the picker's choices (and what a client may ask for), models loaded lazily
     backend.py      StudioBackend: the work behind each event, shared state
-    session.py      one user's panorama at the working size: prompts, candidates, edits, undo
+    session.py      one user's panorama at the working size: labels, edits, undo, prompts, candidates
+    selection.py    its prompts and candidates, frozen values the session replaces whole
+    edits.py        its refined masks and undo stack
     store.py        sessions' lifetime: idle timeout, memory and disk budgets, a user's files
+    lifecycle.py    a session's lock, last use, why it closed, export folder (the store writes them)
     files.py        the app's temporary files: whose they are, how long they stay, a full disk
     serving.py      Gradio's side of them: its cache in the app's folder, the upload route, events
     cache.py        embeddings (PanoramaState) shared between users by content hash
     prompts.py      the /prompt JSON, checked strictly
     uploads.py      reading uploads; the example list
-    render.py       pictures: the ERP view, legend, 3D figures
+    render.py       pictures: the ERP view, legend, 3D figures; RenderCache, what is kept of them
     downloads.py    the files, written at the input size on request
     messages.py     user-facing texts: errors with a fix, status lines
     shutdown.py     every handler's job, and a graceful stop on SIGTERM

@@ -370,7 +370,7 @@ class StudioBackend(ExamplePreencoding, EditEvents):
                     checkpoint_label=self.checkpoints.label(choice), estimated=estimated,
                     toy=choice in self.checkpoints.demos,
                     state=state, model_key=key, max_depth=max_depth, name=name, timings=timings, notes=notes)
-        s.timings["working_maps"] = time.perf_counter() - t0
+        s.record_time("working_maps", time.perf_counter() - t0)
         del image, depth, normals  # the input-size arrays go now
         self.store.add(s, replaces=previous, client=client)
         release_free_memory()  # the input-size arrays are gone: hand their pages back (8K: ~1 GB)
@@ -534,7 +534,7 @@ class StudioBackend(ExamplePreencoding, EditEvents):
                 if mc is not None:
                     masks.append((inst["segmentation"], mc, inst.get("predicted_iou")))
             changed = s.apply_labels(labels, masks=masks, source="instances")
-            s.timings["instances"] = time.perf_counter() - t0
+            s.record_time("instances", time.perf_counter() - t0)
             return len(instances), changed
 
     def export(self, s: Session, progress: Progress = _no_progress) -> List[str]:
@@ -553,7 +553,7 @@ class StudioBackend(ExamplePreencoding, EditEvents):
                 files = write_downloads(s, folder, model_labels, progress=progress)
             del model_labels
             release_free_memory()
-            s.timings["export"] = time.perf_counter() - t0
+            s.record_time("export", time.perf_counter() - t0)
             return [str(s.export_dir / Path(f).name) for f in files.values()]
 
 

@@ -24,13 +24,13 @@ class EditEvents:
         """Runs SAM's decoder on the session's prompts (cached embeddings only), masks at the
         working size."""
         if not s.has_prompts:
-            s._drop_candidates()
+            s.drop_candidates()
             return
         predictor = self.registry.get(s.model_key)
         t0 = time.perf_counter()
         masks, scores, _ = predictor.predict(**s.prompt_kwargs(), multimask_output=True,
                                              output_size=s.shape, state=s.state)
-        s.timings["last_prompt"] = time.perf_counter() - t0
+        s.record_time("last_prompt", time.perf_counter() - t0)
         s.set_candidates(masks, scores)
 
     def _predict_or_undo(self, s: Session) -> None:

@@ -1,7 +1,10 @@
 """Pictures of a session for the UI: the ERP view (labels over the photo, the candidate mask,
 the prompts), the legend, the 360° viewer's payload and the point cloud.
 
-All work at the session's working size, whatever the input size.
+All work at the session's working size, whatever the input size. What is kept of a session's
+pictures between its events is a `RenderCache` (the session holds one): this module is its only
+writer, and each entry carries the key it was made for (the session's `labels_version`, which
+every change of the labels or of a colour bumps), so nobody else has to clear it.
 """
 
 from __future__ import annotations
@@ -235,12 +238,9 @@ def view_image(s, opacity: float) -> np.ndarray:
     """The ERP view of a `Session` at its working size: labels over the photo, the selected
     mask and the prompts (drawn from input pixels); uint8 (h, w, 3).
 
-    The labels over the photo are blended once per (labels, opacity) and kept in
-    `s.view_base`: a click only adds its mask and prompts."""
-    key = (s.labels_version, round(float(opacity), 3))
-    if s.view_base is None or s.view_base[0] != key:
-        s.view_base = (key, overlay(s.image, s.labels, s.palette, opacity))
-    img = s.view_base[1]
+    The labels over the photo are blended once per (labels, opacity) and kept in the session's
+    `render_cache`: a click only adds its mask and prompts."""
+    img = s.render_cache.view_base(s, opacity)
     img = highlight_mask(img, s.selected_mask) if s.selected_mask is not None else img.copy()
     return draw_prompts(img, s.scale, s.points, s.point_labels, s.box, s.pending_corner, copy=False)
 
@@ -294,11 +294,62 @@ def point_cloud_view(s) -> Optional[str]:
     only regroups them by class."""
     if s.depth is None:
         return None
-    if s.cloud is None:
-        s.cloud = _sample_points(s.depth, CLOUD_POINTS)
-    points, flat_index = s.cloud
+    points, flat_index = s.render_cache.cloud_points(s.depth)
     return plotly_json(point_cloud_figure(points, s.labels.ravel()[flat_index], s.palette, s.classes))
 
 
+def point_cloud_update(s) -> Tuple[bool, Optional[str]]:
+    """What the 3D view needs after an event on a `Session`: (False, None) when it already shows
+    the current labels, else (True, `point_cloud_view(s)`), which then counts as shown."""
+    if not s.render_cache.show_3d(s.labels_version):
+        return False, None
+    return True, point_cloud_view(s)
+
+
+class RenderCache:
+    """The pictures of one session kept between its events. Only this module's code writes it;
+    `Session.nbytes` counts it (`nbytes`) and `Session.release` empties it (`clear`)."""
+
+    def __init__(self) -> None:
+        #: ((labels_version, opacity), (h, w, 3) uint8 photo blended with the labels)
+        self._view_base: Optional[Tuple[tuple, np.ndarray]] = None
+        #: the 3D view's sampled depth: (points (N, 3) metres, (N,) flat indices into the labels)
+        self._cloud: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        #: the labels_version whose point cloud the 3D view shows now
+        self._shown_3d: Optional[int] = None
+
+    def view_base(self, s, opacity: float) -> np.ndarray:
+        """The session's labels over its photo at `opacity` (`overlay`), made again only when the
+        labels or the opacity changed. Do not draw on it: callers get it shared."""
+        key = (s.labels_version, round(float(opacity), 3))
+        if self._view_base is None or self._view_base[0] != key:
+            self._view_base = (key, overlay(s.image, s.labels, s.palette, opacity))
+        return self._view_base[1]
+
+    def cloud_points(self, depth: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """`CLOUD_POINTS` points sampled from `depth` (h, w) metres, once per session."""
+        if self._cloud is None:
+            self._cloud = _sample_points(depth, CLOUD_POINTS)
+        return self._cloud
+
+    def show_3d(self, labels_version: int) -> bool:
+        """Whether the 3D view needs the cloud of `labels_version` (it shows another one); it
+        counts as shown from now on."""
+        if self._shown_3d == labels_version:
+            return False
+        self._shown_3d = labels_version
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self._view_base[1] if self._view_base else None, *(self._cloud or ())]
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    def clear(self) -> None:
+        """Forgets every picture (the session is released)."""
+        self._view_base = self._cloud = self._shown_3d = None
+
+
 __all__ = ["legend_html", "resize_for_display", "overlay", "draw_prompts", "highlight_mask", "point_cloud_figure",
-           "plotly_json", "view_image", "view_jpeg", "point_cloud_view", "viewer_payload"]
+           "plotly_json", "view_image", "view_jpeg", "point_cloud_view", "point_cloud_update", "viewer_payload",
+           "RenderCache", "CLOUD_POINTS"]

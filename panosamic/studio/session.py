@@ -7,8 +7,10 @@ wide, the input size when smaller), with uint8 class indices:
 * the photo and the depth shown (`image`, `depth`), the label map (`labels`) and which of
   its pixels the user edited (`edited`),
 * prompts for SAM's decoder, kept in **input pixels** (positive/negative points, one box,
-  a half-drawn box) so that they mean the same at any size,
-* the candidate masks of the last prompt (working size) and which one is selected,
+  a half-drawn box) so that they mean the same at any size: a frozen `Prompts` value that the
+  session replaces as a whole (selection.py),
+* the candidate masks of the last prompt (working size) and which one is selected: a
+  `Candidates` value, replaced as a whole too,
 * edits: `assign` writes a mask into the label map with a class, `apply_labels` replaces
   the map (e.g. after refining with SAM instances),
 * one undo stack across prompts and edits that stores what an edit changed (its bounding
@@ -17,28 +19,34 @@ wide, the input size when smaller), with uint8 class indices:
 The downloads are made at the input size by `panosamic.studio.downloads`, from the model's
 labels at that size and the edits upsampled from the working map.
 
+One writer per piece of state: this module writes the labels, edits, prompts, candidates and
+undo; render.py writes the session's `render_cache` (the pictures kept between events) and
+store.py its `lifecycle` (lock, last use, why it closed, export folder). The session holds both
+and shows their fields read-only; tests/test_imports.py checks that no other module assigns
+them.
+
 A box is XYXY; x1 > x2 means it wraps across the left/right seam of the panorama.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError
-from ..exports import class_stats, decode_rle, encode_rle
+from ..exports import class_stats
 from ..metrics import majority_class
 from .candidates import preselect
 from .classes import ClassTable
+from .edits import RefinedMask, UndoStack, UndoStep
+from .lifecycle import Lifecycle
+from .render import RenderCache
+from .selection import Candidates, Prompts
 
 WORK_MAX_WIDTH = 2048   # interaction runs at most this wide (pixels); 1024 rows for a 2:1 panorama
-MAX_UNDO = 64           # undo steps kept per session
-MAX_UNDO_BYTES = 32 << 20  # and at most this many bytes of them (the oldest go first)
 
 
 def working_size(height: int, width: int, max_width: int = WORK_MAX_WIDTH) -> Tuple[int, int]:
@@ -47,53 +55,6 @@ def working_size(height: int, width: int, max_width: int = WORK_MAX_WIDTH) -> Tu
     if width <= max_width:
         return int(height), int(width)
     return max(1, int(round(height * max_width / width))), int(max_width)
-
-
-@dataclass
-class RefinedMask:
-    """A mask the user wrote into the map, as COCO RLE at the working size (a few KB)."""
-
-    rle: Dict[str, Any]
-    class_index: int
-    score: Optional[float]
-    source: str  # "prompt" or "instances"
-
-    @classmethod
-    def from_mask(cls, mask: np.ndarray, class_index: int, score: Optional[float], source: str) -> "RefinedMask":
-        return cls(encode_rle(mask), int(class_index), None if score is None else float(score), source)
-
-    @property
-    def mask(self) -> np.ndarray:
-        return decode_rle(self.rle)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.rle["counts"]) + 64
-
-
-@dataclass
-class UndoStep:
-    """What one prompt change or edit replaced: the prompts before it and, for a label edit,
-    the previous labels and edited flags inside the bounding box of the change."""
-
-    kind: str                                            # "prompts" or "labels"
-    prompts: tuple
-    region: Optional[Tuple[int, int, int, int]] = None  # r0, r1, c0, c1 (None: no pixel changed)
-    labels: Optional[np.ndarray] = None                  # uint8 crop
-    edited: Optional[np.ndarray] = None                  # packed bits of the bool crop
-    refined_count: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        return 256 + sum(a.nbytes for a in (self.labels, self.edited) if a is not None)
-
-
-def _bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
-    rows = np.flatnonzero(mask.any(1))
-    if not rows.size:
-        return None
-    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 class Session:
@@ -147,33 +108,49 @@ class Session:
         self.model_key = model_key
         self.max_depth = max_depth
         self.name = name
+        #: seconds per stage of the Run and of the latest events ("load", "encode", ...,
+        #: "last_prompt", "instances", "export"); written through `record_time`
         self.timings = dict(timings or {})
-        # prompts (input pixels)
-        self.points: List[Tuple[float, float]] = []
-        self.point_labels: List[int] = []
-        self.box: Optional[List[float]] = None
-        self.pending_corner: Optional[Tuple[float, float]] = None
-        # candidates of the last prediction (working size)
-        self.candidates: Optional[np.ndarray] = None
-        self.scores: Optional[np.ndarray] = None
-        self.selected: int = 0
+        self._prompts = Prompts()                      # input pixels
+        self._candidates: Optional[Candidates] = None  # of the last prediction (working size)
         # edits
         self.refined: List[RefinedMask] = []
-        self._undo: List[UndoStep] = []
-        self.labels_version = 0          # bumped whenever `labels` changes (what the 3D view shows)
-        # lifetime, owned by the backend's SessionStore
-        self.lock = threading.RLock()    # one event at a time per session
-        self.last_used = time.monotonic()
-        self.closed: Optional[str] = None  # why the session was released, once it is
-        self.export_dir: Optional[Path] = None
-        self.rendered_3d: Optional[tuple] = None  # what the 3D view shows now (labels_version, mode, opacity)
-        self.view_base: Optional[tuple] = None    # ((labels_version, opacity), photo blended with labels)
-        self.cloud: Optional[tuple] = None        # the 3D view's sampled depth: (points (N, 3) m, flat indices)
-        self._majority: Optional[tuple] = None    # (candidates, selected, labels_version, majority class)
+        self._undo = UndoStack()
+        #: bumped whenever `labels` (or a colour of the palette) changes: the key that tells
+        #: every picture, statistic and remembered majority made before it is stale
+        self.labels_version = 0
+        #: the pictures kept between events (render.py is their only writer)
+        self.render_cache = RenderCache()
+        #: lock, last use, why closed, export folder (store.py is their only writer)
+        self.lifecycle = Lifecycle()
         self._stats: Optional[Tuple[int, List[Dict]]] = None
         self._medians: Dict[int, Optional[float]] = {}  # classes whose median distance is still right
 
     # ------------------------------------------------------------------ basics
+    @property
+    def lock(self):
+        """The session's re-entrant lock: one event at a time (`SessionStore.use`)."""
+        return self.lifecycle.lock
+
+    @property
+    def last_used(self) -> float:
+        """`time.monotonic()` seconds of the session's last event."""
+        return self.lifecycle.last_used
+
+    @property
+    def closed(self) -> Optional[str]:
+        """Why the session was released ("idle", "memory", "disk", "closed"), None while open."""
+        return self.lifecycle.closed
+
+    @property
+    def export_dir(self) -> Optional[Path]:
+        """The folder of the latest export (`SessionStore.export_dir`), None before one."""
+        return self.lifecycle.export_dir
+
+    def record_time(self, stage: str, seconds: float) -> None:
+        """Notes how long `stage` took (seconds) for the summary and the status lines."""
+        self.timings[stage] = float(seconds)
+
     @property
     def shape(self) -> Tuple[int, int]:
         """(h, w): the working size."""
@@ -204,27 +181,26 @@ class Session:
         before = self.palette
         index, new = self.class_table.add(name, color)
         if not new and not np.array_equal(before, self.palette):
-            self._labels_changed(None, None)
-            self.view_base = None
+            self._labels_changed(None, None)  # a new labels_version: the cached pictures are stale
         return index, new
 
     @property
     def nbytes(self) -> int:
         """Memory this session holds (the shared embeddings included)."""
-        arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates,
-                  self.view_base[1] if self.view_base else None, *(self.cloud or ())]
-        total = sum(a.nbytes for a in arrays if a is not None)
-        total += sum(u.nbytes for u in self._undo) + sum(r.nbytes for r in self.refined)
+        arrays = [self.image, self.depth, self.initial_labels, self.labels, self.edited, self.candidates]
+        total = sum(a.nbytes for a in arrays if a is not None) + self.render_cache.nbytes
+        total += self._undo.nbytes + sum(r.nbytes for r in self.refined)
         state_bytes = getattr(self.state, "nbytes", 0)
         return int(total + (state_bytes or 0))
 
-    def release(self, reason: str) -> None:
-        """Drops every array (the session is evicted or its tab closed); later use says `reason`."""
-        self.closed = reason
-        self.image = self.depth = self.candidates = self.scores = None  # type: ignore[assignment]
+    def release(self) -> None:
+        """Drops every array (the store calls it when the session is evicted or its tab closed,
+        after noting why in `lifecycle`)."""
+        self.image = self.depth = None  # type: ignore[assignment]
         self.labels = self.initial_labels = self.edited = None  # type: ignore[assignment]
-        self.state = None
-        self.refined, self._undo, self._stats, self.view_base, self.cloud = [], [], None, None, None
+        self.state = self._candidates = None
+        self.refined, self._undo, self._stats = [], UndoStack(), None
+        self.render_cache.clear()
         self._medians = {}
 
     def class_index(self, cls: Any, create: bool = False) -> int:
@@ -249,29 +225,17 @@ class Session:
         return idx
 
     # ------------------------------------------------------------------ undo
-    def _push(self, step: UndoStep) -> None:
-        self._undo.append(step)
-        while len(self._undo) > MAX_UNDO or (len(self._undo) > 1 and
-                                             sum(u.nbytes for u in self._undo) > MAX_UNDO_BYTES):
-            del self._undo[0]
-
     def _push_prompts(self) -> None:
-        self._push(UndoStep("prompts", self._prompt_snapshot()))
+        self._undo.push(UndoStep("prompts", self._prompts))
 
     def _push_labels(self, changed: np.ndarray) -> UndoStep:
         """Remembers the labels and edited flags in the bounding box of `changed`."""
-        region = _bbox(changed)
-        step = UndoStep("labels", self._prompt_snapshot(), region, refined_count=len(self.refined))
-        if region is not None:
-            r0, r1, c0, c1 = region
-            step.labels = self.labels[r0:r1, c0:c1].copy()
-            step.edited = np.packbits(self.edited[r0:r1, c0:c1])
-        self._push(step)
-        return step
+        return self._undo.push(UndoStep.of_labels(self.labels, self.edited, changed, self._prompts,
+                                                  len(self.refined)))
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._undo)
+        return len(self._undo) > 0
 
     @property
     def undo_depth(self) -> int:
@@ -280,18 +244,14 @@ class Session:
     def undo(self) -> Optional[str]:
         """Reverts the last prompt change or edit; returns "prompts", "labels" or None (nothing to undo).
         After undoing, candidates are dropped: re-run the decoder if `has_prompts`."""
-        if not self._undo:
-            return None
         step = self._undo.pop()
+        if step is None:
+            return None
         if step.kind == "prompts":
             self._restore_prompts(step.prompts)
             return "prompts"
-        if step.region is not None:
-            r0, r1, c0, c1 = step.region
-            before = self.labels[r0:r1, c0:c1].copy()
-            self.labels[r0:r1, c0:c1] = step.labels
-            n = (r1 - r0) * (c1 - c0)
-            self.edited[r0:r1, c0:c1] = np.unpackbits(step.edited, count=n).astype(bool).reshape(r1 - r0, c1 - c0)
+        before = step.put_back(self.labels, self.edited)
+        if before is not None:
             self._labels_changed(step.region, before)
         del self.refined[step.refined_count:]
         self._restore_prompts(step.prompts)
@@ -308,27 +268,50 @@ class Session:
             raise InputError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} panorama")
         return min(x, w - 1.0), min(y, h - 1.0)
 
-    def _prompt_snapshot(self) -> tuple:
-        return (list(self.points), list(self.point_labels),
-                None if self.box is None else list(self.box), self.pending_corner)
+    # the prompts, read-only: lists as callers always had them (the value itself is `prompts`)
+    @property
+    def prompts(self) -> Prompts:
+        """The current prompts (input pixels): a frozen value, replaced by each change."""
+        return self._prompts
 
-    def _restore_prompts(self, snap: tuple) -> None:
-        self.points, self.point_labels, self.box, self.pending_corner = (
-            list(snap[0]), list(snap[1]), None if snap[2] is None else list(snap[2]), snap[3])
-        self._drop_candidates()
+    @property
+    def points(self) -> List[Tuple[float, float]]:
+        """[(x, y), ...] input pixels."""
+        return list(self._prompts.points)
 
-    def _drop_candidates(self) -> None:
-        self.candidates = None
-        self.scores = None
-        self.selected = 0
-        self._majority = None
+    @property
+    def point_labels(self) -> List[int]:
+        """[1 positive / 0 negative, ...], one per point."""
+        return list(self._prompts.labels)
+
+    @property
+    def box(self) -> Optional[List[float]]:
+        """[x1, y1, x2, y2] input pixels (x1 > x2 wraps across the seam), or None."""
+        box = self._prompts.box
+        return None if box is None else list(box)
+
+    @property
+    def pending_corner(self) -> Optional[Tuple[float, float]]:
+        """(x, y) of a box's first corner while the second is not clicked yet."""
+        return self._prompts.pending_corner
+
+    def _set_prompts(self, prompts: Prompts, drop: bool = True) -> None:
+        """The one place the prompts change: the new value, and (with `drop`) no candidates,
+        which answered the old prompts."""
+        self._prompts = prompts
+        if drop:
+            self.drop_candidates()
+
+    def _restore_prompts(self, prompts: Prompts) -> None:
+        self._set_prompts(prompts)
+
+    def drop_candidates(self) -> None:
+        """Forgets the candidate masks (they answered prompts that changed, or there are none)."""
+        self._candidates = None
 
     @property
     def has_prompts(self) -> bool:
-        return bool(self.points) or self.box is not None
-
-    def _start_selection(self) -> None:
-        self.points, self.point_labels, self.box, self.pending_corner = [], [], None, None
+        return self._prompts.any
 
     def add_point(self, x: float, y: float, positive: bool = True, new: bool = False) -> None:
         """Adds a positive (foreground) or negative (background) point (input pixels); with
@@ -336,11 +319,8 @@ class Session:
         go; undo brings them back)."""
         x, y = self._check_xy(x, y)
         self._push_prompts()
-        if new:
-            self._start_selection()
-        self.points.append((x, y))
-        self.point_labels.append(1 if positive else 0)
-        self._drop_candidates()
+        base = Prompts() if new else self._prompts
+        self._set_prompts(replace(base, points=(*base.points, (x, y)), labels=(*base.labels, 1 if positive else 0)))
 
     def add_box_corner(self, x: float, y: float, new: bool = False) -> bool:
         """First call stores a corner; the second completes the box (first corner's x is x1,
@@ -349,16 +329,13 @@ class Session:
         box go at once (else the box joins the points). Returns True when a box was completed."""
         x, y = self._check_xy(x, y)
         self._push_prompts()
-        if self.pending_corner is None:
-            if new:
-                self._start_selection()
-                self._drop_candidates()
-            self.pending_corner = (x, y)
+        p = self._prompts
+        if p.pending_corner is None:
+            # a first corner joining the points keeps their candidates on screen
+            self._set_prompts(replace(Prompts() if new else p, pending_corner=(x, y)), drop=new)
             return False
-        x0, y0 = self.pending_corner
-        self.pending_corner = None
-        self.box = [x0, min(y0, y), x, max(y0, y)]
-        self._drop_candidates()
+        x0, y0 = p.pending_corner
+        self._set_prompts(replace(p, pending_corner=None, box=(x0, min(y0, y), x, max(y0, y))))
         return True
 
     def set_prompts(self, points: Sequence[Sequence[float]] = (), labels: Optional[Sequence[int]] = None,
@@ -373,7 +350,7 @@ class Session:
             raise InputError(f"{len(points)} points but {len(labels)} labels")
         if any(v not in (0, 1) or isinstance(v, bool) for v in labels):
             raise InputError("point labels must be 1 (positive) or 0 (negative)")
-        checked = [self._check_xy(x, y) for x, y in points]
+        checked = tuple(self._check_xy(x, y) for x, y in points)
         new_box = None
         if box is not None and len(box) > 0:
             if len(box) != 4:
@@ -382,23 +359,18 @@ class Session:
             x2, y2 = self._check_xy(box[2], box[3])
             if y1 == y2 or x1 == x2:
                 raise InputError("the box has no area: give two different corners")
-            new_box = [x1, min(y1, y2), x2, max(y1, y2)]
+            new_box = (x1, min(y1, y2), x2, max(y1, y2))
         if not checked and new_box is None:
             raise InputError("give at least one point or a box")
         self._push_prompts()
-        self.points = checked
-        self.point_labels = [int(v) for v in labels]
-        self.box = new_box
-        self.pending_corner = None
-        self._drop_candidates()
+        self._set_prompts(Prompts(checked, tuple(int(v) for v in labels), new_box))
 
     def clear_prompts(self) -> bool:
         """Removes points, box and candidates (undoable). Returns False if there was nothing."""
-        if not self.has_prompts and self.pending_corner is None and self.candidates is None:
+        if not self.has_prompts and self.pending_corner is None and self._candidates is None:
             return False
         self._push_prompts()
-        self._start_selection()
-        self._drop_candidates()
+        self._set_prompts(Prompts())
         return True
 
     def prompt_kwargs(self) -> Dict[str, Any]:
@@ -421,26 +393,47 @@ class Session:
             masks = masks[None]
         if masks.shape[1:] != self.shape:
             raise InputError(f"masks {masks.shape[1:]} do not match the working size {self.shape}")
-        self.candidates = masks
-        self.scores = np.asarray(scores, np.float32).reshape(-1)
-        single = self.box is None and self.point_labels == [1]
-        self.selected = preselect(self.scores, masks.reshape(len(masks), -1).sum(1), single_click=single)
-        return self.selected
+        scores = np.asarray(scores, np.float32).reshape(-1)
+        selected = preselect(scores, masks.reshape(len(masks), -1).sum(1), single_click=self._prompts.single_click)
+        self._candidates = Candidates(masks, scores, selected)
+        return selected
 
     def select(self, index: int) -> None:
-        if self.candidates is None:
+        c = self._candidates
+        if c is None:
             raise InputError("there are no candidate masks: click on the panorama first")
-        if not 0 <= int(index) < len(self.candidates):
-            raise InputError(f"candidate {index} does not exist (0..{len(self.candidates) - 1})")
-        self.selected = int(index)
+        if not 0 <= int(index) < len(c.masks):
+            raise InputError(f"candidate {index} does not exist (0..{len(c.masks) - 1})")
+        self._candidates = replace(c, selected=int(index), majority=None)
+
+    # the candidates, read-only (the value itself is `candidate_set`)
+    @property
+    def candidate_set(self) -> Optional[Candidates]:
+        """The candidates of the last prediction, or None."""
+        return self._candidates
+
+    @property
+    def candidates(self) -> Optional[np.ndarray]:
+        """(C, h, w) bool candidate masks at the working size, or None."""
+        return None if self._candidates is None else self._candidates.masks
+
+    @property
+    def scores(self) -> Optional[np.ndarray]:
+        """(C,) float32 predicted IoU of each candidate, or None."""
+        return None if self._candidates is None else self._candidates.scores
+
+    @property
+    def selected(self) -> int:
+        """Index of the selected candidate (0 without candidates)."""
+        return 0 if self._candidates is None else self._candidates.selected
 
     @property
     def selected_mask(self) -> Optional[np.ndarray]:
-        return None if self.candidates is None else self.candidates[self.selected]
+        return None if self._candidates is None else self._candidates.mask
 
     @property
     def selected_score(self) -> Optional[float]:
-        return None if self.scores is None else float(self.scores[self.selected])
+        return None if self._candidates is None else self._candidates.score
 
     def majority_class(self, mask: Optional[np.ndarray] = None) -> Optional[int]:
         """The most frequent current class under the mask (default: the selected candidate,
@@ -448,13 +441,13 @@ class Session:
         picture, summary and status all ask for it)."""
         if mask is not None:
             return majority_class(self.labels, np.asarray(mask, bool), self.num_classes)
-        if self.candidates is None:
+        c = self._candidates
+        if c is None:
             return None
-        known = self._majority
-        if known is None or known[0] is not self.candidates or known[1:3] != (self.selected, self.labels_version):
-            value = majority_class(self.labels, self.selected_mask, self.num_classes)
-            known = self._majority = (self.candidates, self.selected, self.labels_version, value)
-        return known[3]
+        if c.majority is None or c.majority[0] != self.labels_version:
+            c = self._candidates = replace(c, majority=(self.labels_version,
+                                                        majority_class(self.labels, c.mask, self.num_classes)))
+        return c.majority[1]
 
     # ------------------------------------------------------------------ edits
     def _labels_changed(self, region: Optional[Tuple[int, int, int, int]], before: Optional[np.ndarray]) -> None:
@@ -492,8 +485,7 @@ class Session:
         self.labels[mask] = idx
         self.edited |= mask
         self.refined.append(RefinedMask.from_mask(mask, idx, score, "prompt"))
-        self._start_selection()  # the next click starts a new selection
-        self._drop_candidates()
+        self._set_prompts(Prompts())  # the next click starts a new selection
         self._labels_changed(step.region, step.labels)
         return changed
 
@@ -544,7 +536,7 @@ class Session:
             "edits": len(self.refined),
             "changed_pixels": int(np.count_nonzero(self.labels != self.initial_labels)),
             "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},
-            "prompts": {"points": [list(p) for p in self.points], "labels": list(self.point_labels),
+            "prompts": {"points": [list(p) for p in self.points], "labels": self.point_labels,
                         "box": self.box, "pending_corner": self.pending_corner},
             "candidates": None if self.scores is None else {
                 "predicted_iou": [round(float(s), 4) for s in self.scores],
@@ -557,5 +549,4 @@ class Session:
         }
 
 
-__all__ = ["Session", "RefinedMask", "UndoStep", "working_size", "WORK_MAX_WIDTH",
-           "MAX_UNDO", "MAX_UNDO_BYTES"]
+__all__ = ["Session", "working_size", "WORK_MAX_WIDTH"]

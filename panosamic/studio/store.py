@@ -13,6 +13,9 @@ A session is released (its arrays dropped, its views and export folders deleted)
 A user's files (a client's: their uploads, previews, views and exports, see files.py) go with
 them: when the tab closes, when the client was idle for `idle_s`, when its session is evicted,
 and at shutdown. Using a released session raises `SessionExpired` with that message.
+
+The store is the only writer of a session's `lifecycle` (lifecycle.py: its lock's use, last
+use, why it closed, its export folder); the session shows those fields read-only.
 """
 
 from __future__ import annotations
@@ -246,12 +249,12 @@ class SessionStore:
             with self._lock:
                 if id(s) in self._sessions:
                     self._sessions.move_to_end(id(s))
-            s.last_used = time.monotonic()
+            s.lifecycle.last_used = time.monotonic()
             self.files.touch(self._client_of.get(id(s)))
             try:
                 yield s
             finally:
-                s.last_used = time.monotonic()
+                s.lifecycle.last_used = time.monotonic()
 
     # ----------------------------------------------------------------- files
     def folder(self, s: Optional[Session] = None, client: Optional[str] = None) -> Path:
@@ -359,7 +362,7 @@ class SessionStore:
             if full is not None:
                 raise full from exc
             raise
-        old, s.export_dir = s.export_dir, final
+        old, s.lifecycle.export_dir = s.export_dir, final
         if old is not None:  # its client may still be fetching it: it goes in RETIRED_S seconds
             with self._lock:
                 self._retired.append((time.monotonic(), id(s), old))
@@ -388,7 +391,7 @@ class SessionStore:
     def _remove_files(self, s: Session) -> None:
         if s.export_dir is not None:
             shutil.rmtree(s.export_dir, ignore_errors=True)
-            s.export_dir = None
+            s.lifecycle.export_dir = None
         with self._lock:
             views = self._views.pop(id(s), [])
             exports = [f for _, owner, f in self._retired if owner == id(s)]
@@ -411,7 +414,8 @@ class SessionStore:
                 self.released[reason] = self.released.get(reason, 0) + 1
                 log.info("session %x released: %s", id(s), reason)
             self._remove_files(s)
-            s.release(reason)
+            s.lifecycle.closed = reason  # later use says why
+            s.release()
         with self._lock:
             self._client_of.pop(id(s), None)
 

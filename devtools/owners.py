@@ -1,0 +1,163 @@
+"""One writer per piece of the studio's state: which module may assign which fields.
+
+    python -m devtools.owners     # prints every write outside its owner; exit 1 if any
+
+Every module of `panosamic/` and `app.py` is read with `ast`. For each owned class (`OWNERS`)
+its fields are the attributes its own methods assign on `self` and its class-level annotated
+fields (a dataclass's). Outside the owning module, a write to one of those fields on anything
+but `self` is a problem: `x.field = ...`, `x.field += ...`, `x.field[...] = ...`, `del x.field`
+and in-place calls such as `x.field.append(...)`; so is any use of the class's private members
+(`x._name`). Attributes on `self` belong to the class that writes them, so they are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Set, Tuple
+
+from devtools.imports import ROOT, modules
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The fields of `cls` (defined in `module`) are written by `writer` alone; `former` names
+    fields that moved into it from another object: a write of one of those, anywhere, is the
+    old way back."""
+
+    module: str
+    cls: str
+    writer: str
+    former: Tuple[str, ...] = ()
+
+
+OWNERS = (
+    Owner("panosamic.studio.session", "Session", "panosamic.studio.session"),
+    Owner("panosamic.studio.render", "RenderCache", "panosamic.studio.render",
+          former=("view_base", "cloud", "rendered_3d")),
+    Owner("panosamic.studio.lifecycle", "Lifecycle", "panosamic.studio.store"),
+)
+#: Calls that change a list, dict, set or array in place.
+MUTATORS = {"append", "extend", "insert", "update", "pop", "popitem", "clear", "setdefault", "remove", "discard",
+            "add", "fill", "sort", "reverse"}
+
+
+def sources(root: Path = ROOT, package: str = "panosamic") -> Dict[str, Path]:
+    """{module name: file} of the library and the app."""
+    found = modules(package, root)
+    if (root / "app.py").exists():
+        found["app"] = root / "app.py"
+    return found
+
+
+def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise LookupError(f"no class {name}")
+
+
+def _targets(node: ast.AST) -> Iterator[ast.AST]:
+    if isinstance(node, (ast.Tuple, ast.List)):
+        for elt in node.elts:
+            yield from _targets(elt)
+    elif isinstance(node, ast.Starred):
+        yield from _targets(node.value)
+    else:
+        yield node
+
+
+def _is_self(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def fields(cls: ast.ClassDef) -> Tuple[Set[str], Set[str]]:
+    """(fields, private members) of a class: what its methods assign on `self`, its annotated
+    class-level names, and its methods whose names start with one underscore."""
+    names: Set[str] = set()
+    private: Set[str] = set()
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("_") \
+                and not node.name.startswith("__"):
+            private.add(node.name)
+    for node in ast.walk(cls):
+        targets: Iterable[ast.AST] = ()
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            for t in _targets(target):
+                if isinstance(t, ast.Attribute) and _is_self(t.value):
+                    names.add(t.attr)
+    private |= {n for n in names if n.startswith("_") and not n.startswith("__")}
+    return names, private
+
+
+def _writes(tree: ast.AST) -> Iterator[Tuple[ast.Attribute, int, str]]:
+    """(attribute node written, line, how) for every write through an attribute not on `self`."""
+    for node in ast.walk(tree):
+        targets: List[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+            targets = [node.target]
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            targets = [item.optional_vars for item in node.items if item.optional_vars is not None]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS \
+                and isinstance(node.func.value, ast.Attribute) and not _is_self(node.func.value.value):
+            yield node.func.value, node.lineno, f".{node.func.attr}()"
+        for target in targets:
+            for t in _targets(target):
+                how = "assigned"
+                while isinstance(t, ast.Subscript):  # x.field[...] = ... changes x.field
+                    t, how = t.value, "item assigned"
+                if isinstance(t, ast.Attribute) and not _is_self(t.value):
+                    yield t, getattr(node, "lineno", t.lineno), how
+
+
+def problems(root: Path = ROOT, owners: Iterable[Owner] = OWNERS, package: str = "panosamic") -> List[str]:
+    """One line per write of an owned field outside its writer and per use of an owned class's
+    private member outside its module; empty when every piece of state has one writer."""
+    files = sources(root, package)
+    trees = {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in files.items()}
+    out = []
+    for owner in owners:
+        names, private = fields(_class(trees[owner.module], owner.cls))
+        for module, tree in sorted(trees.items()):
+            for attr, line, how in _writes(tree):
+                if attr.attr in owner.former:
+                    out.append(f"{module}:{line}: .{attr.attr} {how}: it moved into {owner.cls}, "
+                               f"which {owner.writer} alone writes")
+                elif module != owner.writer and attr.attr in names and not attr.attr.startswith("_"):
+                    out.append(f"{module}:{line}: {owner.cls}.{attr.attr} {how} outside {owner.writer}, "
+                               "its one writer")
+            if module != owner.module:
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Attribute) and node.attr in private and not _is_self(node.value):
+                        out.append(f"{module}:{node.lineno}: private member {owner.cls}.{node.attr} used "
+                                   f"outside {owner.module}")
+    return sorted(set(out))
+
+
+def main(argv=None) -> int:
+    argparse.ArgumentParser(prog="python -m devtools.owners", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    found = problems()
+    for line in found:
+        print(line)
+    if not found:
+        print("every owned field has one writer")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
