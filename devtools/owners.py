@@ -3,11 +3,12 @@
     python -m devtools.owners     # prints every write outside its owner; exit 1 if any
 
 Every module of `panosamic/` and `app.py` is read with `ast`. For each owned class (`OWNERS`)
-its fields are the attributes its own methods assign on `self` and its class-level annotated
-fields (a dataclass's). Outside the owning module, a write to one of those fields on anything
-but `self` is a problem: `x.field = ...`, `x.field += ...`, `x.field[...] = ...`, `del x.field`
+its fields are those listed, or else the attributes its own methods assign on `self` and its
+class-level annotated fields (a dataclass's). Outside the owning module, a write to one of those
+fields on anything but `self` is a problem: `x.field = ...`, `x.field += ...`, `x.field[...] = ...`, `del x.field`
 and in-place calls such as `x.field.append(...)`; so is any use of the class's private members
-(`x._name`). Attributes on `self` belong to the class that writes them, so they are left alone.
+(`x._name`). Attributes on `self` belong to the class that writes them, and those of a
+parameter annotated as another type are that type's, so both are left alone.
 """
 
 from __future__ import annotations
@@ -24,18 +25,25 @@ from devtools.imports import ROOT, modules
 
 @dataclass(frozen=True)
 class Owner:
-    """The fields of `cls` (defined in `module`) are written by `writer` alone; `former` names
-    fields that moved into it from another object: a write of one of those, anywhere, is the
-    old way back."""
+    """The fields of `cls` (defined in `module`) are written by `writer` alone; `fields` lists
+    them where the class's own attribute names are too common to tell (the session's `depth`,
+    `name`, `checkpoint` are also the page's components); `former` names fields that moved into
+    it from another object: a write of one of those, anywhere, is the old way back."""
 
     module: str
     cls: str
     writer: str
     former: Tuple[str, ...] = ()
+    fields: Tuple[str, ...] = ()
 
 
 OWNERS = (
-    Owner("panosamic.studio.session", "Session", "panosamic.studio.session"),
+    # its state: labels, edits, undo, prompts, candidates (read-only properties included: an
+    # assignment to one is a mistake even where Python would refuse it only at run time)
+    Owner("panosamic.studio.session", "Session", "panosamic.studio.session",
+          fields=("labels", "edited", "initial_labels", "refined", "labels_version", "timings", "render_cache",
+                  "lifecycle", "prompts", "points", "point_labels", "box", "pending_corner", "candidate_set",
+                  "candidates", "scores", "selected")),
     Owner("panosamic.studio.render", "RenderCache", "panosamic.studio.render",
           former=("view_base", "cloud", "rendered_3d")),
     Owner("panosamic.studio.lifecycle", "Lifecycle", "panosamic.studio.store"),
@@ -99,6 +107,24 @@ def fields(cls: ast.ClassDef) -> Tuple[Set[str], Set[str]]:
     return names, private
 
 
+def _annotations(tree: ast.AST) -> Dict[int, Dict[str, str]]:
+    """{id(node): {parameter: its annotation as written}} for every node inside a function, the
+    parameters of enclosing functions included (a closure sees them), the innermost first."""
+    scopes: Dict[int, Dict[str, str]] = {}
+
+    def visit(node: ast.AST, known: Dict[str, str]) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            params = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            own = {a.arg: ast.unparse(a.annotation) for a in params if getattr(a, "annotation", None)}
+            known = {**{k: v for k, v in known.items() if k not in {a.arg for a in params}}, **own}
+        scopes[id(node)] = known
+        for child in ast.iter_child_nodes(node):
+            visit(child, known)
+
+    visit(tree, {})
+    return scopes
+
+
 def _writes(tree: ast.AST) -> Iterator[Tuple[ast.Attribute, int, str]]:
     """(attribute node written, line, how) for every write through an attribute not on `self`."""
     for node in ast.walk(tree):
@@ -125,16 +151,29 @@ def _writes(tree: ast.AST) -> Iterator[Tuple[ast.Attribute, int, str]]:
                     yield t, getattr(node, "lineno", t.lineno), how
 
 
+def _other_type(attr: ast.Attribute, cls: str, scopes: Dict[int, Dict[str, str]]) -> bool:
+    """Whether `attr`'s object is a parameter annotated as something other than `cls` (the
+    page's components in a `SimpleNamespace` share names with the session's fields)."""
+    if not isinstance(attr.value, ast.Name):
+        return False
+    annotation = scopes.get(id(attr), {}).get(attr.value.id)
+    return annotation is not None and cls not in annotation
+
+
 def problems(root: Path = ROOT, owners: Iterable[Owner] = OWNERS, package: str = "panosamic") -> List[str]:
     """One line per write of an owned field outside its writer and per use of an owned class's
     private member outside its module; empty when every piece of state has one writer."""
     files = sources(root, package)
     trees = {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in files.items()}
+    scopes = {name: _annotations(tree) for name, tree in trees.items()}
     out = []
     for owner in owners:
         names, private = fields(_class(trees[owner.module], owner.cls))
+        names = set(owner.fields) or names
         for module, tree in sorted(trees.items()):
             for attr, line, how in _writes(tree):
+                if _other_type(attr, owner.cls, scopes[module]):
+                    continue
                 if attr.attr in owner.former:
                     out.append(f"{module}:{line}: .{attr.attr} {how}: it moved into {owner.cls}, "
                                f"which {owner.writer} alone writes")
@@ -146,7 +185,8 @@ def problems(root: Path = ROOT, owners: Iterable[Owner] = OWNERS, package: str =
                     if isinstance(node, ast.Attribute) and node.attr in private and not _is_self(node.value):
                         out.append(f"{module}:{node.lineno}: private member {owner.cls}.{node.attr} used "
                                    f"outside {owner.module}")
-    return sorted(set(out))
+    # by module, then line number (as numbers: line 12 after line 5)
+    return sorted(set(out), key=lambda s: (s.split(":")[0], int(s.split(":")[1]), s))
 
 
 def main(argv=None) -> int:

@@ -330,18 +330,19 @@ def test_startup_is_fast(app_env):
 
 
 def test_the_app_builds_its_picker_from_the_command_line(reference_dir, tmp_path):
-    """app.py wires --checkpoint into the studio's Checkpoints (tested in test_studio) and
-    answers Run's requirements through them."""
-    import app
+    """The app's settings wire --checkpoint into the studio's Checkpoints (tested in test_studio)
+    and the page answers Run's requirements through them."""
+    from panosamic.studio.page import Studio
+    from panosamic.studio.settings import parse_args
 
     ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
-    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    studio = Studio(parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
     assert studio.checkpoints.default == "local" and studio.checkpoints.local_dir == ckpt.resolve()
     assert studio.examples == []
     text, ok = studio.requirements_text("local", "p.jpg", None, "n.png")
     assert ok and "depth will be estimated from the photo" in text
-    refusing = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none"),
-                                          "--depth-estimator", "none"]))
+    refusing = Studio(parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none"),
+                                  "--depth-estimator", "none"]))
     text, ok = refusing.requirements_text("local", "p.jpg", None, "n.png")
     assert not ok and "Missing: depth" in text
     text, ok = studio.requirements_text("local", "p.jpg", "d.png", None)
@@ -351,18 +352,18 @@ def test_the_app_builds_its_picker_from_the_command_line(reference_dir, tmp_path
 
 
 def test_settings_come_from_env(monkeypatch):
-    import app
+    from panosamic.studio.settings import parse_args
 
     monkeypatch.setenv("PANOSAMIC_CHECKPOINT", "/some/dir")
     monkeypatch.setenv("PANOSAMIC_CACHE_MB", "123")
     monkeypatch.setenv("PANOSAMIC_DEVICE", "cpu")
     monkeypatch.setenv("PANOSAMIC_SHUTDOWN_GRACE_S", "55")
-    s = app.parse_args([])
+    s = parse_args([])
     assert (s.checkpoint, s.cache_mb, s.device, s.port, s.host) == ("/some/dir", 123.0, "cpu", 7860, "127.0.0.1")
     assert s.shutdown_grace_s == 55.0
     with pytest.raises(SystemExit):
-        app.parse_args(["--shutdown-grace-s", "nan"])
-    assert app.parse_args(["--cache-mb", "5"]).cache_mb == 5.0
+        parse_args(["--shutdown-grace-s", "nan"])
+    assert parse_args(["--cache-mb", "5"]).cache_mb == 5.0
 
 
 def test_segment_with_only_a_photo_works_offline_with_no_flags(tmp_path):
@@ -388,11 +389,14 @@ def test_segment_with_only_a_photo_works_offline_with_no_flags(tmp_path):
 
 
 def _studio_and_page(reference_dir, tmp_path):
-    """app.Studio on a local copy of the reference checkpoint, and its page (not launched)."""
+    """The page's handlers (Studio) on a local copy of the reference checkpoint, and its page
+    (app.build_ui, not launched)."""
     import app
+    from panosamic.studio.page import Studio
+    from panosamic.studio.settings import parse_args
 
     ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
-    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    studio = Studio(parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
     return studio, app.build_ui(studio)
 
 
@@ -406,21 +410,22 @@ def test_a_click_before_run_says_so_on_the_edit_status(reference_dir, tmp_path):
 
     import gradio as gr
 
-    import app
+    from panosamic.studio.page import CLICK_MODES
+    from panosamic.studio.refusals import friendly
 
     def unchanged(value) -> bool:  # an update without a value (gr.HTML's also names its props)
         return isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value
 
     studio, demo = _studio_and_page(reference_dir, tmp_path)
     ui = studio.ui
-    mode = app.CLICK_MODES[0]
+    mode = CLICK_MODES[0]
     calls = {(ui.view, "select"): (studio.click, (mode, True), gr.SelectData(ui.view, {"index": [5, 5], "value": None})),
              (ui.viewer, "pano_click"): (studio.click_lonlat, (mode,),
                                          gr.EventData(ui.viewer, {"lon": 10.0, "lat": 5.0, "shift": True}))}
     for (target, event), (handler, args, evt) in calls.items():
         name = handler.__name__
         fn = next(f for f in demo.fns.values() if (target._id, event) in f.targets)
-        result = app.friendly(handler)(None, *args, 0.55, None, evt)
+        result = friendly(handler)(None, *args, 0.55, None, evt)
         out = asyncio.run(demo.postprocess_data(fn, result, None))
         assert len(out) == len(ui.outputs()) == len(fn.outputs)
         for comp, value in zip(fn.outputs, out):
@@ -429,7 +434,7 @@ def test_a_click_before_run_says_so_on_the_edit_status(reference_dir, tmp_path):
             else:  # unchanged (the State comes back as None, its value kept)
                 assert value is None or unchanged(value), (name, comp, value)
     restyle = next(f for f in demo.fns.values() if f.outputs == [ui.view, ui.viewer])
-    out = asyncio.run(demo.postprocess_data(restyle, app.friendly(studio.restyle)(None, 0.3), None))
+    out = asyncio.run(demo.postprocess_data(restyle, friendly(studio.restyle)(None, 0.3), None))
     assert len(out) == 2 and all(unchanged(value) for value in out)
 
 
@@ -480,15 +485,18 @@ def test_a_wrongly_typed_config_json_is_a_message_on_run(reference_dir, tmp_path
     import gradio as gr
 
     import app
+    from panosamic.studio.page import Studio
+    from panosamic.studio.refusals import friendly
+    from panosamic.studio.settings import parse_args
 
     ckpt = make_checkpoint_dir(reference_dir, tmp_path / "ckpt")
     good = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**good, **config} if isinstance(config, dict) else config))
-    studio = app.Studio(app.parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
+    studio = Studio(parse_args(["--checkpoint", str(ckpt), "--examples", str(tmp_path / "none")]))
     app.build_ui(studio)
     ex = make_examples(tmp_path / "examples", names=("office",), width=256)["office"]
     with pytest.raises(gr.Error) as err:
-        app.friendly(studio.backend.segment)(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10)
+        friendly(studio.backend.segment)(str(ex["image"]), str(ex["depth"]), str(ex["normals"]), "local", 0, 10)
     message = err.value.message
     assert named in message and "config.json" in message and "Unexpected" not in message, message
 
@@ -503,19 +511,21 @@ def test_a_closed_client_leaves_no_state_in_gradio(tmp_path, monkeypatch):
     import app
     from devtools.app_process import free_port
     from panosamic.studio import serving
+    from panosamic.studio.page import LIGHT_CONCURRENCY, Studio
+    from panosamic.studio.settings import parse_args
 
     # GRADIO_TEMP_DIR too: use_root points it at this store's root, and the apps later tests start
     # as subprocesses must not inherit that (they would put their own roots inside it)
     for name, value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
                         "GRADIO_TEMP_DIR": os.environ.get("GRADIO_TEMP_DIR", "")}.items():
         monkeypatch.setenv(name, value)
-    studio = app.Studio(app.parse_args(["--checkpoint", str(ROOT / "assets" / "demo"), "--device", "cpu",
-                                        "--embedding-cache-mb", "0", "--no-preencode", "--no-eta-probe",
-                                        "--examples", str(tmp_path / "none")]))
+    studio = Studio(parse_args(["--checkpoint", str(ROOT / "assets" / "demo"), "--device", "cpu",
+                                "--embedding-cache-mb", "0", "--no-preencode", "--no-eta-probe",
+                                "--examples", str(tmp_path / "none")]))
     serving.use_root(studio.backend.store)
     demo = app.build_ui(studio)
     serving.track_events(demo, studio.backend.store)
-    demo.queue(default_concurrency_limit=app.LIGHT_CONCURRENCY)
+    demo.queue(default_concurrency_limit=LIGHT_CONCURRENCY)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 app_kwargs=serving.app_kwargs(studio.backend.store, demo))

@@ -323,22 +323,22 @@ def test_preencoding_leaves_an_open_sessions_model_loaded(tiny):
 # ----------------------------------------------------------------------------- the app
 
 def test_settings_for_the_disk_cache_come_from_env(monkeypatch):
-    import app
+    from panosamic.studio.settings import parse_args
 
     monkeypatch.delenv("PANOSAMIC_EMBEDDING_CACHE", raising=False)
     monkeypatch.delenv("PANOSAMIC_EMBEDDING_CACHE_MB", raising=False)
     monkeypatch.delenv("PANOSAMIC_PREENCODE", raising=False)
-    s = app.parse_args([])
+    s = parse_args([])
     assert (s.embedding_cache_dir, s.embedding_cache_mb, s.preencode) == ("~/.cache/panosamic/embeddings", 4096, True)
     monkeypatch.setenv("PANOSAMIC_EMBEDDING_CACHE", "/data/emb")
     monkeypatch.setenv("PANOSAMIC_EMBEDDING_CACHE_MB", "100")
     monkeypatch.setenv("PANOSAMIC_PREENCODE", "0")
-    s = app.parse_args([])
+    s = parse_args([])
     assert (s.embedding_cache_dir, s.embedding_cache_mb, s.preencode) == ("/data/emb", 100.0, False)
-    s = app.parse_args(["--embedding-cache-dir", "/x", "--embedding-cache-mb", "0", "--preencode"])
+    s = parse_args(["--embedding-cache-dir", "/x", "--embedding-cache-mb", "0", "--preencode"])
     assert (s.embedding_cache_dir, s.embedding_cache_mb, s.preencode) == ("/x", 0.0, True)
     with pytest.raises(SystemExit):
-        app.parse_args(["--embedding-cache-mb", "-1"])
+        parse_args(["--embedding-cache-mb", "-1"])
 
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -366,27 +366,27 @@ def test_a_job_cut_short_says_so():
 
     import gradio as gr
 
-    import app as studio_app
+    from panosamic.studio.refusals import friendly
 
     for exc in (asyncio.CancelledError(), concurrent.futures.CancelledError(), KeyboardInterrupt()):
         def handler(exc=exc):
             raise exc
 
         with pytest.raises(gr.Error) as err:
-            studio_app.friendly(handler)()
+            friendly(handler)()
         assert "stopped before it finished" in err.value.message and "Cancelled" not in err.value.message
 
 
 def test_pop_ups_show_text_that_looks_like_html_as_text(tmp_path):
     """Gradio shows a pop-up's message as HTML: `--checkpoint <folder>` lost its `<folder>` (an
     unknown tag) and HTML typed into a prompt key came back as an element. Every message is
-    escaped where it becomes page content, the app's pop-ups (app.friendly, the panorama
+    escaped where it becomes page content, the app's pop-ups (refusals.friendly, the panorama
     input's check) included."""
     import gradio as gr
     from gradio.data_classes import FileData
 
-    import app as studio_app
     from panosamic.errors import WeightsError
+    from panosamic.studio.refusals import friendly, panorama_input
 
     cases = [(InputError("Unknown prompt field(s) <b>x</b>: use points."),
               "Unknown prompt field(s) &lt;b&gt;x&lt;/b&gt;: use points."),
@@ -397,12 +397,12 @@ def test_pop_ups_show_text_that_looks_like_html_as_text(tmp_path):
             raise exc
 
         with pytest.raises(gr.Error) as err:
-            studio_app.friendly(handler)()
+            friendly(handler)()
         assert expect in err.value.message and "<" not in err.value.message, err.value.message
     bad = tmp_path / "notes.png"
     bad.write_text("hello")
     with pytest.raises(gr.Error) as err:
-        studio_app.panorama_input(type="filepath").preprocess(FileData(path=str(bad), orig_name="<b>x</b>.png"))
+        panorama_input(type="filepath").preprocess(FileData(path=str(bad), orig_name="<b>x</b>.png"))
     assert "<" not in err.value.message
 
 

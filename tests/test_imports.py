@@ -72,7 +72,8 @@ def test_each_piece_of_session_state_has_one_writer():
 def test_a_write_outside_the_owner_is_found(tmp_path):
     """The checker finds what the studio used to do: the renderer and the app writing cache
     fields on the session, the backend calling its private method and writing its timings, a
-    module other than the store writing the lifecycle; writes on `self` and reads are left alone."""
+    module other than the store writing the lifecycle; writes on `self`, on a parameter annotated
+    as another type (the page's components) and reads are left alone."""
     _package(tmp_path, {"__init__.py": "", "studio/__init__.py": ""})
     studio = tmp_path / "pkg" / "studio"
     (studio / "session.py").write_text(
@@ -87,7 +88,8 @@ def test_a_write_outside_the_owner_is_found(tmp_path):
     (studio / "editing.py").write_text(
         "class Events:\n    def __init__(self):\n        self.labels = 'mine'\n"
         "    def predict(self, s):\n        s._drop_candidates()\n        s.timings['last'] = 1\n"
-        "        s.refined.append(2)\n        print(s.labels, s.lifecycle.closed)\n        s.lifecycle.closed = 'x'\n")
+        "        s.refined.append(2)\n        print(s.labels, s.lifecycle.closed)\n        s.lifecycle.closed = 'x'\n"
+        "def layout(page: 'SimpleNamespace', s: 'Session'):\n    page.labels = 1\n    s.labels = 2\n")
     (tmp_path / "app.py").write_text("def cloud(s):\n    s.rendered_3d = (s.labels_version,)\n")
     spec = (owners.Owner("pkg.studio.session", "Session", "pkg.studio.session"),
             owners.Owner("pkg.studio.render", "RenderCache", "pkg.studio.render", former=("view_base", "rendered_3d")),
@@ -99,5 +101,6 @@ def test_a_write_outside_the_owner_is_found(tmp_path):
         "pkg.studio.editing:6: Session.timings item assigned outside pkg.studio.session, its one writer",
         "pkg.studio.editing:7: Session.refined .append() outside pkg.studio.session, its one writer",
         "pkg.studio.editing:9: Lifecycle.closed assigned outside pkg.studio.store, its one writer",
+        "pkg.studio.editing:12: Session.labels assigned outside pkg.studio.session, its one writer",
         "pkg.studio.render:5: .view_base assigned: it moved into RenderCache, which pkg.studio.render alone writes",
     ], found

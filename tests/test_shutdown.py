@@ -141,12 +141,12 @@ def test_drain_waits_for_the_answers_to_settle():
 def test_friendly_answers_a_stopping_server_in_plain_words():
     import gradio as gr
 
-    import app as studio_app
+    from panosamic.studio.refusals import friendly
 
     shutdown = Shutdown()
     shutdown.drain(0)
     with pytest.raises(gr.Error) as err:
-        studio_app.friendly(lambda: "never", shutdown)()
+        friendly(lambda: "never", shutdown)()
     assert err.value.message == RESTARTING
 
 

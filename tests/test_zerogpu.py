@@ -201,7 +201,7 @@ def test_the_app_lends_the_gpu_only_on_a_zerogpu_space(monkeypatch):
     import sys
     import types
 
-    import app
+    from panosamic.studio.settings import zero_gpu_lender
 
     marker = object()
     spaces = types.ModuleType("spaces")
@@ -210,9 +210,9 @@ def test_the_app_lends_the_gpu_only_on_a_zerogpu_space(monkeypatch):
     config.Config = types.SimpleNamespace(zero_gpu=False)
     monkeypatch.setitem(sys.modules, "spaces", spaces)
     monkeypatch.setitem(sys.modules, "spaces.config", config)
-    assert app.zero_gpu_lender() is None
+    assert zero_gpu_lender() is None
     config.Config.zero_gpu = True
-    assert app.zero_gpu_lender() is marker
+    assert zero_gpu_lender() is marker
 
 
 def _inputs():

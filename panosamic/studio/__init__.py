@@ -1,5 +1,10 @@
-"""PanoSAMic Studio's logic, without any UI toolkit: imported by `app.py` only (client.py by
-the app's gradio_client users).
+"""PanoSAMic Studio's logic: imported by `app.py` only (client.py by the app's gradio_client
+users). Only page.py and refusals.py are written for Gradio (the page's handlers and how they
+refuse); the rest knows no UI toolkit.
+
+    settings.py     the app's flags and their PANOSAMIC_* variables; the ZeroGPU lender
+    page.py         Studio: the page's handlers, each answering {component: value}
+    refusals.py     a handler's exception as one plain message; the panorama input's check
 
     checkpoints.py  the picker's choices (and what a client may ask for), models loaded lazily
     backend.py      StudioBackend: the work behind each event, shared state
@@ -20,7 +25,8 @@ the app's gradio_client users).
     client.py       for gradio_client users: a server that stopped mid-call, said in words
 
 Importing it does not import torch or gradio (the page opens before any model code loads;
-serving.py imports gradio in its functions).
+serving.py imports gradio in its functions; page.py and refusals.py, which app.py imports, at
+their top).
 """
 
 from .backend import StudioBackend, load_predictor

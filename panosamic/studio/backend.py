@@ -167,7 +167,7 @@ class StudioBackend(ExamplePreencoding, EditEvents):
         self.examples = find_examples(examples) if examples else []
         self._warm = threading.Event()  # set by warm_up
         # A UI may let several heavy events in at once so that a bad upload is refused while
-        # another Run works (app.py's HEAVY_CONCURRENCY); the memory-hungry steps still go one
+        # another Run works (page.py's HEAVY_CONCURRENCY); the memory-hungry steps still go one
         # at a time: decoding full-size uploads (two 8K decodes at once would double that peak),
         # and loading a checkpoint, the encoder and SAM's instance grid.
         self._decoding = threading.Lock()

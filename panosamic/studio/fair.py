@@ -8,7 +8,7 @@ that starts is that of the client served longest ago (never served first; ties i
 arrival) among those with no job running, so users take turns: a second user's Run goes
 ahead of the first user's next one.
 
-The UI lets more heavy events in than there are slots (app.py's HEAVY_WAITING), so that they
+The UI lets more heavy events in than there are slots (page.py's HEAVY_WAITING), so that they
 wait here, where their client is known, rather than in its own queue. Gradio-free, no torch.
 """
 

@@ -31,7 +31,7 @@ _EXAMPLE_PATH = "/path/to/"
 
 
 #: An event on no session from a page (or API client) served before the server last started:
-#: its session went with the previous process (see app.py's server start id).
+#: its session went with the previous process (see page.py's Studio.start_id).
 RESTARTED_SINCE = "The server restarted since this page was opened: press Run again."
 
 #: A server that went away without answering (kill -9, a crash, out of memory): its clients

@@ -27,7 +27,7 @@
     if (r && !r.disabled && !r.checked) r.click();
   };
   const modeIndex = () => radios("click-mode").findIndex((r) => r.checked);
-  // the click modes in app.py's CLICK_MODES order: positive point, negative point, box
+  // the click modes in page.py's CLICK_MODES order: positive point, negative point, box
   const toggleMode = (i) => pick("click-mode", modeIndex() === i ? 0 : i);
   document.addEventListener("keydown", (e) => {
     if (e.defaultPrevented || e.altKey || e.isComposing || typing(e.target)) return;
