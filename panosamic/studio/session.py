@@ -248,13 +248,13 @@ class Session:
         if step is None:
             return None
         if step.kind == "prompts":
-            self._restore_prompts(step.prompts)
+            self._set_prompts(step.prompts)
             return "prompts"
         before = step.put_back(self.labels, self.edited)
         if before is not None:
             self._labels_changed(step.region, before)
         del self.refined[step.refined_count:]
-        self._restore_prompts(step.prompts)
+        self._set_prompts(step.prompts)
         return "labels"
 
     # ------------------------------------------------------------------ prompts
@@ -301,9 +301,6 @@ class Session:
         self._prompts = prompts
         if drop:
             self.drop_candidates()
-
-    def _restore_prompts(self, prompts: Prompts) -> None:
-        self._set_prompts(prompts)
 
     def drop_candidates(self) -> None:
         """Forgets the candidate masks (they answered prompts that changed, or there are none)."""
