@@ -487,7 +487,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    from panosamic.allocator import use_fast_allocator
+    from panosamic.allocator import SERVER_ARENAS, use_fast_allocator
 
-    use_fast_allocator()  # restarts the process once with tcmalloc when it is installed (panosamic/allocator.py)
+    # restarts the process once with tcmalloc when it is installed; else glibc, tuned, with its
+    # arenas capped: the server's many threads would each keep freed memory (panosamic/allocator.py)
+    use_fast_allocator(arenas=SERVER_ARENAS)
     main()

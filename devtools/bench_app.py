@@ -54,12 +54,15 @@ def _note(msg: str) -> None:
 
 
 def _proc_status(pid: int) -> Dict[str, float]:
-    """VmRSS and VmHWM (peak) of a process, MiB."""
+    """VmRSS, VmHWM (peak), RssAnon (heap and other private memory) and RssFile (mapped files:
+    the libraries' pages touched so far) of a process, MiB; Threads, a count."""
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
                 out[line.split(":")[0]] = int(line.split()[1]) / 1024
+            elif line.startswith("Threads:"):
+                out["Threads"] = int(line.split()[1])
     return out
 
 

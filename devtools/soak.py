@@ -145,6 +145,8 @@ class Sampler:
         tree = tree_stats(self.tmp)
         disk = shutil.disk_usage(self.tmp)
         s = {"t_s": round(time.monotonic() - self.t0, 1), "rss_mb": round(status["VmRSS"], 1),
+             "rss_anon_mb": round(status.get("RssAnon", 0.0), 1), "rss_file_mb": round(status.get("RssFile", 0.0), 1),
+             "threads": status.get("Threads", 0),
              **self.cache(), "tmp_files": tree["files"], "tmp_mb": round(tree["bytes"] / 2**20, 2),
              "disk_free_mb": round(disk.free / 2**20)}
         if tag:
@@ -260,7 +262,7 @@ def main(argv=None) -> int:
         "step_p95_s": {k: round(float(np.percentile(v, 95)), 3) for k, v in steps.items()},
         "after_first_loop": first, "end": end,
         "summary": {key: level_summary(series, key, first, end, args.tolerance_pct)
-                    for key in ("rss_mb", "cache_mb", "tmp_files", "tmp_mb")},
+                    for key in ("rss_mb", "rss_anon_mb", "rss_file_mb", "threads", "cache_mb", "tmp_files", "tmp_mb")},
     })
     # RSS against the cache: what the RSS grew by beyond what the cache's entries grew by
     rss, cache = result["summary"]["rss_mb"], result["summary"]["cache_mb"]

@@ -379,3 +379,56 @@ def test_the_warm_up_probes_each_offered_shape_once_default_first(clean_rates, m
         assert "Expect about" in backend.run_time_note("stanford2d3ds-vith-rgbdn-fold1")
     finally:
         backend.close()
+
+
+_ARENAS_CHILD = r"""
+import ctypes, json, re, sys, threading
+from panosamic import allocator
+cap = json.loads(sys.argv[1])
+if cap is not None:
+    allocator.use_fast_allocator(arenas=cap)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+ready, done = threading.Barrier(9), threading.Event()
+def worker():
+    libc.malloc(1 << 16)  # a thread's first malloc picks (or makes) its arena
+    ready.wait()
+    done.wait()
+threads = [threading.Thread(target=worker) for _ in range(8)]
+for t in threads:
+    t.start()
+ready.wait()
+libc.open_memstream.restype = ctypes.c_void_p
+buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+done.set()
+print(json.dumps({"arenas": len(re.findall(r'<heap nr="', buf.value.decode())),
+                  "info": allocator.allocator_info(), "line": allocator.describe_allocator()}))
+"""
+
+
+def _arenas_child(cap, env=None):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", allocator.ENV_GUARD)}
+    full_env.update(PYTHONPATH=str(ROOT), PANOSAMIC_ALLOCATOR="glibc", **(env or {}))
+    proc = subprocess.run([sys.executable, "-c", _ARENAS_CHILD, json.dumps(cap)], capture_output=True, text=True,
+                          env=full_env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(not allocator._is_glibc() or allocator.running_tcmalloc() is not None,
+                    reason="malloc arenas are glibc's")
+def test_a_server_caps_glibc_arenas_and_keeps_the_users_choice():
+    """Eight threads that allocate get arenas of their own by default (the soak's growth);
+    the app's cap keeps them to SERVER_ARENAS; a MALLOC_ARENA_MAX the user set stands."""
+    plain = _arenas_child(None)
+    assert plain["arenas"] > allocator.SERVER_ARENAS
+    capped = _arenas_child(allocator.SERVER_ARENAS)
+    assert capped["arenas"] <= allocator.SERVER_ARENAS
+    assert capped["info"]["glibc_tuning"]["arena_max"] == allocator.SERVER_ARENAS
+    assert capped["info"]["glibc_tuning"]["mmap_threshold"] > 0  # the heap tuning stays
+    assert f"{allocator.SERVER_ARENAS} arenas" in capped["line"]
+    user = _arenas_child(allocator.SERVER_ARENAS, env={"MALLOC_ARENA_MAX": "3"})
+    assert user["info"]["glibc_tuning"]["arena_max"] == 3 and 2 < user["arenas"] <= 3
