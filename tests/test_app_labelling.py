@@ -45,6 +45,19 @@ def _run_photo(page, url):
     page.evaluate("() => window.scrollTo(0, 0)")
 
 
+def _wait_map_settled(page) -> None:
+    """Waits until the map's picture has loaded and its box did not move over two frames."""
+    page.wait_for_function("""() => new Promise(done => {
+        const img = document.querySelector('#pano-view img');
+        if (!img || !img.complete || !img.naturalWidth) return done(false);
+        const a = img.getBoundingClientRect();
+        requestAnimationFrame(() => requestAnimationFrame(() => {
+            const b = img.getBoundingClientRect();
+            done(a.x === b.x && a.y === b.y && a.width === b.width && a.height === b.height);
+        }));
+    })""")
+
+
 def _status(page) -> str:
     return page.locator("#edit-status").inner_text()
 
@@ -197,6 +210,7 @@ def test_the_page_at_phone_width(browser, offline_app):  # noqa: F811
     _run_photo(page, offline_app["url"])
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390 + 1, f"the page is {width} px wide at a 390 px screen"
+    _wait_map_settled(page)  # a phone lays the page out late: tap where the map is now
     view = page.locator("#pano-view img").bounding_box()
     assert view["width"] >= 300 and view["x"] >= 0 and view["x"] + view["width"] <= 391, view
     page.locator("#pano-view img").tap(position={"x": view["width"] * 0.5, "y": view["height"] * 0.75})
