@@ -128,14 +128,19 @@ def tune_glibc() -> Dict[str, int]:
     """Keeps large blocks in glibc's heap (mallopt). Returns what was set ({} when not glibc)."""
     if all(name in _glibc_tuned for name in _GLIBC_TUNING) or not _is_glibc():
         return dict(_glibc_tuned)
+    for name, (param, value) in _GLIBC_TUNING.items():
+        if _mallopt(param, value):
+            _glibc_tuned[name] = value
+    return dict(_glibc_tuned)
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's mallopt(param, value); False where it refused or libc cannot be loaded."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
-        return {}
-    for name, (param, value) in _GLIBC_TUNING.items():
-        if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1:
-            _glibc_tuned[name] = value
-    return dict(_glibc_tuned)
+        return False
+    return libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
 
 
 def limit_arenas(count: int = SERVER_ARENAS) -> Optional[int]:
@@ -150,11 +155,7 @@ def limit_arenas(count: int = SERVER_ARENAS) -> Optional[int]:
     if user.isdigit() and int(user) > 0:
         _glibc_tuned["arena_max"] = int(user)
         return int(user)
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    if libc.mallopt(ctypes.c_int(_M_ARENA_MAX), ctypes.c_int(count)) != 1:
+    if not _mallopt(_M_ARENA_MAX, count):
         return None
     _glibc_tuned["arena_max"] = count
     return count
