@@ -170,11 +170,15 @@ def main(argv=None) -> int:
         for module, targets in sorted(edges.items()):
             inner = sorted(t for t in targets if t in edges)
             print(f"{module}: {', '.join(inner)}")
-    found = problems()
+    return report(problems(), "no import cycle, no forbidden import")
+
+
+def report(found, clean: str) -> int:
+    """Prints each problem of a check (or `clean` when there is none); the exit status."""
     for line in found:
         print(line)
     if not found:
-        print("no import cycle, no forbidden import")
+        print(clean)
     return 1 if found else 0
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Set, Tuple
 
-from devtools.imports import ROOT, modules
+from devtools.imports import ROOT, modules, report
 
 
 @dataclass(frozen=True)
@@ -191,12 +191,7 @@ def problems(root: Path = ROOT, owners: Iterable[Owner] = OWNERS, package: str =
 
 def main(argv=None) -> int:
     argparse.ArgumentParser(prog="python -m devtools.owners", description=__doc__.split("\n\n")[0]).parse_args(argv)
-    found = problems()
-    for line in found:
-        print(line)
-    if not found:
-        print("every owned field has one writer")
-    return 1 if found else 0
+    return report(problems(), "every owned field has one writer")
 
 
 if __name__ == "__main__":
